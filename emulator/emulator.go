@@ -172,10 +172,10 @@ type BilledRecord struct {
 	// CustomerIdentifier or a CustomerAWSAccountId.
 	CustomerKey string `json:"customerKey"`
 	// Mode is "product" (ProductCode-based) or "license" (LicenseArn-based).
-	Mode        string           `json:"mode"`
-	Dimension   string           `json:"dimension"`
-	Hour        time.Time        `json:"hour"`
-	Quantity    int64            `json:"quantity"`
+	Mode        string            `json:"mode"`
+	Dimension   string            `json:"dimension"`
+	Hour        time.Time         `json:"hour"`
+	Quantity    int64             `json:"quantity"`
 	Allocations []UsageAllocation `json:"allocations,omitempty"`
 	// Calls counts the accepted requests for this key (1 plus identical resends).
 	Calls    int       `json:"calls"`
@@ -191,9 +191,9 @@ type billKey struct {
 
 // Server is the emulator. Create it with New; it is safe for concurrent use.
 type Server struct {
-	cfg   Config
-	log   *slog.Logger
-	Clock *Clock
+	cfg    Config
+	log    *slog.Logger
+	Clock  *Clock
 	Faults *Faults
 
 	mu            sync.Mutex

@@ -27,13 +27,13 @@ import (
 var now = time.Date(2026, 11, 23, 12, 30, 0, 0, time.UTC)
 
 type fixture struct {
-	em                 *emulator.Server
-	url                string
-	metering           *mm.Client
-	entCBOR, entJSON   *ent.Client
-	legacy, license    emulator.SubscribeResult // subscription products
+	em                  *emulator.Server
+	url                 string
+	metering            *mm.Client
+	entCBOR, entJSON    *ent.Client
+	legacy, license     emulator.SubscribeResult // subscription products
 	contract, contract2 emulator.SubscribeResult // contract product (legacy identity)
-	cancelled          emulator.SubscribeResult
+	cancelled           emulator.SubscribeResult
 }
 
 func awsConfig(url string, attempts int) aws.Config {

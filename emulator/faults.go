@@ -47,9 +47,9 @@ func (d *Duration) UnmarshalText(b []byte) error {
 
 // Faults holds the injected faults. The zero set injects nothing.
 type Faults struct {
-	mu     sync.Mutex
-	rules  []*Fault
-	rng    *rand.Rand
+	mu    sync.Mutex
+	rules []*Fault
+	rng   *rand.Rand
 }
 
 // NewFaults returns an empty fault set with a random seed.

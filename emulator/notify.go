@@ -178,10 +178,10 @@ func (s *Server) eventLocked(detailType string, sub *Subscription, detail map[st
 		"source":      "aws.agreement-marketplace",
 		"account":     SellerAccountID,
 		// Millisecond precision (valid RFC 3339) keeps events at one frozen instant ordered.
-		"time": s.lastEventTime.Format("2006-01-02T15:04:05.000Z"),
-		"region":      "us-east-1",
-		"resources":   []string{"arn:aws:aws-marketplace::aws:agreement:" + sub.AgreementID},
-		"detail":      detail,
+		"time":      s.lastEventTime.Format("2006-01-02T15:04:05.000Z"),
+		"region":    "us-east-1",
+		"resources": []string{"arn:aws:aws-marketplace::aws:agreement:" + sub.AgreementID},
+		"detail":    detail,
 	}
 }
 

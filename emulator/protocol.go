@@ -89,14 +89,14 @@ type cborProtocol struct{}
 
 var cborDec = func() cbor.DecMode {
 	m, err := cbor.DecOptions{
-		DefaultMapType:    reflect.TypeOf(map[string]any(nil)),
-		MaxNestedLevels:   32,
-		MaxArrayElements:  1 << 16,
-		MaxMapPairs:       1 << 16,
-		IndefLength:       cbor.IndefLengthAllowed,
-		DupMapKey:         cbor.DupMapKeyEnforcedAPF,
-		TimeTag:           cbor.DecTagOptional,
-		IntDec:            cbor.IntDecConvertSigned,
+		DefaultMapType:   reflect.TypeOf(map[string]any(nil)),
+		MaxNestedLevels:  32,
+		MaxArrayElements: 1 << 16,
+		MaxMapPairs:      1 << 16,
+		IndefLength:      cbor.IndefLengthAllowed,
+		DupMapKey:        cbor.DupMapKeyEnforcedAPF,
+		TimeTag:          cbor.DecTagOptional,
+		IntDec:           cbor.IntDecConvertSigned,
 	}.DecMode()
 	if err != nil {
 		panic(err)
@@ -164,10 +164,10 @@ type operation func(c call, body []byte) (any, *apiError)
 
 func (s *Server) operations() map[string]operation {
 	return map[string]operation{
-		"AWSMPMeteringService.ResolveCustomer":   s.resolveCustomer,
-		"AWSMPMeteringService.BatchMeterUsage":   s.batchMeterUsage,
-		"AWSMPMeteringService.MeterUsage":        s.meterUsageOp,
-		"AWSMPMeteringService.RegisterUsage":     s.registerUsage,
+		"AWSMPMeteringService.ResolveCustomer":    s.resolveCustomer,
+		"AWSMPMeteringService.BatchMeterUsage":    s.batchMeterUsage,
+		"AWSMPMeteringService.MeterUsage":         s.meterUsageOp,
+		"AWSMPMeteringService.RegisterUsage":      s.registerUsage,
 		"AWSMPEntitlementService.GetEntitlements": s.getEntitlements,
 	}
 }

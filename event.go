@@ -1,0 +1,257 @@
+package mpsaas
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+)
+
+// EventKind is a normalized subscription event, from SNS or EventBridge.
+type EventKind string
+
+// Event kinds. The SNS actions keep their names; EventBridge detail-types
+// are mapped to the agreement-* and license-* kinds.
+const (
+	EventSubscribeSuccess     EventKind = "subscribe-success"
+	EventSubscribeFail        EventKind = "subscribe-fail"
+	EventUnsubscribePending   EventKind = "unsubscribe-pending"
+	EventUnsubscribeSuccess   EventKind = "unsubscribe-success"
+	EventEntitlementUpdated   EventKind = "entitlement-updated"
+	EventAgreementCreated     EventKind = "agreement-created"
+	EventAgreementAmended     EventKind = "agreement-amended"
+	EventAgreementEnded       EventKind = "agreement-ended"
+	EventLicenseUpdated       EventKind = "license-updated"
+	EventLicenseDeprovisioned EventKind = "license-deprovisioned"
+)
+
+// rank orders events that carry the same timestamp (EventBridge times have
+// one-second precision): a start comes before a change, a change before an
+// end, and the final end last.
+func (k EventKind) rank() int {
+	switch k {
+	case EventSubscribeSuccess, EventAgreementCreated:
+		return 0
+	case EventAgreementAmended, EventLicenseUpdated, EventEntitlementUpdated:
+		return 1
+	case EventSubscribeFail:
+		return 2
+	case EventUnsubscribePending, EventAgreementEnded:
+		return 3
+	case EventUnsubscribeSuccess, EventLicenseDeprovisioned:
+		return 4
+	}
+	return 5
+}
+
+// NeedsEntitlements reports whether the event says entitlements may have
+// changed, so they must be re-read with GetEntitlements.
+func (k EventKind) NeedsEntitlements() bool {
+	switch k {
+	case EventEntitlementUpdated, EventLicenseUpdated, EventAgreementCreated, EventAgreementAmended, EventAgreementEnded, EventLicenseDeprovisioned:
+		return true
+	}
+	return false
+}
+
+// Event is one subscription notification, normalized.
+type Event struct {
+	// ID deduplicates redeliveries: the SNS MessageId or the EventBridge id.
+	ID     string    `json:"id"`
+	Kind   EventKind `json:"kind"`
+	Source string    `json:"source"` // "sns" or "eventbridge"
+	// Time is when AWS emitted the event; events fold in this order.
+	Time time.Time `json:"time"`
+	Identity
+	// FreeTrial is set by subscribe-success/-fail (isFreeTrialTermPresent).
+	FreeTrial *bool  `json:"freeTrial,omitempty"`
+	OfferID   string `json:"offerId,omitempty"`
+	// AgreementStatus is the EventBridge agreement status (ACTIVE, CANCELLED, ...).
+	AgreementStatus string    `json:"agreementStatus,omitempty"`
+	ReceivedAt      time.Time `json:"receivedAt"`
+}
+
+// Status is a subscription's state.
+type Status string
+
+// Subscription states.
+const (
+	StatusPending            Status = "pending" // no subscription event yet
+	StatusActive             Status = "active"
+	StatusUnsubscribePending Status = "unsubscribe-pending"
+	StatusCancelled          Status = "cancelled"
+	StatusFailed             Status = "failed"
+)
+
+// State is what the events say about a subscription.
+type State struct {
+	Status    Status `json:"status"`
+	FreeTrial bool   `json:"freeTrial"`
+	OfferID   string `json:"offerId,omitempty"`
+	// LastEventAt is the time of the newest event folded in.
+	LastEventAt time.Time `json:"lastEventAt,omitzero"`
+}
+
+// SortEvents orders events by time, then by kind rank, then by id, so the
+// fold is the same whatever order they arrived in.
+func SortEvents(events []Event) {
+	sort.SliceStable(events, func(i, j int) bool {
+		a, b := events[i], events[j]
+		if !a.Time.Equal(b.Time) {
+			return a.Time.Before(b.Time)
+		}
+		if a.Kind.rank() != b.Kind.rank() {
+			return a.Kind.rank() < b.Kind.rank()
+		}
+		return a.ID < b.ID
+	})
+}
+
+// Fold computes the subscription state from its events. It is a pure
+// function of the set of events: duplicates (same ID) count once, and
+// arrival order does not matter.
+func Fold(events []Event) State {
+	evs := make([]Event, 0, len(events))
+	seen := map[string]bool{}
+	for _, e := range events {
+		if !seen[e.ID] {
+			seen[e.ID] = true
+			evs = append(evs, e)
+		}
+	}
+	SortEvents(evs)
+	st := State{Status: StatusPending}
+	for _, e := range evs {
+		switch e.Kind {
+		case EventSubscribeSuccess, EventAgreementCreated, EventAgreementAmended:
+			st.Status = StatusActive
+		case EventSubscribeFail:
+			st.Status = StatusFailed
+		case EventUnsubscribePending, EventAgreementEnded:
+			if st.Status != StatusCancelled && st.Status != StatusFailed {
+				st.Status = StatusUnsubscribePending
+			}
+		case EventUnsubscribeSuccess, EventLicenseDeprovisioned:
+			if st.Status != StatusFailed {
+				st.Status = StatusCancelled
+			}
+		}
+		if e.FreeTrial != nil {
+			st.FreeTrial = *e.FreeTrial
+		}
+		if e.OfferID != "" {
+			st.OfferID = e.OfferID
+		}
+		st.LastEventAt = e.Time
+	}
+	return st
+}
+
+// Access is the access decision delivered to the seller's system.
+type Access string
+
+// Access decisions.
+const (
+	AccessNone                Access = ""                     // nothing to deliver (not registered, or not yet confirmed)
+	AccessGranted             Access = "granted"              // give the buyer access
+	AccessPendingCancellation Access = "pending-cancellation" // cancelling: access ends soon; final usage is being metered
+	AccessRevoked             Access = "revoked"              // take access away
+)
+
+// DecideAccess returns the access a subscriber should have at now, and a
+// fingerprint of everything the decision depends on (so an entitlement
+// change under unchanged access still counts as a change).
+func DecideAccess(s *Subscriber, listing string, now time.Time) (Access, string) {
+	if !s.Registered() {
+		return AccessNone, ""
+	}
+	contract := IsContract(listing)
+	valid := ValidEntitlements(s.Entitlements, now)
+	var a Access
+	switch s.Status {
+	case StatusActive:
+		a = AccessGranted
+		if contract && !valid && !s.EntitlementsCheckedAt.IsZero() {
+			a = AccessRevoked // the contract expired or was cancelled
+		}
+	case StatusPending:
+		// Contracts are confirmed by their entitlements even before an event.
+		if contract && valid {
+			a = AccessGranted
+		}
+	case StatusUnsubscribePending:
+		a = AccessPendingCancellation
+	case StatusCancelled, StatusFailed:
+		a = AccessRevoked
+	}
+	if a == AccessRevoked && s.Access == AccessNone {
+		// Never granted: nothing to revoke.
+		return AccessNone, ""
+	}
+	if a == AccessNone {
+		return a, ""
+	}
+	var ents []string
+	for _, e := range s.Entitlements {
+		ents = append(ents, fmt.Sprintf("%s=%v@%d", e.Dimension, e.Value, e.ExpirationDate.Unix()))
+	}
+	sort.Strings(ents)
+	return a, fingerprint(string(a), strings.Join(ents, ","), fmt.Sprint(s.FreeTrial))
+}
+
+// AccessChange is one change of a buyer's access, delivered at least once
+// to every configured channel (webhook, notification).
+type AccessChange struct {
+	// IdempotencyKey is stable across redeliveries: subscriber key + version.
+	IdempotencyKey string        `json:"idempotencyKey"`
+	Access         Access        `json:"access"`
+	Version        int           `json:"version"`
+	Subscriber     SubscriberDTO `json:"subscriber"`
+	OccurredAt     time.Time     `json:"occurredAt"`
+}
+
+// SubscriberDTO is the subscriber as sent to the seller's systems.
+type SubscriberDTO struct {
+	Key                  string `json:"key"`
+	CustomerIdentifier   string `json:"customerIdentifier,omitempty"`
+	CustomerAWSAccountID string `json:"customerAWSAccountId,omitempty"`
+	LicenseArn           string `json:"licenseArn,omitempty"`
+	ProductCode          string `json:"productCode"`
+	Contact
+	Status       Status        `json:"status"`
+	FreeTrial    bool          `json:"freeTrial"`
+	Entitlements []Entitlement `json:"entitlements,omitempty"`
+}
+
+// NewAccessChange builds the change record for the subscriber's current access.
+func NewAccessChange(s *Subscriber, now time.Time) AccessChange {
+	return AccessChange{
+		IdempotencyKey: fmt.Sprintf("%s:%d", s.Key, s.AccessVersion),
+		Access:         s.Access,
+		Version:        s.AccessVersion,
+		OccurredAt:     now,
+		Subscriber: SubscriberDTO{
+			Key: s.Key, CustomerIdentifier: s.CustomerIdentifier, CustomerAWSAccountID: s.CustomerAWSAccountID,
+			LicenseArn: s.LicenseArn, ProductCode: s.ProductCode, Contact: s.Contact,
+			Status: s.Status, FreeTrial: s.FreeTrial, Entitlements: s.Entitlements,
+		},
+	}
+}
+
+// Outbound delivery channels for access changes.
+const (
+	ChannelWebhook = "webhook"
+	ChannelNotify  = "notify"
+)
+
+// OutboxMessage is an access change waiting for delivery on one channel.
+type OutboxMessage struct {
+	ID             int64
+	Channel        string
+	IdempotencyKey string
+	Payload        json.RawMessage
+	Attempts       int
+	NextAttemptAt  time.Time
+	LastError      string
+}

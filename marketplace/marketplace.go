@@ -1,0 +1,185 @@
+// Package marketplace implements mpsaas.Marketplace with the AWS SDK for Go
+// v2 metering and entitlement clients. Point it at the emulator or at AWS
+// with Config.MeteringEndpoint / EntitlementEndpoint.
+package marketplace
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	ent "github.com/aws/aws-sdk-go-v2/service/marketplaceentitlementservice"
+	enttypes "github.com/aws/aws-sdk-go-v2/service/marketplaceentitlementservice/types"
+	mm "github.com/aws/aws-sdk-go-v2/service/marketplacemetering"
+	mmtypes "github.com/aws/aws-sdk-go-v2/service/marketplacemetering/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// Client talks to AWS Marketplace.
+type Client struct {
+	Metering    *mm.Client
+	Entitlement *ent.Client
+}
+
+var _ mpsaas.Marketplace = (*Client)(nil)
+
+// Options configure New.
+type Options struct {
+	// MeteringEndpoint and EntitlementEndpoint override the AWS endpoints
+	// (e.g. the emulator's URL). Empty means AWS.
+	MeteringEndpoint    string
+	EntitlementEndpoint string
+}
+
+// New builds the clients from an AWS config. The entitlement service is
+// only served in us-east-1, so its client always uses that region.
+func New(cfg aws.Config, opts Options) *Client {
+	return &Client{
+		Metering: mm.NewFromConfig(cfg, func(o *mm.Options) {
+			if opts.MeteringEndpoint != "" {
+				o.BaseEndpoint = aws.String(opts.MeteringEndpoint)
+			}
+		}),
+		Entitlement: ent.NewFromConfig(cfg, func(o *ent.Options) {
+			o.Region = "us-east-1"
+			if opts.EntitlementEndpoint != "" {
+				o.BaseEndpoint = aws.String(opts.EntitlementEndpoint)
+			}
+		}),
+	}
+}
+
+// ResolveCustomer exchanges a registration token for the customer.
+func (c *Client) ResolveCustomer(ctx context.Context, token string) (mpsaas.Customer, error) {
+	out, err := c.Metering.ResolveCustomer(ctx, &mm.ResolveCustomerInput{RegistrationToken: aws.String(token)})
+	if err != nil {
+		var invalid *mmtypes.InvalidTokenException
+		var expired *mmtypes.ExpiredTokenException
+		switch {
+		case errors.As(err, &invalid):
+			return mpsaas.Customer{}, mpsaas.Errorf(mpsaas.EINVALID, "The registration token is not valid. Please return to AWS Marketplace and choose \"Set up your account\" again.")
+		case errors.As(err, &expired):
+			return mpsaas.Customer{}, mpsaas.Errorf(mpsaas.EINVALID, "The registration token has expired. Please return to AWS Marketplace and choose \"Set up your account\" again.")
+		}
+		return mpsaas.Customer{}, translate("ResolveCustomer", err)
+	}
+	return mpsaas.Customer{
+		CustomerIdentifier:   aws.ToString(out.CustomerIdentifier),
+		CustomerAWSAccountID: aws.ToString(out.CustomerAWSAccountId),
+		LicenseArn:           aws.ToString(out.LicenseArn),
+		ProductCode:          aws.ToString(out.ProductCode),
+	}, nil
+}
+
+// entitlementJSON is the stored form of a GetEntitlements response, shaped
+// like the sample stack's `entitlement` attribute.
+type entitlementJSON struct {
+	Entitlements []entitlementItem `json:"Entitlements"`
+}
+
+type entitlementItem struct {
+	CustomerIdentifier   string         `json:"CustomerIdentifier,omitempty"`
+	CustomerAWSAccountId string         `json:"CustomerAWSAccountId,omitempty"`
+	LicenseArn           string         `json:"LicenseArn,omitempty"`
+	Dimension            string         `json:"Dimension"`
+	ProductCode          string         `json:"ProductCode"`
+	Value                map[string]any `json:"Value,omitempty"`
+	ExpirationDate       *time.Time     `json:"ExpirationDate,omitempty"`
+}
+
+// GetEntitlements reads every page of the customer's entitlements.
+func (c *Client) GetEntitlements(ctx context.Context, cust mpsaas.Customer) ([]mpsaas.Entitlement, string, error) {
+	in := &ent.GetEntitlementsInput{ProductCode: aws.String(cust.ProductCode)}
+	switch {
+	case cust.CustomerIdentifier != "":
+		in.Filter = map[string][]string{string(enttypes.GetEntitlementFilterNameCustomerIdentifier): {cust.CustomerIdentifier}}
+	case cust.LicenseArn != "":
+		in.Filter = map[string][]string{string(enttypes.GetEntitlementFilterNameLicenseArn): {cust.LicenseArn}}
+	case cust.CustomerAWSAccountID != "":
+		in.Filter = map[string][]string{string(enttypes.GetEntitlementFilterNameCustomerAwsAccountId): {cust.CustomerAWSAccountID}}
+	default:
+		return nil, "", mpsaas.Errorf(mpsaas.EINVALID, "GetEntitlements: customer has no identifier")
+	}
+	var out []mpsaas.Entitlement
+	raw := entitlementJSON{Entitlements: []entitlementItem{}}
+	p := ent.NewGetEntitlementsPaginator(c.Entitlement, in)
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, "", translate("GetEntitlements", err)
+		}
+		for _, e := range page.Entitlements {
+			item := entitlementItem{
+				CustomerIdentifier: aws.ToString(e.CustomerIdentifier), CustomerAWSAccountId: aws.ToString(e.CustomerAWSAccountId),
+				LicenseArn: aws.ToString(e.LicenseArn), Dimension: aws.ToString(e.Dimension), ProductCode: aws.ToString(e.ProductCode),
+				ExpirationDate: e.ExpirationDate,
+			}
+			me := mpsaas.Entitlement{Dimension: item.Dimension}
+			if e.ExpirationDate != nil {
+				me.ExpirationDate = e.ExpirationDate.UTC()
+			}
+			if v := e.Value; v != nil {
+				switch {
+				case v.IntegerValue != nil:
+					me.Value = int64(*v.IntegerValue)
+					item.Value = map[string]any{"IntegerValue": *v.IntegerValue}
+				case v.DoubleValue != nil:
+					me.Value = *v.DoubleValue
+					item.Value = map[string]any{"DoubleValue": *v.DoubleValue}
+				case v.BooleanValue != nil:
+					me.Value = *v.BooleanValue
+					item.Value = map[string]any{"BooleanValue": *v.BooleanValue}
+				case v.StringValue != nil:
+					me.Value = *v.StringValue
+					item.Value = map[string]any{"StringValue": *v.StringValue}
+				}
+			}
+			out = append(out, me)
+			raw.Entitlements = append(raw.Entitlements, item)
+		}
+	}
+	b, err := json.Marshal(raw)
+	if err != nil {
+		return nil, "", fmt.Errorf("encoding entitlements: %w", err)
+	}
+	return out, string(b), nil
+}
+
+// translate maps SDK errors to mpsaas error codes: throttling, service
+// faults and transport failures are EUNAVAILABLE (retry later), the rest
+// keep their AWS code in the message.
+func translate(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var ae smithy.APIError
+	if errors.As(err, &ae) {
+		switch ae.ErrorCode() {
+		case "ThrottlingException", "InternalServiceErrorException", "ServiceUnavailable":
+			return &wrapped{mpsaas.Errorf(mpsaas.EUNAVAILABLE, "AWS Marketplace is busy (%s); please try again in a moment.", ae.ErrorCode()), err}
+		}
+		if ae.ErrorFault() == smithy.FaultServer {
+			return &wrapped{mpsaas.Errorf(mpsaas.EUNAVAILABLE, "AWS Marketplace is unavailable; please try again in a moment."), err}
+		}
+		return &wrapped{mpsaas.Errorf(mpsaas.EINVALID, "%s failed: %s", op, ae.ErrorCode()), err}
+	}
+	var re interface{ HTTPStatusCode() int }
+	if errors.As(err, &re) && re.HTTPStatusCode() >= 500 {
+		return &wrapped{mpsaas.Errorf(mpsaas.EUNAVAILABLE, "AWS Marketplace is unavailable; please try again in a moment."), err}
+	}
+	return &wrapped{mpsaas.Errorf(mpsaas.EUNAVAILABLE, "%s: cannot reach AWS Marketplace", op), err}
+}
+
+// wrapped carries an mpsaas error for callers and the SDK error for logs.
+type wrapped struct {
+	app   *mpsaas.Error
+	cause error
+}
+
+func (w *wrapped) Error() string   { return w.app.Error() + ": " + w.cause.Error() }
+func (w *wrapped) Unwrap() []error { return []error{w.app, w.cause} }

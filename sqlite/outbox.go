@@ -1,0 +1,141 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+var (
+	_ mpsaas.Outbox = (*DB)(nil)
+	_ mpsaas.Queue  = (*DB)(nil)
+)
+
+// DueMessages returns undelivered outbox messages whose next attempt is due, oldest first.
+func (d *DB) DueMessages(ctx context.Context, now time.Time, limit int) ([]mpsaas.OutboxMessage, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error
+		FROM outbox WHERE delivered_at = 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?`, unixNano(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("due outbox messages: %w", err)
+	}
+	defer rows.Close()
+	var out []mpsaas.OutboxMessage
+	for rows.Next() {
+		var m mpsaas.OutboxMessage
+		var payload string
+		var next int64
+		if err := rows.Scan(&m.ID, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
+			return nil, fmt.Errorf("scan outbox message: %w", err)
+		}
+		m.Payload, m.NextAttemptAt = []byte(payload), fromUnixNano(next)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// MarkDelivered records a delivery.
+func (d *DB) MarkDelivered(ctx context.Context, id int64, at time.Time) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, unixNano(at), id)
+	if err != nil {
+		return fmt.Errorf("mark outbox %d delivered: %w", id, err)
+	}
+	return nil
+}
+
+// MarkFailed records a failed attempt.
+func (d *DB) MarkFailed(ctx context.Context, id int64, errMsg string, next time.Time) error {
+	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?`, errMsg, unixNano(next), id)
+	if err != nil {
+		return fmt.Errorf("mark outbox %d failed: %w", id, err)
+	}
+	return nil
+}
+
+// Enqueue appends a message to the local queue.
+func (d *DB) Enqueue(ctx context.Context, body []byte) error {
+	now := d.Now()
+	if _, err := d.db.ExecContext(ctx, `INSERT INTO queue (body, enqueued_at, visible_at) VALUES (?, ?, ?)`, body, unixNano(now), unixNano(now)); err != nil {
+		return fmt.Errorf("enqueue: %w", err)
+	}
+	return nil
+}
+
+// Receive returns up to max visible messages and hides them for visibility.
+func (d *DB) Receive(ctx context.Context, max int, visibility time.Duration) ([]mpsaas.QueueMessage, error) {
+	now := d.Now()
+	var out []mpsaas.QueueMessage
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT id, body, attempts FROM queue WHERE dead_at = 0 AND visible_at <= ? ORDER BY id LIMIT ?`, unixNano(now), max)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var m mpsaas.QueueMessage
+			if err := rows.Scan(&m.ID, &m.Body, &m.Attempts); err != nil {
+				rows.Close()
+				return err
+			}
+			m.Attempts++
+			out = append(out, m)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		for _, m := range out {
+			if _, err := tx.ExecContext(ctx, `UPDATE queue SET attempts = attempts + 1, visible_at = ? WHERE id = ?`, unixNano(now.Add(visibility)), m.ID); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("receive from queue: %w", err)
+	}
+	return out, nil
+}
+
+// Delete removes a handled message.
+func (d *DB) Delete(ctx context.Context, id int64) error {
+	if _, err := d.db.ExecContext(ctx, `DELETE FROM queue WHERE id = ?`, id); err != nil {
+		return fmt.Errorf("delete queue message %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeadLetter parks a message that cannot be handled; it stays for inspection.
+func (d *DB) DeadLetter(ctx context.Context, id int64, reason string) error {
+	if _, err := d.db.ExecContext(ctx, `UPDATE queue SET dead_at = ?, last_error = ? WHERE id = ?`, unixNano(d.Now()), reason, id); err != nil {
+		return fmt.Errorf("dead-letter queue message %d: %w", id, err)
+	}
+	return nil
+}
+
+// DeadLetters returns the parked messages, oldest first.
+func (d *DB) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, body, attempts, last_error FROM queue WHERE dead_at != 0 ORDER BY id`)
+	if err != nil {
+		return nil, fmt.Errorf("dead letters: %w", err)
+	}
+	defer rows.Close()
+	var out []DeadLetter
+	for rows.Next() {
+		var m DeadLetter
+		if err := rows.Scan(&m.ID, &m.Body, &m.Attempts, &m.Reason); err != nil {
+			return nil, err
+		}
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// DeadLetter is a parked queue message.
+type DeadLetter struct {
+	ID       int64
+	Body     []byte
+	Attempts int
+	Reason   string
+}

@@ -1,0 +1,94 @@
+package sqlite_test
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas/sqlite"
+	"github.com/mpsaas/mpsaas/storetest"
+)
+
+// MustOpen opens a fresh database in a temp dir and closes it after the test.
+func MustOpen(tb testing.TB) *sqlite.DB {
+	tb.Helper()
+	db, err := sqlite.Open(context.Background(), filepath.Join(tb.TempDir(), "mpsaas.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { db.Close() })
+	return db
+}
+
+func TestStore(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Store { return MustOpen(t) })
+}
+
+func TestMemory(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) storetest.Store {
+		db, err := sqlite.Open(context.Background(), ":memory:")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	})
+}
+
+func TestQueue(t *testing.T) {
+	ctx := context.Background()
+	db := MustOpen(t)
+	for _, b := range []string{"a", "b", "c"} {
+		if err := db.Enqueue(ctx, []byte(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := db.Receive(ctx, 2, time.Minute)
+	if err != nil || len(got) != 2 || string(got[0].Body) != "a" || got[0].Attempts != 1 {
+		t.Fatalf("Receive = %+v, %v; want a, b on first attempt", got, err)
+	}
+	// Hidden messages are not received again until their visibility ends.
+	rest, _ := db.Receive(ctx, 10, time.Minute)
+	if len(rest) != 1 || string(rest[0].Body) != "c" {
+		t.Fatalf("second Receive = %+v, want only c", rest)
+	}
+	if err := db.Delete(ctx, got[0].ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.DeadLetter(ctx, got[1].ID, "malformed"); err != nil {
+		t.Fatal(err)
+	}
+	db.Now = func() time.Time { return time.Now().Add(2 * time.Minute) }
+	again, _ := db.Receive(ctx, 10, time.Minute)
+	if len(again) != 1 || string(again[0].Body) != "c" || again[0].Attempts != 2 {
+		t.Errorf("after visibility timeout = %+v, want c again on attempt 2", again)
+	}
+	dead, err := db.DeadLetters(ctx)
+	if err != nil || len(dead) != 1 || !bytes.Equal(dead[0].Body, []byte("b")) || dead[0].Reason != "malformed" {
+		t.Errorf("DeadLetters = %+v, %v", dead, err)
+	}
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "x.db")
+	db, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Enqueue(ctx, []byte("kept")); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	db, err = sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	got, _ := db.Receive(ctx, 1, time.Minute)
+	if len(got) != 1 || string(got[0].Body) != "kept" {
+		t.Errorf("after reopen = %+v, want the enqueued message", got)
+	}
+}
