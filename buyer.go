@@ -23,6 +23,9 @@ func IsContract(listing string) bool {
 	return listing == ListingContracts || listing == ListingContractsWithSubscription
 }
 
+// OfferTypeFreeTrial is the x-amzn-marketplace-offer-type of free trials.
+const OfferTypeFreeTrial = "free-trial"
+
 // Identity is everything that can identify one buyer's subscription. Legacy
 // products identify a buyer by CustomerIdentifier + ProductCode; products
 // created since 2026-06-01 by CustomerAWSAccountID + LicenseArn. Events carry
@@ -162,6 +165,9 @@ type Subscriber struct {
 	LicenseArn string `json:"licenseArn,omitempty"`
 	Contact
 	RegisteredAt time.Time `json:"registeredAt,omitzero"`
+	// OfferType is x-amzn-marketplace-offer-type from the fulfillment POST
+	// ("free-trial" or empty).
+	OfferType string `json:"offerType,omitempty"`
 
 	// State is folded from the subscription events.
 	State

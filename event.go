@@ -88,7 +88,9 @@ const (
 type State struct {
 	Status    Status `json:"status"`
 	FreeTrial bool   `json:"freeTrial"`
-	OfferID   string `json:"offerId,omitempty"`
+	// FreeTrialKnown tells whether an event said whether a free trial applies.
+	FreeTrialKnown bool   `json:"-"`
+	OfferID        string `json:"offerId,omitempty"`
 	// LastEventAt is the time of the newest event folded in.
 	LastEventAt time.Time `json:"lastEventAt,omitzero"`
 }
@@ -138,7 +140,7 @@ func Fold(events []Event) State {
 			}
 		}
 		if e.FreeTrial != nil {
-			st.FreeTrial = *e.FreeTrial
+			st.FreeTrial, st.FreeTrialKnown = *e.FreeTrial, true
 		}
 		if e.OfferID != "" {
 			st.OfferID = e.OfferID

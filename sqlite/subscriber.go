@@ -13,7 +13,7 @@ import (
 var _ mpsaas.SubscriberStore = (*DB)(nil)
 
 const subscriberColumns = `key, customer_identifier, aws_account_id, license_arn, license_id, product_code,
-	company_name, contact_person, contact_phone, contact_email, registered_at,
+	company_name, contact_person, contact_phone, contact_email, registered_at, offer_type,
 	status, free_trial, offer_id, last_event_at, entitlements, entitlements_raw, entitlements_checked_at,
 	access, access_version, access_fingerprint, created_at, updated_at, version`
 
@@ -25,7 +25,7 @@ func scanSubscriber(row rowScanner) (*mpsaas.Subscriber, error) {
 	var freeTrial int
 	var ents string
 	err := row.Scan(&s.Key, &s.CustomerIdentifier, &s.CustomerAWSAccountID, &s.LicenseArn, &s.LicenseID, &s.ProductCode,
-		&s.CompanyName, &s.ContactPerson, &s.ContactPhone, &s.ContactEmail, &registered,
+		&s.CompanyName, &s.ContactPerson, &s.ContactPhone, &s.ContactEmail, &registered, &s.OfferType,
 		&s.Status, &freeTrial, &s.OfferID, &lastEvent, &ents, &s.EntitlementsRaw, &entChecked,
 		&s.Access, &s.AccessVersion, &s.AccessFingerprint, &created, &updated, &s.Version)
 	if err != nil {
@@ -86,7 +86,7 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 	}
 	err = d.withTx(ctx, func(tx *sql.Tx) error {
 		args := []any{s.Key, s.CustomerIdentifier, s.CustomerAWSAccountID, s.LicenseArn, s.LicenseID, s.ProductCode,
-			s.CompanyName, s.ContactPerson, s.ContactPhone, s.ContactEmail, unixNano(s.RegisteredAt),
+			s.CompanyName, s.ContactPerson, s.ContactPhone, s.ContactEmail, unixNano(s.RegisteredAt), s.OfferType,
 			string(s.Status), boolInt(s.FreeTrial), s.OfferID, unixNano(s.LastEventAt), string(ents), s.EntitlementsRaw, unixNano(s.EntitlementsCheckedAt),
 			string(s.Access), s.AccessVersion, s.AccessFingerprint}
 		if s.Version == 0 {
@@ -95,7 +95,7 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 				created = now
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO subscribers (`+subscriberColumns+`)
-				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
 			if err != nil {
 				if strings.Contains(err.Error(), "UNIQUE constraint failed") {
 					return mpsaas.Errorf(mpsaas.ECONFLICT, "subscriber %s already exists", s.Key)
@@ -105,10 +105,10 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 			s.CreatedAt = created
 		} else {
 			res, err := tx.ExecContext(ctx, `UPDATE subscribers SET customer_identifier=?2, aws_account_id=?3, license_arn=?4, license_id=?5, product_code=?6,
-				company_name=?7, contact_person=?8, contact_phone=?9, contact_email=?10, registered_at=?11,
-				status=?12, free_trial=?13, offer_id=?14, last_event_at=?15, entitlements=?16, entitlements_raw=?17, entitlements_checked_at=?18,
-				access=?19, access_version=?20, access_fingerprint=?21, updated_at=?22, version=version+1
-				WHERE key=?1 AND version=?23`, append(args, unixNano(now), s.Version)...)
+				company_name=?7, contact_person=?8, contact_phone=?9, contact_email=?10, registered_at=?11, offer_type=?12,
+				status=?13, free_trial=?14, offer_id=?15, last_event_at=?16, entitlements=?17, entitlements_raw=?18, entitlements_checked_at=?19,
+				access=?20, access_version=?21, access_fingerprint=?22, updated_at=?23, version=version+1
+				WHERE key=?1 AND version=?24`, append(args, unixNano(now), s.Version)...)
 			if err != nil {
 				return fmt.Errorf("update subscriber %s: %w", s.Key, err)
 			}

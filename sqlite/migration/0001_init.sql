@@ -10,6 +10,7 @@ CREATE TABLE subscribers (
 	contact_phone           TEXT NOT NULL DEFAULT '',
 	contact_email           TEXT NOT NULL DEFAULT '',
 	registered_at           INTEGER NOT NULL DEFAULT 0,
+	offer_type              TEXT NOT NULL DEFAULT '',
 	status                  TEXT NOT NULL DEFAULT 'pending',
 	free_trial              INTEGER NOT NULL DEFAULT 0,
 	offer_id                TEXT NOT NULL DEFAULT '',

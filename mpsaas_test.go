@@ -1,0 +1,144 @@
+package mpsaas_test
+
+import (
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
+
+func ev(id string, kind mpsaas.EventKind, at time.Duration) mpsaas.Event {
+	return mpsaas.Event{ID: id, Kind: kind, Time: t0.Add(at)}
+}
+
+func TestFold(t *testing.T) {
+	tests := []struct {
+		name   string
+		events []mpsaas.Event
+		want   mpsaas.Status
+	}{
+		{"no events", nil, mpsaas.StatusPending},
+		{"subscribed", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0)}, mpsaas.StatusActive},
+		{"entitlement update alone keeps pending", []mpsaas.Event{ev("a", mpsaas.EventEntitlementUpdated, 0)}, mpsaas.StatusPending},
+		{"cancelling", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("b", mpsaas.EventUnsubscribePending, time.Minute)}, mpsaas.StatusUnsubscribePending},
+		{"cancelled", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("b", mpsaas.EventUnsubscribePending, time.Minute), ev("c", mpsaas.EventUnsubscribeSuccess, time.Hour)}, mpsaas.StatusCancelled},
+		{"pending after success is still cancelled", []mpsaas.Event{ev("c", mpsaas.EventUnsubscribeSuccess, time.Hour), ev("b", mpsaas.EventUnsubscribePending, 2*time.Hour)}, mpsaas.StatusCancelled},
+		{"failed payment", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("b", mpsaas.EventSubscribeFail, time.Minute)}, mpsaas.StatusFailed},
+		{"resubscribed after cancel", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("c", mpsaas.EventUnsubscribeSuccess, time.Hour), ev("d", mpsaas.EventSubscribeSuccess, 2*time.Hour)}, mpsaas.StatusActive},
+		{"same-second tie: end after start", []mpsaas.Event{ev("z", mpsaas.EventLicenseDeprovisioned, 0), ev("a", mpsaas.EventAgreementCreated, 0)}, mpsaas.StatusCancelled},
+		{"EventBridge lifecycle", []mpsaas.Event{ev("a", mpsaas.EventAgreementCreated, 0), ev("b", mpsaas.EventAgreementAmended, time.Hour), ev("c", mpsaas.EventAgreementEnded, 2*time.Hour)}, mpsaas.StatusUnsubscribePending},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mpsaas.Fold(tt.events).Status; got != tt.want {
+				t.Errorf("Fold = %s, want %s", got, tt.want)
+			}
+			// Any order and any duplication folds to the same state.
+			for i := 0; i < 20; i++ {
+				shuffled := append([]mpsaas.Event{}, tt.events...)
+				shuffled = append(shuffled, tt.events...)
+				rand.Shuffle(len(shuffled), func(a, b int) { shuffled[a], shuffled[b] = shuffled[b], shuffled[a] })
+				if got := mpsaas.Fold(shuffled).Status; got != tt.want {
+					t.Fatalf("Fold(shuffled %v) = %s, want %s", shuffled, got, tt.want)
+				}
+			}
+		})
+	}
+}
+
+func TestDecideAccess(t *testing.T) {
+	valid := []mpsaas.Entitlement{{Dimension: "seats", Value: int64(5), ExpirationDate: t0.Add(24 * time.Hour)}}
+	expired := []mpsaas.Entitlement{{Dimension: "seats", Value: int64(5), ExpirationDate: t0.Add(-time.Hour)}}
+	tests := []struct {
+		name    string
+		sub     mpsaas.Subscriber
+		listing string
+		want    mpsaas.Access
+	}{
+		{"unregistered gets nothing", mpsaas.Subscriber{State: mpsaas.State{Status: mpsaas.StatusActive}}, mpsaas.ListingSubscriptions, mpsaas.AccessNone},
+		{"active subscription", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusActive}}, mpsaas.ListingSubscriptions, mpsaas.AccessGranted},
+		{"pending subscription waits", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusPending}}, mpsaas.ListingSubscriptions, mpsaas.AccessNone},
+		{"pending contract with entitlements", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusPending}, Entitlements: valid, EntitlementsCheckedAt: t0}, mpsaas.ListingContracts, mpsaas.AccessGranted},
+		{"active contract expired", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusActive}, Entitlements: expired, EntitlementsCheckedAt: t0, Access: mpsaas.AccessGranted}, mpsaas.ListingContracts, mpsaas.AccessRevoked},
+		{"cancelling", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusUnsubscribePending}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessPendingCancellation},
+		{"cancelled after grant", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusCancelled}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessRevoked},
+		{"cancelled never granted", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusCancelled}}, mpsaas.ListingSubscriptions, mpsaas.AccessNone},
+		{"failed after grant", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusFailed}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessRevoked},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got, _ := mpsaas.DecideAccess(&tt.sub, tt.listing, t0); got != tt.want {
+				t.Errorf("DecideAccess = %q, want %q", got, tt.want)
+			}
+		})
+	}
+	// An entitlement change under unchanged access changes the fingerprint.
+	a := mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusActive}, Entitlements: valid}
+	b := a
+	b.Entitlements = []mpsaas.Entitlement{{Dimension: "seats", Value: int64(9), ExpirationDate: t0.Add(24 * time.Hour)}}
+	_, fa := mpsaas.DecideAccess(&a, mpsaas.ListingContracts, t0)
+	_, fb := mpsaas.DecideAccess(&b, mpsaas.ListingContracts, t0)
+	if fa == fb {
+		t.Error("fingerprint did not change with the entitlements")
+	}
+}
+
+func TestLicenseID(t *testing.T) {
+	for in, want := range map[string]string{
+		"arn:aws:license-manager::123456789012:license:l-0123abcd": "l-0123abcd",
+		"aws:license-manager:us-east-1:123456789012:l-0123abcd":    "l-0123abcd",
+		"arn:aws:license-manager::123456789012:license/l-0123abcd": "l-0123abcd",
+		"":                        "",
+		"arn:aws:s3:::bucket-l-x": "",
+	} {
+		if got := mpsaas.LicenseID(in); got != want {
+			t.Errorf("LicenseID(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestContactValidate(t *testing.T) {
+	good := mpsaas.Contact{CompanyName: "Acme", ContactPerson: "Ann", ContactPhone: "+1 (206) 555-0100", ContactEmail: "ann@acme.example"}
+	if fe := good.Validate(); fe != nil {
+		t.Fatalf("valid contact: %v", fe)
+	}
+	tests := []struct {
+		field string
+		set   func(*mpsaas.Contact)
+	}{
+		{"companyName", func(c *mpsaas.Contact) { c.CompanyName = "" }},
+		{"companyName", func(c *mpsaas.Contact) { c.CompanyName = strings.Repeat("x", 201) }},
+		{"contactPerson", func(c *mpsaas.Contact) { c.ContactPerson = "Ann\nLee" }},
+		{"contactPhone", func(c *mpsaas.Contact) { c.ContactPhone = "call me" }},
+		{"contactPhone", func(c *mpsaas.Contact) { c.ContactPhone = "" }},
+		{"contactEmail", func(c *mpsaas.Contact) { c.ContactEmail = "ann" }},
+		{"contactEmail", func(c *mpsaas.Contact) { c.ContactEmail = "Ann <ann@acme.example>" }},
+		{"contactEmail", func(c *mpsaas.Contact) { c.ContactEmail = "ann@localhost" }},
+	}
+	for _, tt := range tests {
+		c := good
+		tt.set(&c)
+		fe := c.Validate()
+		if fe == nil || fe[tt.field] == "" || len(fe) != 1 {
+			t.Errorf("Validate(%+v) = %v, want exactly one error on %s", c, fe, tt.field)
+		}
+	}
+}
+
+func FuzzContactValidate(f *testing.F) {
+	f.Add("Acme", "Ann", "+1 555 0100", "ann@acme.example")
+	f.Add("", "\x00", "((((", "a@b")
+	f.Fuzz(func(t *testing.T, company, person, phone, email string) {
+		c := mpsaas.Contact{CompanyName: company, ContactPerson: person, ContactPhone: phone, ContactEmail: email}.Normalize()
+		if c.Validate() != nil {
+			return
+		}
+		if c.CompanyName == "" || c.ContactPerson == "" || !strings.Contains(c.ContactEmail, "@") || strings.ContainsAny(c.CompanyName+c.ContactPerson, "\r\n\x00") {
+			t.Fatalf("accepted invalid contact %+v", c)
+		}
+	})
+}

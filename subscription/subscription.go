@@ -1,0 +1,267 @@
+// Package subscription is the workflow that turns registration tokens and
+// AWS Marketplace notifications into subscribers and access decisions:
+// ResolveCustomer → store the buyer → read entitlements → fold events →
+// decide access → queue access changes for delivery.
+//
+// Both runtimes use it: `mpsaas serve` (web handlers and the local queue
+// worker) and the Lambda functions.
+package subscription
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// Service runs the subscription workflow. Set the fields, then use it
+// concurrently.
+type Service struct {
+	Store       mpsaas.SubscriberStore
+	Marketplace mpsaas.Marketplace
+	Clock       mpsaas.Clock
+	Logger      *slog.Logger
+	// Listing is the TypeOfSaaSListing: subscriptions, contracts or
+	// contracts_with_subscription. Contracts read entitlements.
+	Listing string
+	// ProductCodes are the products this integration serves; tokens for
+	// other products are refused. Empty accepts any product.
+	ProductCodes []string
+	// Channels are the outbox channels every access change is queued on.
+	Channels []string
+}
+
+func (s *Service) now() time.Time {
+	if s.Clock == nil {
+		return time.Now().UTC()
+	}
+	return s.Clock.Now()
+}
+
+func (s *Service) log() *slog.Logger {
+	if s.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return s.Logger
+}
+
+// ResolveOptions carry what the fulfillment POST says besides the token.
+type ResolveOptions struct {
+	// FreeTrial is set when the POST had x-amzn-marketplace-offer-type=free-trial.
+	// It is used only when no SNS message says whether a free trial applies
+	// (EventBridge events do not).
+	FreeTrial bool
+}
+
+// Resolve exchanges a registration token for the customer and makes sure a
+// subscriber record exists for it, folding any events that arrived before.
+// The token itself is never stored or logged.
+func (s *Service) Resolve(ctx context.Context, token string, opts ResolveOptions) (*mpsaas.Subscriber, error) {
+	if token == "" {
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "The registration token is missing. Please return to AWS Marketplace and choose \"Set up your account\" again.")
+	}
+	if len(token) > 4096 {
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "The registration token is not valid.")
+	}
+	cust, err := s.Marketplace.ResolveCustomer(ctx, token)
+	if err != nil {
+		return nil, fmt.Errorf("resolve customer: %w", err)
+	}
+	if err := cust.Validate(); err != nil {
+		return nil, err
+	}
+	if len(s.ProductCodes) > 0 && !slices.Contains(s.ProductCodes, cust.ProductCode) {
+		s.log().Warn("registration token for another product", "productCode", cust.ProductCode)
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "This registration is for a product (%s) that this site does not sell.", cust.ProductCode)
+	}
+	return s.update(ctx, cust, "", func(sub *mpsaas.Subscriber) error {
+		if opts.FreeTrial {
+			sub.OfferType = mpsaas.OfferTypeFreeTrial
+		}
+		return nil
+	})
+}
+
+// Register stores the buyer's contact details for the subscriber under key.
+// Registering again updates the details; it never creates a second record.
+func (s *Service) Register(ctx context.Context, key string, c mpsaas.Contact) (*mpsaas.Subscriber, error) {
+	c = c.Normalize()
+	if fe := c.Validate(); fe != nil {
+		return nil, &mpsaas.Error{Code: mpsaas.EINVALID, Message: fe.Error()}
+	}
+	sub, err := s.Store.GetSubscriber(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("register %s: %w", key, err)
+	}
+	return s.update(ctx, customerOf(sub), key, func(sub *mpsaas.Subscriber) error {
+		sub.Contact = c
+		if sub.RegisteredAt.IsZero() {
+			sub.RegisteredAt = s.now()
+		}
+		return nil
+	})
+}
+
+// RegisterWithToken is the sample stack's API: resolve and register in one call.
+func (s *Service) RegisterWithToken(ctx context.Context, token string, c mpsaas.Contact) (*mpsaas.Subscriber, error) {
+	c = c.Normalize()
+	if fe := c.Validate(); fe != nil {
+		return nil, &mpsaas.Error{Code: mpsaas.EINVALID, Message: fe.Error()}
+	}
+	sub, err := s.Resolve(ctx, token, ResolveOptions{})
+	if err != nil {
+		return nil, err
+	}
+	return s.Register(ctx, sub.Key, c)
+}
+
+// Get returns the subscriber under key.
+func (s *Service) Get(ctx context.Context, key string) (*mpsaas.Subscriber, error) {
+	return s.Store.GetSubscriber(ctx, key)
+}
+
+func customerOf(sub *mpsaas.Subscriber) mpsaas.Customer {
+	return mpsaas.Customer{CustomerIdentifier: sub.CustomerIdentifier, CustomerAWSAccountID: sub.CustomerAWSAccountID, LicenseArn: sub.LicenseArn, ProductCode: sub.ProductCode}
+}
+
+// HandleMessage handles one notification body (SNS-in-SQS or EventBridge).
+// Redelivered, reordered and early events are safe: events are stored once
+// by ID and each affected subscriber's state is folded from all its events.
+// A returned EINVALID error means the message can never succeed.
+func (s *Service) HandleMessage(ctx context.Context, body []byte) error {
+	events, err := ParseMessage(body, s.now())
+	if err != nil {
+		return err
+	}
+	for _, e := range events {
+		if err := s.HandleEvent(ctx, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HandleEvent stores one event and updates the subscribers it belongs to.
+// Handling the same event twice is harmless, so a retry after a partial
+// failure is safe.
+func (s *Service) HandleEvent(ctx context.Context, e mpsaas.Event) error {
+	if len(s.ProductCodes) > 0 && e.ProductCode != "" && !slices.Contains(s.ProductCodes, e.ProductCode) {
+		s.log().Info("ignoring event for another product", "event", e.ID, "productCode", e.ProductCode)
+		return nil
+	}
+	added, err := s.Store.AddEvent(ctx, e)
+	if err != nil {
+		return fmt.Errorf("store event %s: %w", e.ID, err)
+	}
+	keys, err := s.Store.SubscribersFor(ctx, e)
+	if err != nil {
+		return err
+	}
+	s.log().Info("subscription event", "event", e.ID, "kind", e.Kind, "new", added, "subscribers", len(keys))
+	for _, key := range keys {
+		sub, err := s.Store.GetSubscriber(ctx, key)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", e.ID, err)
+		}
+		if _, err := s.update(ctx, customerOf(sub), key, func(*mpsaas.Subscriber) error { return nil }); err != nil {
+			return fmt.Errorf("event %s: %w", e.ID, err)
+		}
+	}
+	return nil
+}
+
+// update loads (or creates) the subscriber for cust, applies mutate, folds
+// its events, re-reads contract entitlements, decides access and saves,
+// queuing an access change if the decision changed. It retries on
+// concurrent updates.
+func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, mutate func(*mpsaas.Subscriber) error) (*mpsaas.Subscriber, error) {
+	var lastErr error
+	for attempt := 0; attempt < 5; attempt++ {
+		sub, err := s.load(ctx, cust, key)
+		if err != nil {
+			return nil, err
+		}
+		if err := mutate(sub); err != nil {
+			return nil, err
+		}
+		events, err := s.Store.EventsFor(ctx, sub.Identity)
+		if err != nil {
+			return nil, err
+		}
+		sub.State = mpsaas.Fold(events)
+		if !sub.FreeTrialKnown && sub.OfferType == mpsaas.OfferTypeFreeTrial {
+			sub.FreeTrial = true
+		}
+		if mpsaas.IsContract(s.Listing) {
+			ents, raw, err := s.Marketplace.GetEntitlements(ctx, customerOf(sub))
+			if err != nil {
+				return nil, fmt.Errorf("entitlements of %s: %w", sub.Key, err)
+			}
+			sub.Entitlements, sub.EntitlementsRaw, sub.EntitlementsCheckedAt = ents, raw, s.now()
+		}
+		change := s.decide(sub)
+		err = s.Store.SaveSubscriber(ctx, sub, change, s.Channels)
+		if err == nil {
+			if change != nil {
+				s.log().Info("access changed", "subscriber", sub.Key, "access", sub.Access, "version", sub.AccessVersion)
+			}
+			return sub, nil
+		}
+		if mpsaas.ErrorCode(err) != mpsaas.ECONFLICT {
+			return nil, err
+		}
+		lastErr = err
+	}
+	return nil, fmt.Errorf("update subscriber: gave up after concurrent updates: %w", lastErr)
+}
+
+// load returns the stored subscriber (by key, or by any identity of cust)
+// merged with what cust adds, or a new one.
+func (s *Service) load(ctx context.Context, cust mpsaas.Customer, key string) (*mpsaas.Subscriber, error) {
+	var sub *mpsaas.Subscriber
+	var err error
+	if key != "" {
+		sub, err = s.Store.GetSubscriber(ctx, key)
+	} else {
+		sub, err = s.Store.FindSubscriber(ctx, cust.Identity())
+	}
+	switch mpsaas.ErrorCode(err) {
+	case "":
+	case mpsaas.ENOTFOUND:
+		if key != "" {
+			return nil, err
+		}
+		return &mpsaas.Subscriber{Key: mpsaas.SubscriberKey(cust), Identity: cust.Identity(), LicenseArn: cust.LicenseArn, State: mpsaas.State{Status: mpsaas.StatusPending}}, nil
+	default:
+		return nil, err
+	}
+	// Fill in identity fields we did not know yet; never overwrite known ones.
+	id := cust.Identity()
+	fill := func(dst *string, v string) {
+		if *dst == "" {
+			*dst = v
+		}
+	}
+	fill(&sub.CustomerIdentifier, id.CustomerIdentifier)
+	fill(&sub.CustomerAWSAccountID, id.CustomerAWSAccountID)
+	fill(&sub.LicenseID, id.LicenseID)
+	fill(&sub.LicenseArn, cust.LicenseArn)
+	fill(&sub.ProductCode, id.ProductCode)
+	return sub, nil
+}
+
+// decide sets the subscriber's access and returns the change to deliver, or
+// nil when nothing the seller's system sees has changed.
+func (s *Service) decide(sub *mpsaas.Subscriber) *mpsaas.AccessChange {
+	a, fp := mpsaas.DecideAccess(sub, s.Listing, s.now())
+	if a == mpsaas.AccessNone || fp == sub.AccessFingerprint {
+		return nil
+	}
+	sub.Access, sub.AccessFingerprint = a, fp
+	sub.AccessVersion++
+	ch := mpsaas.NewAccessChange(sub, s.now())
+	return &ch
+}
