@@ -1,0 +1,210 @@
+package main
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/url"
+	"sort"
+	"strings"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// Config is the whole configuration of `mpsaas serve`. It is read from
+// MPSAAS_* environment variables; command-line flags override them.
+type Config struct {
+	Addr          string
+	PublicURL     string
+	DB            string
+	Secret        string
+	Listing       string
+	ProductCodes  []string
+	ProductName   string
+	SignInURL     string
+	SupportEmail  string
+	CORSOrigins   []string
+	WebhookURL    string
+	WebhookSecret string
+	SMTPAddr      string
+	SMTPUsername  string
+	SMTPPassword  string
+	SMTPFrom      string
+	AdminEmail    string
+	// Emulator is auto, on or off. Auto runs the embedded emulator unless AWS
+	// credentials, a profile or Marketplace endpoints are configured.
+	Emulator            string
+	EmulatorAddr        string
+	MeteringEndpoint    string
+	EntitlementEndpoint string
+	Region              string
+	LogLevel            string
+	LogFormat           string
+}
+
+// setting describes one configuration value for flags, env and --help.
+type setting struct {
+	name, env, usage, def string
+	secret                bool
+	ptr                   *string
+	list                  *[]string
+}
+
+func (c *Config) settings() []setting {
+	return []setting{
+		{name: "addr", env: "MPSAAS_ADDR", def: "localhost:8080", usage: "address the buyer-facing web server listens on", ptr: &c.Addr},
+		{name: "public-url", env: "MPSAAS_PUBLIC_URL", usage: "URL buyers reach the web server at (default http://<addr>)", ptr: &c.PublicURL},
+		{name: "db", env: "MPSAAS_DB", def: "mpsaas.db", usage: "SQLite database file", ptr: &c.DB},
+		{name: "secret", env: "MPSAAS_SECRET", usage: "secret (32+ characters) that signs registration forms and status links; random per start if unset", secret: true, ptr: &c.Secret},
+		{name: "listing", env: "MPSAAS_LISTING", def: mpsaas.ListingContractsWithSubscription, usage: "TypeOfSaaSListing: subscriptions, contracts or contracts_with_subscription", ptr: &c.Listing},
+		{name: "product-codes", env: "MPSAAS_PRODUCT_CODES", usage: "comma-separated product codes this integration serves (tokens for other products are refused); with the emulator, its demo products", list: &c.ProductCodes},
+		{name: "product-name", env: "MPSAAS_PRODUCT_NAME", def: "Example SaaS", usage: "product name shown to buyers", ptr: &c.ProductName},
+		{name: "sign-in-url", env: "MPSAAS_SIGN_IN_URL", usage: "where registered buyers sign in to your application", ptr: &c.SignInURL},
+		{name: "support-email", env: "MPSAAS_SUPPORT_EMAIL", usage: "support address shown on buyer pages", ptr: &c.SupportEmail},
+		{name: "cors-origins", env: "MPSAAS_CORS_ORIGINS", usage: "origins allowed to call POST /subscriber from a browser (comma-separated, * for any)", list: &c.CORSOrigins},
+		{name: "webhook-url", env: "MPSAAS_WEBHOOK_URL", usage: "your endpoint for signed access-change webhooks", ptr: &c.WebhookURL},
+		{name: "webhook-secret", env: "MPSAAS_WEBHOOK_SECRET", usage: "HMAC secret for webhook signatures (required with --webhook-url)", secret: true, ptr: &c.WebhookSecret},
+		{name: "smtp-addr", env: "MPSAAS_SMTP_ADDR", usage: "SMTP server host:port for emails (default: notifications go to the log)", ptr: &c.SMTPAddr},
+		{name: "smtp-username", env: "MPSAAS_SMTP_USERNAME", usage: "SMTP username", ptr: &c.SMTPUsername},
+		{name: "smtp-password", env: "MPSAAS_SMTP_PASSWORD", usage: "SMTP password", secret: true, ptr: &c.SMTPPassword},
+		{name: "smtp-from", env: "MPSAAS_SMTP_FROM", usage: "From address of emails", ptr: &c.SMTPFrom},
+		{name: "admin-email", env: "MPSAAS_ADMIN_EMAIL", usage: "seller admin address copied on every access change (MarketplaceTechAdminEmail)", ptr: &c.AdminEmail},
+		{name: "emulator", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on unless AWS credentials or endpoints are configured)", ptr: &c.Emulator},
+		{name: "emulator-addr", env: "MPSAAS_EMULATOR_ADDR", def: "localhost:8081", usage: "address the embedded emulator and buyer simulator listen on", ptr: &c.EmulatorAddr},
+		{name: "metering-endpoint", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
+		{name: "entitlement-endpoint", env: "MPSAAS_ENTITLEMENT_ENDPOINT", usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
+		{name: "region", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
+		{name: "log-level", env: "MPSAAS_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", ptr: &c.LogLevel},
+		{name: "log-format", env: "MPSAAS_LOG_FORMAT", def: "text", usage: "text or json", ptr: &c.LogFormat},
+	}
+}
+
+// Load reads the environment, then flags from args.
+func (c *Config) Load(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+	for _, s := range c.settings() {
+		v := getenv(s.env)
+		if v == "" {
+			v = s.def
+		}
+		if s.list != nil {
+			*s.list = splitList(v)
+			fs.Func(s.name, s.usage+" [$"+s.env+"]", func(x string) error { *s.list = splitList(x); return nil })
+			continue
+		}
+		*s.ptr = v
+		usage := s.usage + " [$" + s.env + "]"
+		fs.StringVar(s.ptr, s.name, v, usage)
+	}
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// Validate checks the configuration and fills derived defaults. Errors name
+// the environment variable to fix.
+func (c *Config) Validate() error {
+	var errs []error
+	switch c.Listing {
+	case mpsaas.ListingSubscriptions, mpsaas.ListingContracts, mpsaas.ListingContractsWithSubscription:
+	default:
+		errs = append(errs, fmt.Errorf("MPSAAS_LISTING %q: want subscriptions, contracts or contracts_with_subscription", c.Listing))
+	}
+	switch c.Emulator {
+	case "auto", "on", "off":
+	default:
+		errs = append(errs, fmt.Errorf("MPSAAS_EMULATOR %q: want auto, on or off", c.Emulator))
+	}
+	if c.PublicURL != "" {
+		if u, err := url.Parse(c.PublicURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("MPSAAS_PUBLIC_URL %q: want an http(s) URL", c.PublicURL))
+		}
+		c.PublicURL = strings.TrimRight(c.PublicURL, "/")
+	}
+	if c.Secret != "" && len(c.Secret) < 32 {
+		errs = append(errs, errors.New("MPSAAS_SECRET: must be at least 32 characters"))
+	}
+	if c.WebhookURL != "" {
+		if u, err := url.Parse(c.WebhookURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("MPSAAS_WEBHOOK_URL %q: want an http(s) URL", c.WebhookURL))
+		}
+		if len(c.WebhookSecret) < 16 {
+			errs = append(errs, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters"))
+		}
+	}
+	if c.SMTPAddr != "" && c.SMTPFrom == "" {
+		errs = append(errs, errors.New("MPSAAS_SMTP_FROM: required with MPSAAS_SMTP_ADDR"))
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		errs = append(errs, fmt.Errorf("MPSAAS_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		errs = append(errs, fmt.Errorf("MPSAAS_LOG_FORMAT %q: want text or json", c.LogFormat))
+	}
+	return errors.Join(errs...)
+}
+
+// useEmulator decides whether to run the embedded emulator.
+func (c *Config) useEmulator(getenv func(string) string) bool {
+	switch c.Emulator {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	if c.MeteringEndpoint != "" || c.EntitlementEndpoint != "" {
+		return false
+	}
+	for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
+		if getenv(v) != "" {
+			return false
+		}
+	}
+	return true
+}
+
+// Dump writes the configuration with secrets redacted.
+func (c *Config) Dump(w io.Writer) {
+	var lines []string
+	for _, s := range c.settings() {
+		v := ""
+		if s.list != nil {
+			v = strings.Join(*s.list, ",")
+		} else {
+			v = *s.ptr
+		}
+		if s.secret && v != "" {
+			v = "<redacted>"
+		}
+		lines = append(lines, fmt.Sprintf("%s=%s", s.env, v))
+	}
+	sort.Strings(lines)
+	fmt.Fprintln(w, strings.Join(lines, "\n"))
+}
+
+func randomSecret() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+

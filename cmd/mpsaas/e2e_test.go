@@ -1,0 +1,404 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/chromedp/chromedp"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/webhook"
+)
+
+const testWebhookSecret = "test-webhook-secret-0123456789"
+
+// webhookSink is the seller's system: it verifies every webhook and records it.
+type webhookSink struct {
+	mu      sync.Mutex
+	changes []mpsaas.AccessChange
+	bad     []string
+}
+
+func (s *webhookSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	body, _ := io.ReadAll(r.Body)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := webhook.Verify([]byte(testWebhookSecret), r.Header.Get(webhook.SignatureHeader), body, time.Now(), 5*time.Minute); err != nil {
+		s.bad = append(s.bad, err.Error())
+		http.Error(w, "bad signature", http.StatusUnauthorized)
+		return
+	}
+	var c mpsaas.AccessChange
+	if err := json.Unmarshal(body, &c); err != nil || c.IdempotencyKey != r.Header.Get("Idempotency-Key") {
+		s.bad = append(s.bad, fmt.Sprintf("payload %s: %v", body, err))
+		http.Error(w, "bad payload", http.StatusBadRequest)
+		return
+	}
+	s.changes = append(s.changes, c)
+}
+
+// waitFor polls until the sink holds a change for product with access a.
+func (s *webhookSink) waitFor(t *testing.T, product string, a mpsaas.Access) mpsaas.AccessChange {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		for _, c := range s.changes {
+			if c.Subscriber.ProductCode == product && c.Access == a {
+				s.mu.Unlock()
+				return c
+			}
+		}
+		s.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.Fatalf("no %s webhook for %s; got %+v (rejected: %v)", a, product, s.changes, s.bad)
+	return mpsaas.AccessChange{}
+}
+
+type testApp struct {
+	*App
+	sink *webhookSink
+	logs *strings.Builder
+}
+
+// startApp runs `mpsaas serve` in-process on free ports with the embedded
+// emulator and a webhook sink.
+func startApp(t *testing.T, listing string) *testApp {
+	t.Helper()
+	sink := &webhookSink{}
+	hook := httptest.NewServer(sink)
+	t.Cleanup(hook.Close)
+	env := map[string]string{
+		"MPSAAS_ADDR": "127.0.0.1:0", "MPSAAS_EMULATOR_ADDR": "127.0.0.1:0", "MPSAAS_DB": filepath.Join(t.TempDir(), "e2e.db"),
+		"MPSAAS_LISTING": listing, "MPSAAS_WEBHOOK_URL": hook.URL, "MPSAAS_WEBHOOK_SECRET": testWebhookSecret,
+		"MPSAAS_EMULATOR": "on", "MPSAAS_SECRET": strings.Repeat("s", 32), "MPSAAS_PRODUCT_NAME": "Widgets Cloud",
+	}
+	var cfg Config
+	if err := cfg.Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	logs := &strings.Builder{}
+	var mu sync.Mutex
+	logger := slog.New(slog.NewTextHandler(writerFunc(func(p []byte) (int, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return logs.Write(p)
+	}), nil))
+	ctx, cancel := context.WithCancel(context.Background())
+	app, err := openApp(ctx, cfg, func(k string) string { return env[k] }, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- app.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return &testApp{App: app, sink: sink, logs: logs}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+func (a *testApp) agreement(t *testing.T, product string) emulator.Subscription {
+	t.Helper()
+	for _, s := range a.em.Subscriptions() {
+		if s.ProductCode == product {
+			return s
+		}
+	}
+	t.Fatalf("no agreement for %s", product)
+	return emulator.Subscription{}
+}
+
+var journeyContact = mpsaas.Contact{CompanyName: "Acme Robotics", ContactPerson: "Ann Lee", ContactPhone: "+1 206 555 0100", ContactEmail: "ann@acme.example"}
+
+// TestBuyerJourneyHTTP drives the journey with a plain HTTP client posting
+// the same forms a browser would (fast; runs everywhere).
+func TestBuyerJourneyHTTP(t *testing.T) {
+	for _, product := range []string{demoLicenseProduct, demoLegacyProduct} {
+		t.Run(product, func(t *testing.T) {
+			app := startApp(t, mpsaas.ListingSubscriptions)
+			client := &http.Client{}
+			// The buyer subscribes on the (emulated) listing page.
+			page := postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscribe", url.Values{"productCode": {product}, "buyerAccountId": {"123456789012"}, "freeTrial": {"1"}}, 200)
+			action, fields := parseForm(t, page, "setup-form")
+			if action != app.URL()+"/fulfillment" || fields.Get("x-amzn-marketplace-token") == "" || fields.Get("x-amzn-marketplace-offer-type") != "free-trial" {
+				t.Fatalf("setup form posts to %s with %v", action, fields)
+			}
+			// Marketplace's form POST reaches the fulfillment URL: 200 and the form.
+			page = postForm(t, client, action, fields, 200)
+			_, reg := parseForm(t, page, "register-form")
+			if strings.Contains(page, fields.Get("x-amzn-marketplace-token")) {
+				t.Fatal("the registration page contains the registration token")
+			}
+			// Bad input first: clear errors, nothing stored.
+			bad := url.Values{"session": reg["session"], "companyName": {""}, "contactPerson": {"Ann"}, "contactPhone": {"phone"}, "contactEmail": {"nope"}}
+			page = postForm(t, client, app.URL()+"/register", bad, 400)
+			for _, want := range []string{"Company name is required.", "Phone number may contain only digits", "Email address must look like"} {
+				if !strings.Contains(page, want) {
+					t.Errorf("error page lacks %q", want)
+				}
+			}
+			good := url.Values{"session": reg["session"], "companyName": {journeyContact.CompanyName}, "contactPerson": {journeyContact.ContactPerson},
+				"contactPhone": {journeyContact.ContactPhone}, "contactEmail": {journeyContact.ContactEmail}}
+			page = postForm(t, client, app.URL()+"/register", good, 200)
+			if !strings.Contains(page, "Thank you for registering") {
+				t.Fatalf("registered page: %s", page)
+			}
+			granted := app.sink.waitFor(t, product, mpsaas.AccessGranted)
+			if granted.Subscriber.ContactEmail != journeyContact.ContactEmail || !granted.Subscriber.FreeTrial {
+				t.Errorf("granted webhook subscriber = %+v", granted.Subscriber)
+			}
+			if product == demoLicenseProduct && (granted.Subscriber.CustomerIdentifier != "" || granted.Subscriber.LicenseArn == "") {
+				t.Errorf("license-based buyer: %+v", granted.Subscriber)
+			}
+			if product == demoLegacyProduct && granted.Subscriber.CustomerIdentifier == "" {
+				t.Errorf("legacy buyer without CustomerIdentifier: %+v", granted.Subscriber)
+			}
+			// The buyer cancels: access is revoked.
+			postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscriptions/"+app.agreement(t, product).AgreementID+"/cancel", nil, 200)
+			revoked := app.sink.waitFor(t, product, mpsaas.AccessRevoked)
+			if revoked.Subscriber.Key != granted.Subscriber.Key || revoked.Version <= granted.Version {
+				t.Errorf("revoked %+v after granted %+v", revoked, granted)
+			}
+			// The status page shows it.
+			statusLink := regexp.MustCompile(`href="(/account/[^"]+)"`).FindStringSubmatch(page)
+			if statusLink == nil {
+				t.Fatal("no status link on the registered page")
+			}
+			status := get(t, client, app.URL()+statusLink[1], 200)
+			if !strings.Contains(status, "cancelled") || !strings.Contains(status, "revoked") {
+				t.Errorf("status page does not show cancelled/revoked:\n%s", status)
+			}
+			// A second fulfillment POST with a fresh token: already registered.
+			again, err := app.em.NewToken(app.agreement(t, product).AgreementID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			page = postForm(t, client, app.URL()+"/fulfillment", url.Values{"x-amzn-marketplace-token": {again.Token}}, 200)
+			if !strings.Contains(page, "already registered") {
+				t.Errorf("second visit: want 'already registered', got %s", page)
+			}
+			if strings.Contains(app.logs.String(), fields.Get("x-amzn-marketplace-token")) {
+				t.Error("the registration token appears in the logs")
+			}
+		})
+	}
+}
+
+func TestFulfillmentBadInput(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions)
+	client := &http.Client{}
+	tests := []struct {
+		name   string
+		form   url.Values
+		status int
+		want   string
+	}{
+		{"no token (AWS URL check)", url.Values{}, 200, "subscribe on AWS Marketplace"},
+		{"unknown token", url.Values{"x-amzn-marketplace-token": {"forged"}}, 400, "registration token is not valid"},
+	}
+	for _, tt := range tests {
+		page := postForm(t, client, app.URL()+"/fulfillment", tt.form, tt.status)
+		if !strings.Contains(page, tt.want) {
+			t.Errorf("%s: page lacks %q", tt.name, tt.want)
+		}
+	}
+	// A forged or expired registration session.
+	page := postForm(t, client, app.URL()+"/register", url.Values{"session": {"abc.def"}, "companyName": {"x"}}, 400)
+	if !strings.Contains(page, "expired or is not valid") {
+		t.Errorf("forged session page: %s", page)
+	}
+	// The sample stack's JSON API with bad input.
+	resp, err := client.Post(app.URL()+"/subscriber", "application/json", strings.NewReader(`{"regToken":"forged","companyName":"A","contactPerson":"B","contactPhone":"+1 555 0100","contactEmail":"b@a.example"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 400 || !strings.Contains(string(body), "Registration data not valid") {
+		t.Errorf("sample API with forged token: %d %s", resp.StatusCode, body)
+	}
+}
+
+func TestSampleRegistrationAPI(t *testing.T) {
+	app := startApp(t, mpsaas.ListingContractsWithSubscription)
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLegacyProduct, BuyerAccountID: "210987654321", Entitlements: map[string]int32{"users": 25}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf(`{"regToken":%q,"companyName":"Acme","contactPerson":"Ann","contactPhone":"+1 555 0100","contactEmail":"ann@acme.example"}`, res.Token)
+	resp, err := http.Post(app.URL()+"/subscriber", "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(b), "Thank you for registering. Please check your email for a confirmation!") {
+		t.Fatalf("sample API: %d %s", resp.StatusCode, b)
+	}
+	c := app.sink.waitFor(t, demoLegacyProduct, mpsaas.AccessGranted)
+	if len(c.Subscriber.Entitlements) != 1 || c.Subscriber.Entitlements[0].Dimension != "users" {
+		t.Errorf("entitlements in webhook = %+v, want users", c.Subscriber.Entitlements)
+	}
+}
+
+func postForm(t *testing.T, c *http.Client, u string, form url.Values, wantStatus int) string {
+	t.Helper()
+	resp, err := c.PostForm(u, form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		t.Fatalf("POST %s: status %d, want %d\n%s", u, resp.StatusCode, wantStatus, b)
+	}
+	return string(b)
+}
+
+func get(t *testing.T, c *http.Client, u string, wantStatus int) string {
+	t.Helper()
+	resp, err := c.Get(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != wantStatus {
+		t.Fatalf("GET %s: status %d, want %d\n%s", u, resp.StatusCode, wantStatus, b)
+	}
+	return string(b)
+}
+
+var (
+	formRE  = regexp.MustCompile(`(?s)<form[^>]*action="([^"]*)"[^>]*id="([^"]+)"[^>]*>(.*?)</form>`)
+	inputRE = regexp.MustCompile(`<input type="hidden" name="([^"]+)" value="([^"]*)">`)
+)
+
+// parseForm returns the action and hidden fields of the form with id.
+func parseForm(t *testing.T, page, id string) (string, url.Values) {
+	t.Helper()
+	for _, m := range formRE.FindAllStringSubmatch(page, -1) {
+		if m[2] != id {
+			continue
+		}
+		vals := url.Values{}
+		for _, in := range inputRE.FindAllStringSubmatch(m[3], -1) {
+			vals.Add(in[1], htmlUnescape(in[2]))
+		}
+		return htmlUnescape(m[1]), vals
+	}
+	t.Fatalf("no form %q in page:\n%s", id, page)
+	return "", nil
+}
+
+func htmlUnescape(s string) string {
+	return strings.NewReplacer("&amp;", "&", "&#43;", "+", "&#34;", `"`, "&#39;", "'", "&lt;", "<", "&gt;", ">").Replace(s)
+}
+
+// TestBuyerJourneyBrowser drives the journey in headless Chromium exactly as
+// a buyer's browser would. It needs Debian's chromium; it is skipped when
+// chromium is missing unless MPSAAS_BROWSER_TESTS=1 (CI), where it fails.
+func TestBuyerJourneyBrowser(t *testing.T) {
+	chrome := findChromium()
+	if chrome == "" {
+		if os.Getenv("MPSAAS_BROWSER_TESTS") == "1" {
+			t.Fatal("MPSAAS_BROWSER_TESTS=1 but chromium is not installed")
+		}
+		t.Skip("chromium not installed (apt-get install chromium); set MPSAAS_BROWSER_TESTS=1 to require it")
+	}
+	for _, product := range []string{demoLicenseProduct, demoLegacyProduct} {
+		t.Run(product, func(t *testing.T) {
+			app := startApp(t, mpsaas.ListingSubscriptions)
+			opts := append(chromedp.DefaultExecAllocatorOptions[:],
+				chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
+				chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
+				chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()))
+			allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+			defer cancelAlloc()
+			ctx, cancel := chromedp.NewContext(allocCtx)
+			defer cancel()
+			ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+			defer cancelTimeout()
+
+			css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
+			err := chromedp.Do(ctx,
+				chromedp.Navigate(app.EmulatorURL()+"/emulator/"),
+				chromedp.SetValue(css("#product"), product),
+				chromedp.SetValue(css("#buyer"), "123456789012"),
+				chromedp.Click(css("#subscribe")),
+				chromedp.WaitVisible(css("#setup")),
+				chromedp.Click(css("#setup")), // Marketplace's form POST to the fulfillment URL
+				chromedp.WaitVisible(css("#register-form")),
+				chromedp.SendKeys(css("#companyName"), journeyContact.CompanyName),
+				chromedp.SendKeys(css("#contactPerson"), journeyContact.ContactPerson),
+				chromedp.SendKeys(css("#contactPhone"), journeyContact.ContactPhone),
+				chromedp.SendKeys(css("#contactEmail"), journeyContact.ContactEmail),
+				chromedp.Click(css("#register")),
+				chromedp.WaitVisible(css("#registered-message")),
+			)
+			if err != nil {
+				t.Fatalf("browser: %v\nlogs:\n%s", err, app.logs.String())
+			}
+			message, err := chromedp.Run(ctx, chromedp.Text(css("#registered-message")))
+			if err != nil || !strings.Contains(message, "Thank you for registering") {
+				t.Errorf("registered message = %q (%v)", message, err)
+			}
+			granted := app.sink.waitFor(t, product, mpsaas.AccessGranted)
+			if granted.Subscriber.CompanyName != journeyContact.CompanyName {
+				t.Errorf("webhook company = %q", granted.Subscriber.CompanyName)
+			}
+			row := `tr[data-agreement="` + app.agreement(t, product).AgreementID + `"]`
+			err = chromedp.Do(ctx,
+				chromedp.Navigate(app.EmulatorURL()+"/emulator/"),
+				chromedp.Click(css(row+" button.cancel")),
+				chromedp.WaitNotPresent(css(row+" button.cancel")), // the page reloaded after the cancel
+			)
+			if err != nil {
+				t.Fatalf("browser cancel: %v", err)
+			}
+			status, err := chromedp.Run(ctx, chromedp.Text(css(row+" td.status")))
+			if err != nil || status != "unsubscribe-pending" {
+				t.Errorf("agreement status after cancel = %q (%v)", status, err)
+			}
+			app.sink.waitFor(t, product, mpsaas.AccessRevoked)
+		})
+	}
+}
+
+func findChromium() string {
+	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
+		if p, err := exec.LookPath(name); err == nil {
+			return p
+		}
+	}
+	return ""
+}

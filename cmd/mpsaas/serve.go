@@ -1,0 +1,282 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/notify"
+	"github.com/mpsaas/mpsaas/sqlite"
+	"github.com/mpsaas/mpsaas/subscription"
+	"github.com/mpsaas/mpsaas/web"
+	"github.com/mpsaas/mpsaas/webhook"
+	"github.com/mpsaas/mpsaas/worker"
+)
+
+// Demo products the embedded emulator starts with: one legacy listing
+// (CustomerIdentifier + ProductCode) and one created after 2026-06-01
+// (CustomerAWSAccountId + LicenseArn).
+const (
+	demoLegacyProduct  = "mpsaas-demo-legacy"
+	demoLicenseProduct = "mpsaas-demo"
+)
+
+// App is a running `mpsaas serve`: the web server, the workers and,
+// optionally, the embedded emulator.
+type App struct {
+	cfg    Config
+	log    *slog.Logger
+	db     *sqlite.DB
+	em     *emulator.Server
+	svc    *subscription.Service
+	web    *web.Server
+	queue  *worker.QueueWorker
+	disp   *worker.Dispatcher
+	webLn  net.Listener
+	emLn   net.Listener
+	wakeQ  chan struct{}
+	wakeD  chan struct{}
+	closed bool
+}
+
+// openApp builds the object graph and binds the listeners; Run serves.
+func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger *slog.Logger) (_ *App, err error) {
+	a := &App{cfg: cfg, log: logger, wakeQ: make(chan struct{}, 1), wakeD: make(chan struct{}, 1)}
+	defer func() {
+		if err != nil {
+			a.close()
+		}
+	}()
+	if a.cfg.Secret == "" {
+		a.cfg.Secret = randomSecret()
+		logger.Warn("MPSAAS_SECRET is not set: using a random secret, so registration forms and status links stop working when mpsaas restarts")
+	}
+	if a.db, err = sqlite.Open(ctx, cfg.DB); err != nil {
+		return nil, err
+	}
+	if a.webLn, err = net.Listen("tcp", cfg.Addr); err != nil {
+		return nil, fmt.Errorf("listen on MPSAAS_ADDR %s: %w", cfg.Addr, err)
+	}
+	if a.cfg.PublicURL == "" {
+		a.cfg.PublicURL = "http://" + displayAddr(cfg.Addr, a.webLn.Addr())
+	}
+
+	var awsCfg aws.Config
+	mpOpts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
+	if cfg.useEmulator(getenv) {
+		if a.emLn, err = net.Listen("tcp", cfg.EmulatorAddr); err != nil {
+			return nil, fmt.Errorf("listen on MPSAAS_EMULATOR_ADDR %s: %w", cfg.EmulatorAddr, err)
+		}
+		emURL := a.EmulatorURL()
+		a.em = emulator.New(emulatorConfig(logger))
+		if err := seedDemo(a.em, a.cfg.PublicURL+"/fulfillment", cfg.Listing, cfg.ProductName); err != nil {
+			return nil, err
+		}
+		if len(a.cfg.ProductCodes) == 0 {
+			a.cfg.ProductCodes = []string{demoLegacyProduct, demoLicenseProduct}
+		}
+		// Local mode: the emulator's notifications feed the durable local queue.
+		a.em.OnNotification(func(n emulator.Notification) {
+			if err := a.db.Enqueue(context.Background(), n.Body); err != nil {
+				logger.Error("enqueue emulator notification", "err", err)
+				return
+			}
+			wake(a.wakeQ)
+		})
+		awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("emulator", "emulator", "")}
+		mpOpts = marketplace.Options{MeteringEndpoint: emURL, EntitlementEndpoint: emURL}
+	} else {
+		if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
+			return nil, fmt.Errorf("load AWS configuration: %w", err)
+		}
+		if cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && awsCfg.Credentials == nil {
+			awsCfg.Credentials = credentials.NewStaticCredentialsProvider("local", "local", "")
+		}
+	}
+
+	channels := []string{mpsaas.ChannelNotify}
+	senders := map[string]worker.Sender{mpsaas.ChannelNotify: notify.LogSender{Logger: logger}}
+	if cfg.SMTPAddr != "" {
+		senders[mpsaas.ChannelNotify] = &notify.SMTPSender{Addr: cfg.SMTPAddr, Username: cfg.SMTPUsername, Password: cfg.SMTPPassword,
+			From: cfg.SMTPFrom, AdminEmail: cfg.AdminEmail, ProductName: cfg.ProductName}
+	}
+	if cfg.WebhookURL != "" {
+		channels = append(channels, mpsaas.ChannelWebhook)
+		senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret)}
+	}
+	a.svc = &subscription.Service{
+		Store: outboxWaker{a.db, a.wakeD}, Marketplace: marketplace.New(awsCfg, mpOpts), Logger: logger,
+		Listing: cfg.Listing, ProductCodes: a.cfg.ProductCodes, Channels: channels,
+	}
+	a.web = web.New(web.Config{
+		Secret: []byte(a.cfg.Secret), ProductName: cfg.ProductName, SignInURL: cfg.SignInURL,
+		SupportEmail: cfg.SupportEmail, CORSOrigins: cfg.CORSOrigins, Logger: logger,
+	}, a.svc)
+	a.queue = &worker.QueueWorker{Queue: a.db, Handler: a.svc, Logger: logger, Wake: a.wakeQ}
+	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: senders, Logger: logger, Wake: a.wakeD}
+	return a, nil
+}
+
+func emulatorConfig(logger *slog.Logger) emulator.Config {
+	c := emulator.DefaultConfig()
+	c.Logger = logger.With("component", "emulator")
+	return c
+}
+
+// outboxWaker wakes the dispatcher after every save, so access changes go
+// out at once instead of at the next poll.
+type outboxWaker struct {
+	*sqlite.DB
+	wake chan struct{}
+}
+
+func (o outboxWaker) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, c *mpsaas.AccessChange, ch []string) error {
+	err := o.DB.SaveSubscriber(ctx, s, c, ch)
+	if err == nil && c != nil {
+		wake(o.wake)
+	}
+	return err
+}
+
+func wake(c chan struct{}) {
+	select {
+	case c <- struct{}{}:
+	default:
+	}
+}
+
+func seedDemo(em *emulator.Server, fulfillmentURL, listing, name string) error {
+	dims := []emulator.Dimension{{Name: "users", Description: "Active users"}, {Name: "requests", Description: "API requests"}}
+	for _, p := range []emulator.Product{
+		{Code: demoLicenseProduct, Name: name, Type: listing, LicenseBased: true, Dimensions: dims, FulfillmentURL: fulfillmentURL},
+		{Code: demoLegacyProduct, Name: name + " (legacy listing)", Type: listing, Dimensions: dims, FulfillmentURL: fulfillmentURL},
+	} {
+		if _, err := em.AddProduct(p); err != nil {
+			return fmt.Errorf("seed emulator: %w", err)
+		}
+	}
+	for _, b := range []emulator.Buyer{{AccountID: "123456789012", Name: "Example Buyer Inc."}, {AccountID: "210987654321", Name: "Another Customer LLC"}} {
+		if _, err := em.AddBuyer(b); err != nil {
+			return fmt.Errorf("seed emulator: %w", err)
+		}
+	}
+	return nil
+}
+
+// URL is where buyers reach the web server.
+func (a *App) URL() string { return a.cfg.PublicURL }
+
+// EmulatorURL is the embedded emulator's base URL ("" when not running).
+func (a *App) EmulatorURL() string {
+	if a.emLn == nil {
+		return ""
+	}
+	return "http://" + displayAddr(a.cfg.EmulatorAddr, a.emLn.Addr())
+}
+
+// displayAddr keeps the host name the user configured (e.g. localhost) with
+// the port actually bound (which differs when the port was 0).
+func displayAddr(configured string, bound net.Addr) string {
+	host, _, err := net.SplitHostPort(configured)
+	_, port, err2 := net.SplitHostPort(bound.String())
+	if err != nil || err2 != nil || host == "" || host == "0.0.0.0" || host == "::" {
+		return bound.String()
+	}
+	return net.JoinHostPort(host, port)
+}
+
+// PrintBanner tells the user where to click.
+func (a *App) PrintBanner(w io.Writer) {
+	fmt.Fprintf(w, "mpsaas is running (database %s, listing %s).\n", a.cfg.DB, a.cfg.Listing)
+	fmt.Fprintf(w, "  Fulfillment URL:   %s/fulfillment\n", a.URL())
+	fmt.Fprintf(w, "  Registration API:  %s/subscriber\n", a.URL())
+	if a.em != nil {
+		fmt.Fprintf(w, "  Buyer simulator:   %s/emulator/   <- open this to subscribe as a buyer\n", a.EmulatorURL())
+		fmt.Fprintf(w, "  Marketplace API:   %s (AWS Marketplace emulator)\n", a.EmulatorURL())
+	} else {
+		fmt.Fprintf(w, "  Marketplace API:   AWS (region %s)\n", a.cfg.Region)
+	}
+	if a.cfg.WebhookURL != "" {
+		fmt.Fprintf(w, "  Webhooks to:       %s\n", a.cfg.WebhookURL)
+	}
+	fmt.Fprintln(w, "Press Ctrl+C to stop.")
+}
+
+// Run serves until ctx is done, then shuts down in order: stop intake,
+// drain the workers, close the store.
+func (a *App) Run(ctx context.Context) error {
+	webSrv := &http.Server{Handler: a.web, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
+	var emSrv *http.Server
+	errc := make(chan error, 2)
+	go func() { errc <- webSrv.Serve(a.webLn) }()
+	if a.em != nil {
+		emSrv = &http.Server{Handler: a.em.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { errc <- emSrv.Serve(a.emLn) }()
+	}
+	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	var wg sync.WaitGroup
+	wg.Go(func() { a.queue.Run(workCtx) })
+	wg.Go(func() { a.disp.Run(workCtx) })
+	if a.em != nil {
+		wg.Go(func() {
+			t := time.NewTicker(time.Second)
+			defer t.Stop()
+			for {
+				select {
+				case <-workCtx.Done():
+					return
+				case <-t.C:
+					a.em.RunDue()
+				}
+			}
+		})
+	}
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			runErr = fmt.Errorf("http server: %w", err)
+		}
+	}
+	a.log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	_ = webSrv.Shutdown(shutCtx)
+	if emSrv != nil {
+		_ = emSrv.Shutdown(shutCtx)
+	}
+	stopWork()
+	wg.Wait()
+	a.close()
+	return runErr
+}
+
+func (a *App) close() {
+	if a.closed {
+		return
+	}
+	a.closed = true
+	if a.webLn != nil {
+		a.webLn.Close()
+	}
+	if a.emLn != nil {
+		a.emLn.Close()
+	}
+	if a.db != nil {
+		a.db.Close()
+	}
+}

@@ -1,0 +1,112 @@
+// Package notify tells people about access changes: by default it writes
+// them to the log; with SMTP configured it emails the buyer (a confirmation
+// when access is granted, notices when it changes) and the seller's admin.
+package notify
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net"
+	"net/smtp"
+	"strings"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// LogSender writes each access change to the log.
+type LogSender struct{ Logger *slog.Logger }
+
+// Send logs the change.
+func (l LogSender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
+	var c mpsaas.AccessChange
+	if err := json.Unmarshal(m.Payload, &c); err != nil {
+		return fmt.Errorf("decode access change %s: %w", m.IdempotencyKey, err)
+	}
+	l.Logger.InfoContext(ctx, "notification: access changed", "key", c.IdempotencyKey, "access", c.Access,
+		"subscriber", c.Subscriber.Key, "company", c.Subscriber.CompanyName, "email", c.Subscriber.ContactEmail, "status", c.Subscriber.Status)
+	return nil
+}
+
+// SMTPSender emails access changes.
+type SMTPSender struct {
+	Addr     string // host:port
+	Username string // optional: PLAIN auth (requires TLS unless the host is local)
+	Password string
+	From     string
+	// AdminEmail (the sample's MarketplaceTechAdminEmail) gets a copy of each.
+	AdminEmail  string
+	ProductName string
+	Timeout     time.Duration
+}
+
+// Send emails one change.
+func (s *SMTPSender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
+	var c mpsaas.AccessChange
+	if err := json.Unmarshal(m.Payload, &c); err != nil {
+		return fmt.Errorf("decode access change %s: %w", m.IdempotencyKey, err)
+	}
+	var to []string
+	if c.Subscriber.ContactEmail != "" {
+		to = append(to, c.Subscriber.ContactEmail)
+	}
+	if s.AdminEmail != "" {
+		to = append(to, s.AdminEmail)
+	}
+	if len(to) == 0 {
+		return nil
+	}
+	subject, text := message(c, s.ProductName)
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "From: %s\r\nTo: %s\r\nSubject: %s\r\nMessage-ID: <%s@mpsaas>\r\nDate: %s\r\nMIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n%s",
+		s.From, strings.Join(to, ", "), mime.QEncoding.Encode("utf-8", subject),
+		strings.NewReplacer(":", ".", "/", ".").Replace(c.IdempotencyKey), c.OccurredAt.Format(time.RFC1123Z),
+		strings.ReplaceAll(text, "\n", "\r\n"))
+	var auth smtp.Auth
+	if s.Username != "" {
+		host, _, _ := net.SplitHostPort(s.Addr)
+		auth = smtp.PlainAuth("", s.Username, s.Password, host)
+	}
+	done := make(chan error, 1)
+	go func() { done <- smtp.SendMail(s.Addr, auth, s.From, to, b.Bytes()) }()
+	timeout := s.Timeout
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return fmt.Errorf("smtp send %s: %w", m.IdempotencyKey, err)
+		}
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(timeout):
+		return fmt.Errorf("smtp send %s: timed out after %s", m.IdempotencyKey, timeout)
+	}
+}
+
+func message(c mpsaas.AccessChange, product string) (subject, body string) {
+	if product == "" {
+		product = "your subscription"
+	}
+	name := c.Subscriber.ContactPerson
+	if name == "" {
+		name = "there"
+	}
+	switch c.Access {
+	case mpsaas.AccessGranted:
+		if c.Version == 1 {
+			return "Welcome to " + product, fmt.Sprintf("Hello %s,\n\nyour %s account for %s is ready. Your subscription through AWS Marketplace is active.\n", name, product, c.Subscriber.CompanyName)
+		}
+		return product + ": your subscription changed", fmt.Sprintf("Hello %s,\n\nyour %s subscription was updated. It remains active.\n", name, product)
+	case mpsaas.AccessPendingCancellation:
+		return product + ": cancellation received", fmt.Sprintf("Hello %s,\n\nwe received the cancellation of your %s subscription. Your access ends shortly.\n", name, product)
+	default:
+		return product + ": access ended", fmt.Sprintf("Hello %s,\n\nyour %s subscription has ended and access has been removed. You can subscribe again on AWS Marketplace at any time.\n", name, product)
+	}
+}

@@ -1,0 +1,116 @@
+package notify_test
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/notify"
+)
+
+// fakeSMTP is a minimal SMTP server that records one message per session.
+type fakeSMTP struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	rcpt []string
+	data []string
+}
+
+func startSMTP(t *testing.T) *fakeSMTP {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakeSMTP{ln: ln}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go f.serve(c)
+		}
+	}()
+	return f
+}
+
+func (f *fakeSMTP) serve(c net.Conn) {
+	defer c.Close()
+	r := bufio.NewReader(c)
+	say := func(s string) { c.Write([]byte(s + "\r\n")) }
+	say("220 fake ESMTP")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		cmd := strings.ToUpper(strings.TrimSpace(line))
+		switch {
+		case strings.HasPrefix(cmd, "EHLO"), strings.HasPrefix(cmd, "HELO"):
+			say("250 fake")
+		case strings.HasPrefix(cmd, "MAIL FROM"):
+			say("250 ok")
+		case strings.HasPrefix(cmd, "RCPT TO"):
+			f.mu.Lock()
+			f.rcpt = append(f.rcpt, strings.TrimSpace(line[8:]))
+			f.mu.Unlock()
+			say("250 ok")
+		case cmd == "DATA":
+			say("354 go ahead")
+			var b strings.Builder
+			for {
+				l, err := r.ReadString('\n')
+				if err != nil || l == ".\r\n" {
+					break
+				}
+				b.WriteString(l)
+			}
+			f.mu.Lock()
+			f.data = append(f.data, b.String())
+			f.mu.Unlock()
+			say("250 queued")
+		case cmd == "QUIT":
+			say("221 bye")
+			return
+		default:
+			say("250 ok")
+		}
+	}
+}
+
+func TestSMTPSender(t *testing.T) {
+	srv := startSMTP(t)
+	s := &notify.SMTPSender{Addr: srv.ln.Addr().String(), From: "noreply@seller.example", AdminEmail: "admin@seller.example", ProductName: "Widgets", Timeout: 5 * time.Second}
+	c := mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessGranted, Version: 1, OccurredAt: time.Now(),
+		Subscriber: mpsaas.SubscriberDTO{Key: "K", Contact: mpsaas.Contact{ContactPerson: "Ann", ContactEmail: "ann@buyer.example", CompanyName: "Acme"}}}
+	payload, _ := json.Marshal(c)
+	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err != nil {
+		t.Fatal(err)
+	}
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	if len(srv.rcpt) != 2 || !strings.Contains(srv.rcpt[0], "ann@buyer.example") || !strings.Contains(srv.rcpt[1], "admin@seller.example") {
+		t.Errorf("recipients = %v", srv.rcpt)
+	}
+	if len(srv.data) != 1 || !strings.Contains(srv.data[0], "Subject: Welcome to Widgets") || !strings.Contains(srv.data[0], "Hello Ann") {
+		t.Errorf("message = %q", srv.data)
+	}
+}
+
+func TestSMTPSenderUnreachable(t *testing.T) {
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	s := &notify.SMTPSender{Addr: addr, From: "a@b.example", AdminEmail: "c@d.example", Timeout: 2 * time.Second}
+	payload, _ := json.Marshal(mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessRevoked})
+	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err == nil {
+		t.Error("Send to a closed port succeeded; want an error so the outbox retries")
+	}
+}

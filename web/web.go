@@ -1,0 +1,350 @@
+// Package web serves the buyer-facing HTTP side of the integration: the
+// fulfillment URL that AWS Marketplace form-POSTs to, the registration page
+// and API (including the sample stack's JSON API), and the buyer's
+// subscription status page. It is a plain http.Handler, so `mpsaas serve`
+// and the Lambda adapter serve the same code.
+package web
+
+import (
+	"context"
+	"embed"
+	"encoding/json"
+	"html/template"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/subscription"
+)
+
+//go:embed templates/*.html
+var templateFS embed.FS
+
+//go:embed static
+var staticFS embed.FS
+
+// Subscriptions is the workflow the handlers drive.
+type Subscriptions interface {
+	Resolve(ctx context.Context, token string, opts subscription.ResolveOptions) (*mpsaas.Subscriber, error)
+	Register(ctx context.Context, key string, c mpsaas.Contact) (*mpsaas.Subscriber, error)
+	RegisterWithToken(ctx context.Context, token string, c mpsaas.Contact) (*mpsaas.Subscriber, error)
+	Get(ctx context.Context, key string) (*mpsaas.Subscriber, error)
+}
+
+// Config configures the handler.
+type Config struct {
+	// Secret signs hidden form fields and status links (at least 32 bytes).
+	Secret []byte
+	// ProductName is shown on the pages.
+	ProductName string
+	// SignInURL is where registered buyers sign in to the seller's app.
+	SignInURL string
+	// SupportEmail is shown when something goes wrong.
+	SupportEmail string
+	// CORSOrigins may call the JSON registration API from a browser ("*" for any).
+	CORSOrigins []string
+	// RegistrationTTL is how long a registration form stays valid (default 4h,
+	// the token lifetime).
+	RegistrationTTL time.Duration
+	Logger          *slog.Logger
+	Clock           mpsaas.Clock
+}
+
+// Server is the buyer-facing HTTP handler.
+type Server struct {
+	cfg   Config
+	subs  Subscriptions
+	sign  signer
+	log   *slog.Logger
+	tmpl  *template.Template
+	mux   *http.ServeMux
+	clock mpsaas.Clock
+}
+
+// New returns the handler. It panics only if the embedded templates are broken.
+func New(cfg Config, subs Subscriptions) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = mpsaas.SystemClock{}
+	}
+	if cfg.RegistrationTTL == 0 {
+		cfg.RegistrationTTL = 4 * time.Hour
+	}
+	if cfg.ProductName == "" {
+		cfg.ProductName = "our service"
+	}
+	s := &Server{cfg: cfg, subs: subs, sign: signer{secret: cfg.Secret}, log: cfg.Logger, clock: cfg.Clock,
+		tmpl: template.Must(template.New("").Funcs(template.FuncMap{
+			"fmtTime": func(t time.Time) string {
+				if t.IsZero() {
+					return ""
+				}
+				return t.UTC().Format("2 Jan 2006 15:04 MST")
+			},
+		}).ParseFS(templateFS, "templates/*.html")),
+		mux: http.NewServeMux(),
+	}
+	s.routes()
+	return s
+}
+
+// ServeHTTP serves a request with security headers and access logging.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; form-action 'self' https:; frame-ancestors 'none'")
+	start := time.Now()
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	s.mux.ServeHTTP(rec, r)
+	// Only method, path and status: never bodies or query strings.
+	s.log.Info("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Handle lets other packages mount routes on the same server (the usage API).
+func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+func (s *Server) routes() {
+	s.mux.HandleFunc("GET /{$}", s.handleHome)
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	s.mux.Handle("GET /static/", http.FileServerFS(staticFS))
+	s.mux.HandleFunc("POST /fulfillment", s.handleFulfillment)
+	s.mux.HandleFunc("GET /fulfillment", s.handleFulfillmentGet)
+	s.mux.HandleFunc("POST /register", s.handleRegister)
+	s.mux.HandleFunc("GET /account/{link}", s.handleStatus)
+	s.mux.HandleFunc("POST /subscriber", s.handleSubscriberAPI)
+	s.mux.HandleFunc("OPTIONS /subscriber", s.handleSubscriberAPI)
+}
+
+// page is the data every template gets.
+type page struct {
+	Title        string
+	ProductName  string
+	SupportEmail string
+	SignInURL    string
+	Message      string
+	Session      string
+	Contact      mpsaas.Contact
+	Errors       mpsaas.FieldErrors
+	Subscriber   *mpsaas.Subscriber
+	StatusURL    string
+	FreeTrial    bool
+}
+
+func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
+	p.ProductName, p.SupportEmail, p.SignInURL = s.cfg.ProductName, s.cfg.SupportEmail, s.cfg.SignInURL
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	if err := s.tmpl.ExecuteTemplate(w, name, p); err != nil {
+		s.log.Error("render template", "template", name, "err", err)
+	}
+}
+
+// renderError shows an error page. Internal details are logged, not shown.
+func (s *Server) renderError(w http.ResponseWriter, r *http.Request, err error) {
+	status := errorStatus(err)
+	if status >= 500 {
+		s.log.Error("request failed", "path", r.URL.Path, "err", err)
+	}
+	s.render(w, status, "error.html", page{Title: "Something went wrong", Message: mpsaas.ErrorMessage(err)})
+}
+
+// errorStatus is the one table from error codes to HTTP status.
+func errorStatus(err error) int {
+	switch mpsaas.ErrorCode(err) {
+	case mpsaas.EINVALID:
+		return http.StatusBadRequest
+	case mpsaas.ENOTFOUND:
+		return http.StatusNotFound
+	case mpsaas.ECONFLICT:
+		return http.StatusConflict
+	case mpsaas.EUNAUTHORIZED:
+		return http.StatusUnauthorized
+	case mpsaas.EUNAVAILABLE:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}
+
+func (s *Server) handleHome(w http.ResponseWriter, r *http.Request) {
+	s.render(w, http.StatusOK, "home.html", page{Title: s.cfg.ProductName})
+}
+
+// handleFulfillmentGet answers a visit without a token (and AWS's URL
+// check) with 200 and directions.
+func (s *Server) handleFulfillmentGet(w http.ResponseWriter, r *http.Request) {
+	s.render(w, http.StatusOK, "home.html", page{Title: s.cfg.ProductName, Message: "To register, subscribe on AWS Marketplace and choose \"Set up your account\"."})
+}
+
+// handleFulfillment receives the buyer's browser form POST from AWS
+// Marketplace with x-amzn-marketplace-token. It resolves the token at once
+// and renders the registration page (200). The token is not put in a URL,
+// a cookie or a log; the form carries a signed subscriber key instead.
+func (s *Server) handleFulfillment(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		s.render(w, http.StatusBadRequest, "error.html", page{Title: "Something went wrong", Message: "The request could not be read. Please return to AWS Marketplace and choose \"Set up your account\" again."})
+		return
+	}
+	token := r.PostForm.Get("x-amzn-marketplace-token")
+	if token == "" {
+		// AWS validates the fulfillment URL with a POST and expects 200.
+		s.render(w, http.StatusOK, "home.html", page{Title: s.cfg.ProductName, Message: "To register, subscribe on AWS Marketplace and choose \"Set up your account\"."})
+		return
+	}
+	freeTrial := r.PostForm.Get("x-amzn-marketplace-offer-type") == mpsaas.OfferTypeFreeTrial
+	sub, err := s.subs.Resolve(r.Context(), token, subscription.ResolveOptions{FreeTrial: freeTrial})
+	if err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	if sub.Registered() {
+		s.render(w, http.StatusOK, "registered.html", page{Title: "Welcome back", Subscriber: sub, StatusURL: s.statusURL(sub.Key),
+			Message: "You have already registered. Sign in to continue."})
+		return
+	}
+	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key), FreeTrial: sub.FreeTrial})
+}
+
+func (s *Server) session(key string) string {
+	return s.sign.sign("register", key, s.clock.Now().Add(s.cfg.RegistrationTTL))
+}
+
+func (s *Server) statusURL(key string) string {
+	// Status links stay valid for a year; they show, never change, anything.
+	return "/account/" + s.sign.sign("status", key, s.clock.Now().AddDate(1, 0, 0))
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		s.render(w, http.StatusBadRequest, "error.html", page{Title: "Something went wrong", Message: "The form could not be read. Please try again."})
+		return
+	}
+	sess := r.PostForm.Get("session")
+	key, ok := s.sign.verify("register", sess, s.clock.Now())
+	if !ok {
+		s.render(w, http.StatusBadRequest, "error.html", page{Title: "Registration expired", Message: "This registration form has expired or is not valid. Please return to AWS Marketplace and choose \"Set up your account\" again."})
+		return
+	}
+	c := mpsaas.Contact{
+		CompanyName: r.PostForm.Get("companyName"), ContactPerson: r.PostForm.Get("contactPerson"),
+		ContactPhone: r.PostForm.Get("contactPhone"), ContactEmail: r.PostForm.Get("contactEmail"),
+	}.Normalize()
+	if fe := c.Validate(); fe != nil {
+		s.render(w, http.StatusBadRequest, "register.html", page{Title: "Create your account", Session: sess, Contact: c, Errors: fe})
+		return
+	}
+	sub, err := s.subs.Register(r.Context(), key, c)
+	if err != nil {
+		if mpsaas.ErrorCode(err) == mpsaas.EUNAVAILABLE {
+			s.render(w, http.StatusServiceUnavailable, "register.html", page{Title: "Create your account", Session: sess, Contact: c, Message: mpsaas.ErrorMessage(err)})
+			return
+		}
+		s.renderError(w, r, err)
+		return
+	}
+	s.render(w, http.StatusOK, "registered.html", page{Title: "Registration complete", Subscriber: sub, StatusURL: s.statusURL(sub.Key),
+		Message: "Thank you for registering. Please check your email for a confirmation!"})
+}
+
+func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {
+	key, ok := s.sign.verify("status", r.PathValue("link"), s.clock.Now())
+	if !ok {
+		s.render(w, http.StatusNotFound, "error.html", page{Title: "Link not valid", Message: "This account link is not valid or has expired."})
+		return
+	}
+	sub, err := s.subs.Get(r.Context(), key)
+	if err != nil {
+		s.renderError(w, r, err)
+		return
+	}
+	s.render(w, http.StatusOK, "status.html", page{Title: "Your subscription", Subscriber: sub})
+}
+
+// Sample stack API messages (its landing page shows them verbatim).
+const (
+	sampleSuccess = "Thank you for registering. Please check your email for a confirmation!"
+	sampleInvalid = "Registration data not valid. Please try again, or contact support!"
+)
+
+type sampleRegistration struct {
+	RegToken      string `json:"regToken"`
+	CompanyName   string `json:"companyName"`
+	ContactPerson string `json:"contactPerson"`
+	ContactPhone  string `json:"contactPhone"`
+	ContactEmail  string `json:"contactEmail"`
+}
+
+// handleSubscriberAPI is the sample stack's registration API: a JSON body
+// with regToken and the contact fields.
+func (s *Server) handleSubscriberAPI(w http.ResponseWriter, r *http.Request) {
+	s.cors(w, r)
+	if r.Method == http.MethodOptions {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	var in sampleRegistration
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10))
+	if err := dec.Decode(&in); err != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"message": sampleInvalid, "error": "The request body must be a JSON object."})
+		return
+	}
+	c := mpsaas.Contact{CompanyName: in.CompanyName, ContactPerson: in.ContactPerson, ContactPhone: in.ContactPhone, ContactEmail: in.ContactEmail}.Normalize()
+	if fe := c.Validate(); fe != nil {
+		writeJSON(w, http.StatusBadRequest, map[string]any{"message": sampleInvalid, "errors": fe})
+		return
+	}
+	sub, err := s.subs.RegisterWithToken(r.Context(), strings.TrimSpace(in.RegToken), c)
+	if err != nil {
+		status := errorStatus(err)
+		if status >= 500 {
+			s.log.Error("registration API failed", "err", err)
+		}
+		writeJSON(w, status, map[string]any{"message": sampleInvalid, "error": mpsaas.ErrorMessage(err)})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"message": sampleSuccess, "subscriber": sub.Key, "status": sub.Status, "statusUrl": s.statusURL(sub.Key)})
+}
+
+func (s *Server) cors(w http.ResponseWriter, r *http.Request) {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return
+	}
+	if slices.Contains(s.cfg.CORSOrigins, "*") {
+		w.Header().Set("Access-Control-Allow-Origin", "*")
+	} else if slices.Contains(s.cfg.CORSOrigins, origin) {
+		w.Header().Set("Access-Control-Allow-Origin", origin)
+		w.Header().Add("Vary", "Origin")
+	} else {
+		return
+	}
+	w.Header().Set("Access-Control-Allow-Methods", "POST, OPTIONS")
+	w.Header().Set("Access-Control-Allow-Headers", "Content-Type")
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
