@@ -94,9 +94,13 @@ func (c *Config) Load(fs *flag.FlagSet, args []string, getenv func(string) strin
 			fs.Func(s.name, s.usage+" [$"+s.env+"]", func(x string) error { *s.list = splitList(x); return nil })
 			continue
 		}
-		*s.ptr = v
 		usage := s.usage + " [$" + s.env + "]"
-		fs.StringVar(s.ptr, s.name, v, usage)
+		if s.secret {
+			fs.StringVar(s.ptr, s.name, "", usage) // never print a secret as a default
+		} else {
+			fs.StringVar(s.ptr, s.name, v, usage)
+		}
+		*s.ptr = v
 	}
 	if err := fs.Parse(args); err != nil {
 		return err
