@@ -50,7 +50,7 @@ func (s *Server) simulatorRoutes(mux *http.ServeMux) {
 			_, err = s.FailPayment(id)
 		case "entitlements":
 			var e map[string]int32
-			e, err = parseEntitlements(r)
+			e, err = parseEntitlements(r, "ent.")
 			if err == nil {
 				_, err = s.SetEntitlements(id, e)
 			}
@@ -87,7 +87,7 @@ func (s *Server) handleSimulatorIndex(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) handleSimulatorSubscribe(w http.ResponseWriter, r *http.Request) {
-	ents, err := parseEntitlements(r)
+	ents, err := parseEntitlements(r, "ent."+r.FormValue("productCode")+".")
 	if err != nil {
 		s.redirectOrFail(w, r, err)
 		return
@@ -114,14 +114,14 @@ func renderSetup(w http.ResponseWriter, res SubscribeResult) {
 	_ = templates.ExecuteTemplate(w, "setup.html", res)
 }
 
-// parseEntitlements reads form fields named ent.<dimension>.
-func parseEntitlements(r *http.Request) (map[string]int32, error) {
+// parseEntitlements reads form fields named <prefix><dimension>.
+func parseEntitlements(r *http.Request, prefix string) (map[string]int32, error) {
 	if err := r.ParseForm(); err != nil {
 		return nil, err
 	}
 	var out map[string]int32
 	for k, vs := range r.PostForm {
-		dim, ok := strings.CutPrefix(k, "ent.")
+		dim, ok := strings.CutPrefix(k, prefix)
 		if !ok || len(vs) == 0 || strings.TrimSpace(vs[0]) == "" {
 			continue
 		}
