@@ -565,3 +565,60 @@ func jsonNum(f float64) string {
 	b, _ := json.Marshal(f)
 	return string(b)
 }
+
+func TestMeterUsage(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	hour := now.Truncate(time.Hour)
+	in := func(q int32, ts time.Time, token string) *mm.MeterUsageInput {
+		return &mm.MeterUsageInput{ProductCode: aws.String("legacyprod"), UsageDimension: aws.String("users"), UsageQuantity: aws.Int32(q), Timestamp: aws.Time(ts), ClientToken: aws.String(token)}
+	}
+	first, err := f.metering.MeterUsage(ctx, in(4, hour, "tok-1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		in      *mm.MeterUsageInput
+		wantErr string
+		sameID  bool
+	}{
+		{"identical request in the same hour returns the same record", in(4, hour.Add(5*time.Minute), "tok-2"), "", true},
+		{"different quantity in the same hour", in(5, hour, "tok-3"), "DuplicateRequestException", false},
+		{"client token reused with other parameters", in(9, hour.Add(-time.Hour), "tok-1"), "IdempotencyConflictException", false},
+		{"older than 6 hours", in(1, now.Add(-7*time.Hour), "tok-4"), "TimestampOutOfBoundsException", false},
+		{"unknown dimension", &mm.MeterUsageInput{ProductCode: aws.String("legacyprod"), UsageDimension: aws.String("nope"), Timestamp: aws.Time(hour)}, "InvalidUsageDimensionException", false},
+		{"unknown product", &mm.MeterUsageInput{ProductCode: aws.String("nope"), UsageDimension: aws.String("users"), Timestamp: aws.Time(hour)}, "InvalidProductCodeException", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := f.metering.MeterUsage(ctx, tt.in)
+			if got := errorCode(err); got != tt.wantErr {
+				t.Fatalf("MeterUsage error = %q (%v), want %q", got, err, tt.wantErr)
+			}
+			if tt.sameID && aws.ToString(out.MeteringRecordId) != aws.ToString(first.MeteringRecordId) {
+				t.Errorf("MeteringRecordId = %s, want %s", aws.ToString(out.MeteringRecordId), aws.ToString(first.MeteringRecordId))
+			}
+			if tt.wantErr == "IdempotencyConflictException" {
+				var re interface{ HTTPStatusCode() int }
+				if errors.As(err, &re) && re.HTTPStatusCode() != 409 {
+					t.Errorf("status = %d, want 409", re.HTTPStatusCode())
+				}
+			}
+		})
+	}
+}
+
+func TestDisabledAPIFault(t *testing.T) {
+	f := newFixture(t)
+	if err := f.em.Faults.Add(emulator.Fault{Operation: "BatchMeterUsage", Error: "DisabledApiException", Count: 1}); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.metering.BatchMeterUsage(context.Background(), &mm.BatchMeterUsageInput{ProductCode: aws.String("legacyprod"), UsageRecords: []mmtypes.UsageRecord{}})
+	if got := errorCode(err); got != "DisabledApiException" {
+		t.Errorf("error = %q, want DisabledApiException", got)
+	}
+	if err := f.em.Faults.Add(emulator.Fault{Error: "Explode"}); err == nil {
+		t.Error("unknown fault error accepted")
+	}
+}

@@ -12,7 +12,8 @@ type Fault struct {
 	// Operation is an API operation name such as BatchMeterUsage, or "*".
 	Operation string `json:"operation"`
 	// Error is the __type to answer with: ThrottlingException (400),
-	// InternalServiceErrorException (500), or ServiceUnavailable (a bare 503).
+	// InternalServiceErrorException (500), DisabledApiException (400), or
+	// ServiceUnavailable (a bare 503 without an AWS error body).
 	// Empty means no error (latency or unprocessed records only).
 	Error string `json:"error,omitempty"`
 	// Rate is the probability (0..1] that a call is affected; 0 means always.
@@ -67,9 +68,9 @@ func (f *Faults) Seed(seed uint64) {
 // Add injects a fault.
 func (f *Faults) Add(fault Fault) error {
 	switch fault.Error {
-	case "", "ThrottlingException", "InternalServiceErrorException", "ServiceUnavailable":
+	case "", "ThrottlingException", "InternalServiceErrorException", "ServiceUnavailable", "DisabledApiException":
 	default:
-		return fmt.Errorf("%w: fault error %q: want ThrottlingException, InternalServiceErrorException or ServiceUnavailable", ErrInvalid, fault.Error)
+		return fmt.Errorf("%w: fault error %q: want ThrottlingException, InternalServiceErrorException, ServiceUnavailable or DisabledApiException", ErrInvalid, fault.Error)
 	}
 	if fault.Rate < 0 || fault.Rate > 1 || fault.UnprocessedRate < 0 || fault.UnprocessedRate > 1 {
 		return fmt.Errorf("%w: fault rates must be between 0 and 1", ErrInvalid)
