@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -183,3 +184,91 @@ type wrapped struct {
 
 func (w *wrapped) Error() string   { return w.app.Error() + ": " + w.cause.Error() }
 func (w *wrapped) Unwrap() []error { return []error{w.app, w.cause} }
+
+// AWSErrorCode is the AWS error code of the cause, if it is an AWS answer.
+func (w *wrapped) AWSErrorCode() string {
+	var ae smithy.APIError
+	if errors.As(w.cause, &ae) {
+		return ae.ErrorCode()
+	}
+	return ""
+}
+
+var _ mpsaas.Meterer = (*Client)(nil)
+
+// BatchMeterUsage sends one batch. Records are matched to results by
+// (customer, dimension, timestamp), which is unique within a batch.
+func (c *Client) BatchMeterUsage(ctx context.Context, productCode string, records []mpsaas.MeterRecord) (mpsaas.BatchResult, error) {
+	in := &mm.BatchMeterUsageInput{UsageRecords: make([]mmtypes.UsageRecord, 0, len(records))}
+	if productCode != "" {
+		in.ProductCode = aws.String(productCode)
+	}
+	byKey := make(map[string]int64, len(records))
+	for _, r := range records {
+		ur := mmtypes.UsageRecord{
+			Dimension: aws.String(r.Dimension),
+			Quantity:  aws.Int32(int32(r.Quantity)),
+			Timestamp: aws.Time(r.Hour),
+		}
+		if r.LicenseMode() {
+			ur.CustomerAWSAccountId = aws.String(r.CustomerAWSAccountID)
+			ur.LicenseArn = aws.String(r.LicenseArn)
+		} else {
+			ur.CustomerIdentifier = aws.String(r.CustomerIdentifier)
+		}
+		if r.Allocations != nil {
+			ur.UsageAllocations = allocations(r.Allocations)
+		}
+		in.UsageRecords = append(in.UsageRecords, ur)
+		byKey[recordKey(ur)] = r.ID
+	}
+	out, err := c.Metering.BatchMeterUsage(ctx, in)
+	if err != nil {
+		return mpsaas.BatchResult{}, translate("BatchMeterUsage", err)
+	}
+	var res mpsaas.BatchResult
+	for _, r := range out.Results {
+		if r.UsageRecord == nil {
+			continue
+		}
+		id, ok := byKey[recordKey(*r.UsageRecord)]
+		if !ok {
+			return res, mpsaas.Errorf(mpsaas.EINTERNAL, "BatchMeterUsage returned a result for a record that was not sent")
+		}
+		raw, _ := json.Marshal(map[string]any{"Status": r.Status, "MeteringRecordId": aws.ToString(r.MeteringRecordId)})
+		res.Results = append(res.Results, mpsaas.RecordResult{MeterRecordID: id, Status: string(r.Status), MeteringRecordID: aws.ToString(r.MeteringRecordId), Raw: string(raw)})
+	}
+	for _, u := range out.UnprocessedRecords {
+		if id, ok := byKey[recordKey(u)]; ok {
+			res.Unprocessed = append(res.Unprocessed, id)
+		}
+	}
+	return res, nil
+}
+
+func recordKey(u mmtypes.UsageRecord) string {
+	return aws.ToString(u.CustomerIdentifier) + "\x00" + aws.ToString(u.CustomerAWSAccountId) + "\x00" + aws.ToString(u.Dimension) + "\x00" + fmt.Sprint(aws.ToTime(u.Timestamp).Unix())
+}
+
+func allocations(a map[string]int64) []mmtypes.UsageAllocation {
+	sigs := make([]string, 0, len(a))
+	for s := range a {
+		sigs = append(sigs, s)
+	}
+	sort.Strings(sigs)
+	out := make([]mmtypes.UsageAllocation, 0, len(a))
+	for _, sig := range sigs {
+		ua := mmtypes.UsageAllocation{AllocatedUsageQuantity: aws.Int32(int32(a[sig]))}
+		tags := mpsaas.ParseTagSignature(sig)
+		keys := make([]string, 0, len(tags))
+		for k := range tags {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			ua.Tags = append(ua.Tags, mmtypes.Tag{Key: aws.String(k), Value: aws.String(tags[k])})
+		}
+		out = append(out, ua)
+	}
+	return out
+}

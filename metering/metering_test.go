@@ -1,0 +1,414 @@
+package metering_test
+
+import (
+	"context"
+	"fmt"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/sqlite"
+	"github.com/mpsaas/mpsaas/subscription"
+)
+
+var start = time.Date(2026, 11, 23, 12, 30, 0, 0, time.UTC)
+
+type harness struct {
+	em    *emulator.Server
+	db    *sqlite.DB
+	subs  *subscription.Service
+	meter *metering.Service
+}
+
+func newHarness(t *testing.T, listing string, products ...emulator.Product) *harness {
+	t.Helper()
+	em := emulator.New(emulator.DefaultConfig())
+	em.Clock.Set(start)
+	srv := httptest.NewServer(em.Handler())
+	t.Cleanup(srv.Close)
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "m.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	db.Now = em.Clock.Now
+	for _, p := range products {
+		if _, err := em.AddProduct(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("A", "B", ""), RetryMaxAttempts: 1}
+	mp := marketplace.New(cfg, marketplace.Options{MeteringEndpoint: srv.URL, EntitlementEndpoint: srv.URL})
+	clock := mpsaas.ClockFunc(em.Clock.Now)
+	return &harness{
+		em: em, db: db,
+		subs:  &subscription.Service{Store: db, Marketplace: mp, Clock: clock, Listing: listing},
+		meter: &metering.Service{Store: db, Subscribers: db, Meterer: mp, Clock: clock, Listing: listing, MaxBackoff: time.Millisecond},
+	}
+}
+
+// buyer subscribes a new buyer in the emulator and registers them; it
+// returns the subscriber key.
+func (h *harness) buyer(t *testing.T, product string, ents map[string]int32) (string, emulator.SubscribeResult) {
+	t.Helper()
+	b, err := h.em.AddBuyer(emulator.Buyer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := h.em.Subscribe(emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: b.AccountID, Entitlements: ents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range h.em.Notifications(0) {
+		_ = h.subs.HandleMessage(context.Background(), n.Body)
+	}
+	sub, err := h.subs.RegisterWithToken(context.Background(), res.Token, mpsaas.Contact{CompanyName: "Acme", ContactPerson: "Ann", ContactPhone: "+1 555 0100", ContactEmail: "ann@acme.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sub.Key, res
+}
+
+// runUntilDone runs metering until nothing is outstanding.
+func (h *harness) runUntilDone(t *testing.T) metering.RunResult {
+	t.Helper()
+	var total metering.RunResult
+	for i := 0; i < 200; i++ {
+		r, err := h.meter.Run(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		total.Sealed += r.Sealed
+		total.Heartbeats += r.Heartbeats
+		total.Batches += r.Batches
+		total.Calls += r.Calls
+		total.Billed += r.Billed
+		total.Rejected += r.Rejected
+		total.Flagged += r.Flagged
+		more, err := h.meter.Outstanding(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more {
+			return total
+		}
+		h.em.Clock.Advance(time.Second) // let retry backoffs pass
+	}
+	t.Fatal("metering did not finish")
+	return total
+}
+
+func (h *harness) ingest(t *testing.T, key string, recs ...mpsaas.Usage) mpsaas.UsageReceipt {
+	t.Helper()
+	r, err := h.meter.Ingest(context.Background(), mpsaas.UsageRequest{IdempotencyKey: key, Records: recs})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// billed returns the emulator's billed quantity per "account/dimension/hour".
+func (h *harness) billed() map[string]int64 {
+	out := map[string]int64{}
+	for _, b := range h.em.Billed("") {
+		out[fmt.Sprintf("%s/%s/%s", b.BuyerAccountID, b.Dimension, b.Hour.Format("15h"))] += b.Quantity
+	}
+	return out
+}
+
+func product(code, typ string, licenseBased bool) emulator.Product {
+	return emulator.Product{Code: code, Type: typ, LicenseBased: licenseBased, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}}
+}
+
+func TestMeteringBillsHourlyAggregates(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("legacy", emulator.ProductSubscription, false), product("modern", emulator.ProductSubscription, true))
+	legacy, lres := h.buyer(t, "legacy", nil)
+	modern, mres := h.buyer(t, "modern", nil)
+	t10, t11 := time.Date(2026, 11, 23, 10, 15, 0, 0, time.UTC), time.Date(2026, 11, 23, 11, 59, 0, 0, time.UTC)
+	h.ingest(t, "req-1",
+		mpsaas.Usage{Customer: legacy, Dimension: "users", Quantity: 3, Time: t10},
+		mpsaas.Usage{Customer: lres.Subscription.CustomerIdentifier, Dimension: "users", Quantity: 4, Time: t10.Add(30 * time.Minute)},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 100, Time: t11, Tags: map[string]string{"team": "a"}},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 50, Time: t11, Tags: map[string]string{"team": "b"}},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 7, Time: t11},
+		mpsaas.Usage{Customer: mres.Subscription.LicenseArn, Dimension: "requests", Quantity: 9, Time: t11},
+		mpsaas.Usage{Customer: modern, Dimension: "requests", Quantity: 1, Time: t11},
+		// The current hour is still open: not sent yet.
+		mpsaas.Usage{Customer: modern, Dimension: "users", Quantity: 5, Time: start},
+	)
+	// A retried request is counted once.
+	again := h.ingest(t, "req-1",
+		mpsaas.Usage{Customer: legacy, Dimension: "users", Quantity: 3, Time: t10},
+		mpsaas.Usage{Customer: lres.Subscription.CustomerIdentifier, Dimension: "users", Quantity: 4, Time: t10.Add(30 * time.Minute)},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 100, Time: t11, Tags: map[string]string{"team": "a"}},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 50, Time: t11, Tags: map[string]string{"team": "b"}},
+		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 7, Time: t11},
+		mpsaas.Usage{Customer: mres.Subscription.LicenseArn, Dimension: "requests", Quantity: 9, Time: t11},
+		mpsaas.Usage{Customer: modern, Dimension: "requests", Quantity: 1, Time: t11},
+		mpsaas.Usage{Customer: modern, Dimension: "users", Quantity: 5, Time: start},
+	)
+	if !again.Replayed || again.Accepted != 8 {
+		t.Errorf("retried request receipt = %+v, want replayed with 8", again)
+	}
+	if _, err := h.meter.Ingest(context.Background(), mpsaas.UsageRequest{IdempotencyKey: "req-1", Records: []mpsaas.Usage{{Customer: legacy, Dimension: "users", Quantity: 1, Time: t10}}}); mpsaas.ErrorCode(err) != mpsaas.ECONFLICT {
+		t.Errorf("key reused with other records: %v, want ECONFLICT", err)
+	}
+
+	r := h.runUntilDone(t)
+	la, ma := lres.Subscription.BuyerAccountID, mres.Subscription.BuyerAccountID
+	want := map[string]int64{la + "/users/10h": 7, la + "/requests/11h": 157, ma + "/requests/11h": 10}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v\nwant %v", got, want)
+	}
+	if r.Calls != 2 {
+		t.Errorf("calls = %d, want 2 (one product-code batch, one license batch)", r.Calls)
+	}
+	for _, b := range h.em.Billed(la) {
+		if b.Dimension == "requests" {
+			if len(b.Allocations) != 3 || b.Mode != "product" {
+				t.Errorf("legacy requests record = %+v, want 3 allocations in product mode", b)
+			}
+		}
+	}
+	for _, b := range h.em.Billed(ma) {
+		if b.Mode != "license" {
+			t.Errorf("modern buyer billed in %s mode, want license", b.Mode)
+		}
+	}
+	// The ledger tells each record's fate.
+	ledger, err := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	states := map[string]int{}
+	for _, e := range ledger {
+		states[e.State]++
+		if e.State == mpsaas.UsageBilled && e.MeteringRecordID == "" {
+			t.Errorf("billed ledger entry without MeteringRecordId: %+v", e)
+		}
+	}
+	if states[mpsaas.UsageBilled] != 7 || states[mpsaas.UsagePending] != 1 {
+		t.Errorf("ledger states = %v, want 7 billed and 1 pending", states)
+	}
+	// Running again sends nothing new.
+	before := h.em.Calls()["BatchMeterUsage"]
+	h.runUntilDone(t)
+	if n := h.em.Calls()["BatchMeterUsage"] - before; n != 0 {
+		t.Errorf("second run made %d calls", n)
+	}
+}
+
+func TestLateUsageGoesToTheOpenHour(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	key, res := h.buyer(t, "p", nil)
+	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 5, Time: start.Add(-2 * time.Hour)})
+	h.runUntilDone(t)
+	// More usage for the hour already sent.
+	h.ingest(t, "b", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 2, Time: start.Add(-2 * time.Hour)})
+	h.runUntilDone(t)
+	h.em.Clock.Advance(time.Hour)
+	h.runUntilDone(t)
+	acct := res.Subscription.BuyerAccountID
+	want := map[string]int64{acct + "/users/10h": 5, acct + "/users/12h": 2}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want %v (late usage in the next open hour, not a DuplicateRecord)", got, want)
+	}
+}
+
+func TestFaultsNeverLoseOrDoubleBill(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, false), product("q", emulator.ProductSubscription, true))
+	h.em.Faults.Seed(42)
+	var keys []string
+	accounts := map[string]string{}
+	for i := 0; i < 12; i++ {
+		p := []string{"p", "q"}[i%2]
+		k, res := h.buyer(t, p, nil)
+		keys = append(keys, k)
+		accounts[k] = res.Subscription.BuyerAccountID
+	}
+	want := map[string]int64{}
+	var recs []mpsaas.Usage
+	for i := 0; i < 600; i++ {
+		k := keys[i%len(keys)]
+		dim := []string{"users", "requests"}[i%2]
+		ts := start.Add(-time.Duration(1+i%5) * time.Hour)
+		recs = append(recs, mpsaas.Usage{Customer: k, Dimension: dim, Quantity: int64(i % 7), Time: ts})
+		want[fmt.Sprintf("%s/%s/%s", accounts[k], dim, mpsaas.Hour(ts).Format("15h"))] += int64(i % 7)
+	}
+	h.ingest(t, "bulk", recs...)
+	for _, f := range []emulator.Fault{
+		{Operation: "BatchMeterUsage", Error: "ThrottlingException", Rate: 0.3},
+		{Operation: "BatchMeterUsage", Error: "InternalServiceErrorException", Rate: 0.3, AfterProcessing: true},
+		{Operation: "BatchMeterUsage", Error: "ServiceUnavailable", Rate: 0.1},
+		{Operation: "BatchMeterUsage", UnprocessedRate: 0.2},
+	} {
+		if err := h.em.Faults.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := h.runUntilDone(t)
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v\nwant   %v", got, want)
+	}
+	// Responses lost after AWS processed the batch force identical resends;
+	// AWS's dedupe must have absorbed them.
+	resent := 0
+	for _, b := range h.em.Billed("") {
+		if b.Calls > 1 {
+			resent++
+		}
+	}
+	if resent == 0 {
+		t.Errorf("no record was resent (run %+v): the faults did not exercise the dedupe", r)
+	}
+	t.Logf("run: %+v, records resent after lost responses: %d", r, resent)
+}
+
+func TestPoisonRecordIsIsolatedAndFlagged(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, false))
+	var keys []string
+	for i := 0; i < 3; i++ {
+		k, _ := h.buyer(t, "p", nil)
+		keys = append(keys, k)
+	}
+	ts := start.Add(-time.Hour)
+	h.ingest(t, "x",
+		mpsaas.Usage{Customer: keys[0], Dimension: "users", Quantity: 1, Time: ts},
+		mpsaas.Usage{Customer: keys[1], Dimension: "no-such-dimension", Quantity: 1, Time: ts},
+		mpsaas.Usage{Customer: keys[2], Dimension: "users", Quantity: 1, Time: ts},
+	)
+	r := h.runUntilDone(t)
+	if r.Billed != 2 || r.Flagged != 1 {
+		t.Errorf("run = %+v, want 2 billed and 1 flagged", r)
+	}
+	flagged, _ := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{State: mpsaas.UsageFlagged})
+	if len(flagged) != 1 || flagged[0].Dimension != "no-such-dimension" || !strings.Contains(flagged[0].Reason, "InvalidUsageDimensionException") {
+		t.Errorf("flagged = %+v", flagged)
+	}
+}
+
+func TestOutOfWindowIsFlaggedAndReplayable(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	key, res := h.buyer(t, "p", nil)
+	h.ingest(t, "old", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 4, Time: start.Add(-30 * time.Hour)})
+	r := h.runUntilDone(t)
+	if r.Flagged != 1 || len(h.em.Billed("")) != 0 {
+		t.Fatalf("run = %+v, billed %v; want the record flagged, nothing billed", r, h.em.Billed(""))
+	}
+	n, err := h.meter.Replay(context.Background(), nil)
+	if err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v", n, err)
+	}
+	h.em.Clock.Advance(time.Hour)
+	h.runUntilDone(t)
+	want := map[string]int64{res.Subscription.BuyerAccountID + "/users/12h": 4}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed after replay = %v, want %v", got, want)
+	}
+}
+
+func TestCancelledBuyerIsRejectedAfterFinalWindow(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, false))
+	key, res := h.buyer(t, "p", nil)
+	h.ingest(t, "u", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 3, Time: start.Add(-time.Hour)})
+	if _, err := h.em.Cancel(res.Subscription.AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	h.em.Clock.Advance(2 * time.Hour)
+	h.runUntilDone(t)
+	got, _ := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{})
+	if len(got) != 1 || got[0].State != mpsaas.UsageRejected || !strings.Contains(got[0].Reason, "CustomerNotSubscribed") {
+		t.Errorf("ledger = %+v, want one rejected CustomerNotSubscribed", got)
+	}
+}
+
+func TestUnsubscribePendingFlushesCurrentHour(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, false))
+	key, res := h.buyer(t, "p", nil)
+	seq := len(h.em.Notifications(0))
+	h.ingest(t, "u", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 3, Time: start})
+	if _, err := h.em.Cancel(res.Subscription.AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range h.em.Notifications(seq) {
+		if err := h.subs.HandleMessage(context.Background(), n.Body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.runUntilDone(t)
+	want := map[string]int64{res.Subscription.BuyerAccountID + "/users/12h": 3}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want the current hour's usage flushed: %v", got, want)
+	}
+}
+
+func TestContractBillsOnlyAboveEntitlement(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingContractsWithSubscription, product("c", emulator.ProductContractWithConsumption, true))
+	key, res := h.buyer(t, "c", map[string]int32{"users": 10})
+	h.ingest(t, "u",
+		mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 15, Time: start.Add(-2 * time.Hour)},
+		mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 8, Time: start.Add(-time.Hour)},
+		mpsaas.Usage{Customer: key, Dimension: "requests", Quantity: 5, Time: start.Add(-time.Hour)},
+	)
+	h.runUntilDone(t)
+	a := res.Subscription.BuyerAccountID
+	want := map[string]int64{a + "/users/10h": 5, a + "/requests/11h": 5}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want %v", got, want)
+	}
+	covered, _ := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{State: mpsaas.UsageCovered})
+	if len(covered) != 1 || covered[0].Quantity != 8 {
+		t.Errorf("covered = %+v, want the 8 users within the entitlement", covered)
+	}
+}
+
+func TestHeartbeatZeroRecords(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	h.meter.HeartbeatDimension = "users"
+	_, res := h.buyer(t, "p", nil)
+	h.em.Clock.Advance(3 * time.Hour) // 15:30: hours 12, 13 and 14 have closed
+	h.runUntilDone(t)
+	a := res.Subscription.BuyerAccountID
+	want := map[string]int64{a + "/users/12h": 0, a + "/users/13h": 0, a + "/users/14h": 0}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want zero records for each closed hour: %v", got, want)
+	}
+}
+
+func TestIngestRejectsBadInput(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	key, _ := h.buyer(t, "p", nil)
+	ok := mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: start}
+	bad := func(f func(*mpsaas.Usage)) mpsaas.Usage { u := ok; f(&u); return u }
+	for name, req := range map[string]mpsaas.UsageRequest{
+		"no key":           {Records: []mpsaas.Usage{ok}},
+		"no records":       {IdempotencyKey: "k"},
+		"unknown customer": {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Customer = "nobody" })}},
+		"negative":         {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Quantity = -1 })}},
+		"too large":        {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Quantity = 1 << 31 })}},
+		"future":           {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Time = start.Add(time.Hour) })}},
+		"no time":          {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Time = time.Time{} })}},
+		"no dimension":     {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Dimension = "" })}},
+		"bad tag":          {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Tags = map[string]string{"k": "{x}"} })}},
+		"six tags": {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) {
+			u.Tags = map[string]string{"a": "1", "b": "1", "c": "1", "d": "1", "e": "1", "f": "1"}
+		})}},
+		"one bad of two": {IdempotencyKey: "k", Records: []mpsaas.Usage{ok, bad(func(u *mpsaas.Usage) { u.Quantity = -5 })}},
+	} {
+		if _, err := h.meter.Ingest(context.Background(), req); mpsaas.ErrorCode(err) != mpsaas.EINVALID {
+			t.Errorf("%s: %v, want EINVALID", name, err)
+		}
+	}
+	if l, _ := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{}); len(l) != 0 {
+		t.Errorf("bad requests stored %d records", len(l))
+	}
+}

@@ -1,0 +1,622 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+var _ mpsaas.MeterStore = (*DB)(nil)
+
+// AddUsage stores a request's rows atomically under its idempotency key.
+func (d *DB) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.UsageRow, openHour, now time.Time) (mpsaas.UsageReceipt, error) {
+	var rec mpsaas.UsageReceipt
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		var prevHash string
+		var accepted int
+		var firstID, received int64
+		err := tx.QueryRowContext(ctx, `SELECT hash, accepted, first_id, received_at FROM usage_requests WHERE key = ?`, key).Scan(&prevHash, &accepted, &firstID, &received)
+		switch {
+		case err == nil:
+			if prevHash != hash {
+				return mpsaas.Errorf(mpsaas.ECONFLICT, "idempotency key %q was already used for different usage records", key)
+			}
+			rec = mpsaas.UsageReceipt{IdempotencyKey: key, Accepted: accepted, FirstID: firstID, ReceivedAt: fromUnixNano(received), Replayed: true}
+			return nil
+		case !isNoRows(err):
+			return err
+		}
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_key, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+		if err != nil {
+			return err
+		}
+		defer stmt.Close()
+		hours := newHourPlacer(tx, ctx, openHour)
+		for i, r := range rows {
+			h, err := hours.place(r.SubscriberKey, r.Dimension, mpsaas.Hour(r.Time))
+			if err != nil {
+				return err
+			}
+			res, err := stmt.ExecContext(ctx, key, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(now))
+			if err != nil {
+				return err
+			}
+			if i == 0 {
+				firstID, _ = res.LastInsertId()
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_requests (key, hash, accepted, first_id, received_at) VALUES (?, ?, ?, ?, ?)`,
+			key, hash, len(rows), firstID, unixNano(now)); err != nil {
+			return err
+		}
+		rec = mpsaas.UsageReceipt{IdempotencyKey: key, Accepted: len(rows), FirstID: firstID, ReceivedAt: now}
+		return nil
+	})
+	if err != nil && mpsaas.ErrorCode(err) == mpsaas.EINTERNAL {
+		return rec, fmt.Errorf("add usage %s: %w", key, err)
+	}
+	return rec, err
+}
+
+// hourPlacer decides the meter hour of a usage record: its own hour, unless
+// that (subscriber, dimension, hour) was already sealed, in which case the
+// first free hour from the open hour on. It caches lookups within one tx.
+type hourPlacer struct {
+	tx       *sql.Tx
+	ctx      context.Context
+	openHour time.Time
+	sealed   map[string]bool
+}
+
+func newHourPlacer(tx *sql.Tx, ctx context.Context, openHour time.Time) *hourPlacer {
+	return &hourPlacer{tx: tx, ctx: ctx, openHour: openHour, sealed: map[string]bool{}}
+}
+
+func (p *hourPlacer) isSealed(sub, dim string, h time.Time) (bool, error) {
+	k := sub + "\x00" + dim + "\x00" + fmt.Sprint(h.Unix())
+	if v, ok := p.sealed[k]; ok {
+		return v, nil
+	}
+	var n int
+	err := p.tx.QueryRowContext(p.ctx, `SELECT COUNT(*) FROM meter_records WHERE subscriber_key = ? AND dimension = ? AND hour = ?`, sub, dim, h.Unix()).Scan(&n)
+	if err != nil {
+		return false, err
+	}
+	p.sealed[k] = n > 0
+	return n > 0, nil
+}
+
+func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
+	sealed, err := p.isSealed(sub, dim, h)
+	if err != nil || !sealed {
+		return h, err
+	}
+	for h = p.openHour; ; h = h.Add(time.Hour) {
+		sealed, err := p.isSealed(sub, dim, h)
+		if err != nil || !sealed {
+			return h, err
+		}
+	}
+}
+
+// PendingUsage sums pending usage per (subscriber, dimension, hour, tag set).
+func (d *DB) PendingUsage(ctx context.Context, before time.Time, flush []string, limit int) ([]mpsaas.UsageGroup, error) {
+	q := `SELECT subscriber_key, dimension, meter_hour, tag_sig, SUM(quantity), COUNT(*), MAX(id) FROM usage
+		WHERE state = 'pending' AND (meter_hour < ?`
+	args := []any{before.Unix()}
+	if len(flush) > 0 {
+		q += ` OR subscriber_key IN (` + placeholders(len(flush)) + `)`
+		for _, k := range flush {
+			args = append(args, k)
+		}
+	}
+	q += `) GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig LIMIT ?`
+	args = append(args, limit)
+	rows, err := d.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("pending usage: %w", err)
+	}
+	defer rows.Close()
+	var out []mpsaas.UsageGroup
+	for rows.Next() {
+		var g mpsaas.UsageGroup
+		var h int64
+		if err := rows.Scan(&g.SubscriberKey, &g.Dimension, &h, &g.TagSig, &g.Quantity, &g.Records, &g.MaxID); err != nil {
+			return nil, err
+		}
+		g.Hour = time.Unix(h, 0).UTC()
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?,", n), ",")
+}
+
+func encodeAllocations(a map[string]int64) (string, error) {
+	if a == nil {
+		return "", nil
+	}
+	b, err := json.Marshal(a)
+	return string(b), err
+}
+
+// Seal stores meter records and links their usage.
+func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, openHour time.Time) error {
+	now := d.Now()
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, allocations, customer_identifier,
+			aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		link, err := tx.PrepareContext(ctx, `UPDATE usage SET state = ?, meter_id = ? WHERE state = 'pending'
+			AND subscriber_key = ? AND dimension = ? AND meter_hour = ? AND tag_sig = ? AND id <= ?`)
+		if err != nil {
+			return err
+		}
+		defer link.Close()
+		hours := newHourPlacer(tx, ctx, openHour)
+		for _, a := range aggs {
+			r := a.Record
+			alloc, err := encodeAllocations(r.Allocations)
+			if err != nil {
+				return err
+			}
+			state, usageState := mpsaas.UsageSealed, mpsaas.UsageSealed
+			if r.State == mpsaas.UsageCovered {
+				state, usageState = mpsaas.UsageCovered, mpsaas.UsageCovered
+			} else if r.State == mpsaas.UsageFlagged {
+				state = mpsaas.UsageFlagged
+			}
+			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, alloc, r.CustomerIdentifier,
+				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now))
+			if err != nil {
+				return err
+			}
+			if n, _ := res.RowsAffected(); n == 0 {
+				// Already sealed (e.g. a heartbeat): this usage goes to a later open hour.
+				h, err := hours.place(r.SubscriberKey, r.Dimension, r.Hour)
+				if err != nil {
+					return err
+				}
+				for _, g := range a.Groups {
+					if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE state = 'pending'
+						AND subscriber_key = ? AND dimension = ? AND meter_hour = ? AND tag_sig = ? AND id <= ?`,
+						h.Unix(), "hour "+r.Hour.Format(time.RFC3339)+" was already metered", g.SubscriberKey, g.Dimension, g.Hour.Unix(), g.TagSig, g.MaxID); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+			id, _ := res.LastInsertId()
+			for _, g := range a.Groups {
+				if _, err := link.ExecContext(ctx, usageState, id, g.SubscriberKey, g.Dimension, g.Hour.Unix(), g.TagSig, g.MaxID); err != nil {
+					return err
+				}
+			}
+		}
+		// Usage that arrived for a key while it was being sealed moves on too.
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT u.subscriber_key, u.dimension, u.meter_hour FROM usage u
+			JOIN meter_records m ON m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour
+			WHERE u.state = 'pending'`)
+		if err != nil {
+			return err
+		}
+		type key struct {
+			sub, dim string
+			hour     int64
+		}
+		var stale []key
+		for rows.Next() {
+			var k key
+			if err := rows.Scan(&k.sub, &k.dim, &k.hour); err != nil {
+				rows.Close()
+				return err
+			}
+			stale = append(stale, k)
+		}
+		rows.Close()
+		for _, k := range stale {
+			h, err := hours.place(k.sub, k.dim, time.Unix(k.hour, 0).UTC())
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE state = 'pending' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`,
+				h.Unix(), "hour "+time.Unix(k.hour, 0).UTC().Format(time.RFC3339)+" was already metered", k.sub, k.dim, k.hour); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("seal usage: %w", err)
+	}
+	return nil
+}
+
+// AddHeartbeats stores zero-quantity meter records where none exist.
+func (d *DB) AddHeartbeats(ctx context.Context, records []mpsaas.MeterRecord) (int, error) {
+	now := d.Now()
+	added := 0
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, customer_identifier,
+			aws_account_id, license_arn, product_code, state, created_at, updated_at)
+			VALUES (?, ?, ?, 0, ?, ?, ?, ?, 'sealed', ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+		if err != nil {
+			return err
+		}
+		defer ins.Close()
+		for _, r := range records {
+			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.CustomerIdentifier, r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, unixNano(now), unixNano(now))
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			added += int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("add heartbeats: %w", err)
+	}
+	return added, nil
+}
+
+// batchRequest is the stored form of a BatchMeterUsage request.
+type batchRequest struct {
+	ProductCode  string               `json:"ProductCode,omitempty"`
+	UsageRecords []batchRequestRecord `json:"UsageRecords"`
+}
+
+type batchRequestRecord struct {
+	MeterRecordID        int64            `json:"mpsaasMeterRecordId"`
+	CustomerIdentifier   string           `json:"CustomerIdentifier,omitempty"`
+	CustomerAWSAccountId string           `json:"CustomerAWSAccountId,omitempty"`
+	LicenseArn           string           `json:"LicenseArn,omitempty"`
+	Dimension            string           `json:"Dimension"`
+	Quantity             int64            `json:"Quantity"`
+	Timestamp            int64            `json:"Timestamp"`
+	Allocations          map[string]int64 `json:"mpsaasAllocations,omitempty"`
+}
+
+// CreateBatches puts sealed meter records into batches of at most 25.
+func (d *DB) CreateBatches(ctx context.Context, now time.Time) (int, error) {
+	created := 0
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE state = 'sealed'
+			ORDER BY CASE WHEN customer_identifier = '' THEN '' ELSE product_code END, id`)
+		if err != nil {
+			return err
+		}
+		recs, err := scanMeterRecords(rows)
+		if err != nil {
+			return err
+		}
+		var batch []mpsaas.MeterRecord
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			if err := insertBatch(ctx, tx, batch, now); err != nil {
+				return err
+			}
+			created++
+			batch = batch[:0]
+			return nil
+		}
+		group := func(r mpsaas.MeterRecord) string {
+			if r.LicenseMode() {
+				return ""
+			}
+			return "product:" + r.ProductCode
+		}
+		for _, r := range recs {
+			if len(batch) == mpsaas.MaxBatchRecords || (len(batch) > 0 && group(batch[0]) != group(r)) {
+				if err := flush(); err != nil {
+					return err
+				}
+			}
+			batch = append(batch, r)
+		}
+		return flush()
+	})
+	if err != nil {
+		return 0, fmt.Errorf("create batches: %w", err)
+	}
+	return created, nil
+}
+
+func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now time.Time) error {
+	req := batchRequest{}
+	if !recs[0].LicenseMode() {
+		req.ProductCode = recs[0].ProductCode
+	}
+	for _, r := range recs {
+		req.UsageRecords = append(req.UsageRecords, batchRequestRecord{
+			MeterRecordID: r.ID, CustomerIdentifier: r.CustomerIdentifier, Dimension: r.Dimension, Quantity: r.Quantity,
+			Timestamp: r.Hour.Unix(), Allocations: r.Allocations,
+			CustomerAWSAccountId: map[bool]string{true: r.CustomerAWSAccountID}[r.LicenseMode()],
+			LicenseArn:           map[bool]string{true: r.LicenseArn}[r.LicenseMode()],
+		})
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO meter_batches (product_code, request, next_attempt_at, created_at) VALUES (?, ?, ?, ?)`,
+		req.ProductCode, string(b), unixNano(now), unixNano(now))
+	if err != nil {
+		return err
+	}
+	id, _ := res.LastInsertId()
+	ids := make([]any, 0, len(recs)+2)
+	ids = append(ids, id, unixNano(now))
+	for _, r := range recs {
+		ids = append(ids, r.ID)
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE meter_records SET state = 'batched', batch_id = ?, updated_at = ? WHERE id IN (`+placeholders(len(recs))+`)`, ids...)
+	return err
+}
+
+const meterColumns = `id, subscriber_key, dimension, hour, quantity, allocations, customer_identifier, aws_account_id, license_arn,
+	product_code, state, COALESCE(batch_id, 0), metering_record_id, reason`
+
+func scanMeterRecords(rows *sql.Rows) ([]mpsaas.MeterRecord, error) {
+	defer rows.Close()
+	var out []mpsaas.MeterRecord
+	for rows.Next() {
+		var r mpsaas.MeterRecord
+		var hour int64
+		var alloc string
+		if err := rows.Scan(&r.ID, &r.SubscriberKey, &r.Dimension, &hour, &r.Quantity, &alloc, &r.CustomerIdentifier, &r.CustomerAWSAccountID,
+			&r.LicenseArn, &r.ProductCode, &r.State, &r.BatchID, &r.MeteringRecordID, &r.Reason); err != nil {
+			return nil, err
+		}
+		r.Hour = time.Unix(hour, 0).UTC()
+		if alloc != "" {
+			if err := json.Unmarshal([]byte(alloc), &r.Allocations); err != nil {
+				return nil, fmt.Errorf("meter record %d allocations: %w", r.ID, err)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// DueBatches returns unfinished batches due at now, with their unfinished records.
+func (d *DB) DueBatches(ctx context.Context, now time.Time, limit int) ([]mpsaas.MeterBatch, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, product_code, attempts, next_attempt_at FROM meter_batches
+		WHERE state = 'pending' AND next_attempt_at <= ? ORDER BY next_attempt_at, id LIMIT ?`, unixNano(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("due batches: %w", err)
+	}
+	var out []mpsaas.MeterBatch
+	for rows.Next() {
+		var b mpsaas.MeterBatch
+		var next int64
+		if err := rows.Scan(&b.ID, &b.ProductCode, &b.Attempts, &next); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		b.NextAttempt = fromUnixNano(next)
+		out = append(out, b)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	for i := range out {
+		recRows, err := d.db.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE batch_id = ? AND state = 'batched' ORDER BY id`, out[i].ID)
+		if err != nil {
+			return nil, err
+		}
+		if out[i].Records, err = scanMeterRecords(recRows); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// FinishRecords stores outcomes and closes the batch when nothing is left.
+func (d *DB) FinishRecords(ctx context.Context, batchID int64, outcomes []mpsaas.RecordOutcome) error {
+	now := d.Now()
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		for _, o := range outcomes {
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = ?, metering_record_id = ?, reason = ?, response = ?, updated_at = ?
+				WHERE id = ? AND batch_id = ? AND state = 'batched'`, o.State, o.MeteringRecordID, o.Reason, o.Response, unixNano(now), o.MeterRecordID, batchID); err != nil {
+				return err
+			}
+		}
+		_, err := tx.ExecContext(ctx, `UPDATE meter_batches SET state = 'done', done_at = ?, attempts = attempts + 1
+			WHERE id = ? AND NOT EXISTS (SELECT 1 FROM meter_records WHERE batch_id = ? AND state = 'batched')`, unixNano(now), batchID, batchID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("finish batch %d: %w", batchID, err)
+	}
+	return nil
+}
+
+// RetryBatch schedules the next attempt.
+func (d *DB) RetryBatch(ctx context.Context, batchID int64, next time.Time, lastError string) error {
+	if _, err := d.db.ExecContext(ctx, `UPDATE meter_batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`,
+		unixNano(next), lastError, batchID); err != nil {
+		return fmt.Errorf("retry batch %d: %w", batchID, err)
+	}
+	return nil
+}
+
+// SplitBatch replaces a batch with single-record batches.
+func (d *DB) SplitBatch(ctx context.Context, batchID int64, now time.Time) error {
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		rows, err := tx.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE batch_id = ? AND state = 'batched' ORDER BY id`, batchID)
+		if err != nil {
+			return err
+		}
+		recs, err := scanMeterRecords(rows)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if err := insertBatch(ctx, tx, []mpsaas.MeterRecord{r}, now); err != nil {
+				return err
+			}
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE meter_batches SET state = 'split', done_at = ? WHERE id = ?`, unixNano(now), batchID)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("split batch %d: %w", batchID, err)
+	}
+	return nil
+}
+
+const ledgerState = `CASE WHEN u.state = 'sealed' THEN COALESCE(m.state, 'sealed') ELSE u.state END`
+
+// Ledger lists usage records and their fate.
+func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.LedgerEntry, error) {
+	if f.Limit <= 0 || f.Limit > 10000 {
+		f.Limit = 1000
+	}
+	q := `SELECT u.id, u.subscriber_key, u.dimension, u.quantity, u.usage_time, u.meter_hour, ` + ledgerState + `,
+		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, u.request_key
+		FROM usage u LEFT JOIN meter_records m ON m.id = u.meter_id WHERE u.id > ?`
+	args := []any{f.AfterID}
+	if f.SubscriberKey != "" {
+		q += ` AND u.subscriber_key = ?`
+		args = append(args, f.SubscriberKey)
+	}
+	if f.State != "" {
+		q += ` AND ` + ledgerState + ` = ?`
+		args = append(args, f.State)
+	}
+	q += ` ORDER BY u.id LIMIT ?`
+	args = append(args, f.Limit)
+	rows, err := d.db.QueryContext(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("ledger: %w", err)
+	}
+	defer rows.Close()
+	var out []mpsaas.LedgerEntry
+	for rows.Next() {
+		var e mpsaas.LedgerEntry
+		var t, h int64
+		if err := rows.Scan(&e.ID, &e.SubscriberKey, &e.Dimension, &e.Quantity, &t, &h, &e.State, &e.BatchID, &e.MeteringRecordID, &e.Reason, &e.RequestKey); err != nil {
+			return nil, err
+		}
+		e.Time, e.Hour = fromUnixNano(t), time.Unix(h, 0).UTC()
+		out = append(out, e)
+	}
+	return out, rows.Err()
+}
+
+// MeterSummary counts usage by ledger state.
+func (d *DB) MeterSummary(ctx context.Context) (map[string]mpsaas.StateCount, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+ledgerState+`, COUNT(*), COALESCE(SUM(u.quantity), 0)
+		FROM usage u LEFT JOIN meter_records m ON m.id = u.meter_id GROUP BY 1`)
+	if err != nil {
+		return nil, fmt.Errorf("meter summary: %w", err)
+	}
+	defer rows.Close()
+	out := map[string]mpsaas.StateCount{}
+	for rows.Next() {
+		var s string
+		var c mpsaas.StateCount
+		if err := rows.Scan(&s, &c.Records, &c.Quantity); err != nil {
+			return nil, err
+		}
+		out[s] = c
+	}
+	return out, rows.Err()
+}
+
+// Replay moves flagged usage back to pending in hour (or a later free hour).
+func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, error) {
+	moved := 0
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		q := `SELECT u.id, u.subscriber_key, u.dimension, m.id FROM usage u JOIN meter_records m ON m.id = u.meter_id
+			WHERE u.state = 'sealed' AND m.state = 'flagged'`
+		var args []any
+		if len(ids) > 0 {
+			q += ` AND u.id IN (` + placeholders(len(ids)) + `)`
+			for _, id := range ids {
+				args = append(args, id)
+			}
+		}
+		rows, err := tx.QueryContext(ctx, q, args...)
+		if err != nil {
+			return err
+		}
+		type item struct {
+			id, meter int64
+			sub, dim  string
+		}
+		var items []item
+		for rows.Next() {
+			var it item
+			if err := rows.Scan(&it.id, &it.sub, &it.dim, &it.meter); err != nil {
+				rows.Close()
+				return err
+			}
+			items = append(items, it)
+		}
+		rows.Close()
+		hours := newHourPlacer(tx, ctx, hour)
+		replayed := map[int64]bool{}
+		for _, it := range items {
+			h, err := hours.place(it.sub, it.dim, hour)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'pending', meter_id = NULL, meter_hour = ?, reason = ? WHERE id = ?`,
+				h.Unix(), fmt.Sprintf("replayed from flagged meter record %d", it.meter), it.id); err != nil {
+				return err
+			}
+			replayed[it.meter] = true
+			moved++
+		}
+		for m := range replayed {
+			// A meter record whose usage all moved is done with.
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = 'replayed' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM usage WHERE meter_id = ?)`, m, m); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("replay: %w", err)
+	}
+	return moved, nil
+}
+
+// ActiveSubscribers returns the subscribers whose status is in statuses.
+func (d *DB) ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status) ([]*mpsaas.Subscriber, error) {
+	args := make([]any, len(statuses))
+	for i, s := range statuses {
+		args[i] = string(s)
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT `+subscriberColumns+` FROM subscribers WHERE status IN (`+placeholders(len(statuses))+`) ORDER BY key`, args...)
+	if err != nil {
+		return nil, fmt.Errorf("active subscribers: %w", err)
+	}
+	defer rows.Close()
+	var out []*mpsaas.Subscriber
+	for rows.Next() {
+		s, err := scanSubscriber(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}

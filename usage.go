@@ -1,0 +1,296 @@
+package mpsaas
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+)
+
+// AWS limits for metering (marketplace-api.md §2.1, §2.3).
+const (
+	MaxBatchRecords     = 25
+	MaxQuantity         = 2147483647
+	MaxTagsPerRecord    = 5
+	MaxDimensionLength  = 255
+	MeteringWindow      = 24 * time.Hour // records older than this are refused
+	MonthEndGrace       = 6 * time.Hour  // previous month accepted until 06:00 UTC on the 1st
+	FinalMeteringWindow = time.Hour      // after cancellation
+)
+
+// tagRE is the service model's tag pattern taken literally ("+ -=" is a range).
+var tagRE = regexp.MustCompile(`^[a-zA-Z0-9+ -=._:\/@]+$`)
+
+// Usage is one usage record as a seller's application reports it.
+type Usage struct {
+	// Customer identifies the buyer: a subscriber key (as in webhooks), a
+	// CustomerIdentifier, or a license ARN or id.
+	Customer  string            `json:"customer"`
+	Dimension string            `json:"dimension"`
+	Quantity  int64             `json:"quantity"`
+	Time      time.Time         `json:"time"`
+	Tags      map[string]string `json:"tags,omitempty"`
+}
+
+// Validate checks one record against AWS's limits at now. Future times
+// beyond 5 minutes are refused; old times are accepted (and flagged later if
+// AWS will not take them).
+func (u Usage) Validate(now time.Time) error {
+	switch {
+	case strings.TrimSpace(u.Customer) == "":
+		return Errorf(EINVALID, "customer is required")
+	case u.Dimension == "" || len(u.Dimension) > MaxDimensionLength:
+		return Errorf(EINVALID, "dimension must be 1 to %d characters", MaxDimensionLength)
+	case u.Quantity < 0 || u.Quantity > MaxQuantity:
+		return Errorf(EINVALID, "quantity must be between 0 and %d", MaxQuantity)
+	case u.Time.IsZero():
+		return Errorf(EINVALID, "time is required")
+	case u.Time.After(now.Add(5 * time.Minute)):
+		return Errorf(EINVALID, "time %s is in the future", u.Time.UTC().Format(time.RFC3339))
+	case len(u.Tags) > MaxTagsPerRecord:
+		return Errorf(EINVALID, "at most %d tags are allowed", MaxTagsPerRecord)
+	}
+	for k, v := range u.Tags {
+		if len(k) < 1 || len(k) > 100 || !tagRE.MatchString(k) {
+			return Errorf(EINVALID, "tag key %q must be 1 to 100 characters of letters, digits and + - = . _ : / @ space", k)
+		}
+		if len(v) < 1 || len(v) > 256 || !tagRE.MatchString(v) {
+			return Errorf(EINVALID, "tag value %q must be 1 to 256 characters of letters, digits and + - = . _ : / @ space", v)
+		}
+	}
+	return nil
+}
+
+// TagSignature is a canonical encoding of a tag set ("" for no tags).
+func TagSignature(tags map[string]string) string {
+	if len(tags) == 0 {
+		return ""
+	}
+	keys := make([]string, 0, len(tags))
+	for k := range tags {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(tags[k])
+		b.WriteByte(0)
+	}
+	return b.String()
+}
+
+// ParseTagSignature inverts TagSignature.
+func ParseTagSignature(sig string) map[string]string {
+	if sig == "" {
+		return nil
+	}
+	parts := strings.Split(strings.TrimSuffix(sig, "\x00"), "\x00")
+	out := make(map[string]string, len(parts)/2)
+	for i := 0; i+1 < len(parts); i += 2 {
+		out[parts[i]] = parts[i+1]
+	}
+	return out
+}
+
+// UsageRequest is one ingestion request.
+type UsageRequest struct {
+	// IdempotencyKey makes a retried request count once.
+	IdempotencyKey string
+	Records        []Usage
+}
+
+// Hash fingerprints the request's records so a reused idempotency key with
+// different records can be refused.
+func (r UsageRequest) Hash() string {
+	h := sha256.New()
+	for _, u := range r.Records {
+		fmt.Fprintf(h, "%s\x00%s\x00%d\x00%d\x00%s\x01", u.Customer, u.Dimension, u.Quantity, u.Time.UnixNano(), TagSignature(u.Tags))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+// UsageReceipt is the answer to an ingestion request.
+type UsageReceipt struct {
+	IdempotencyKey string    `json:"idempotencyKey"`
+	Accepted       int       `json:"accepted"`
+	ReceivedAt     time.Time `json:"receivedAt"`
+	// Replayed is true when the key was seen before and nothing was added.
+	Replayed bool `json:"replayed"`
+	// FirstID is the ledger id of the first record; ids are consecutive.
+	FirstID int64 `json:"firstId"`
+}
+
+// UsageRow is a validated usage record bound to a subscriber, as stored.
+type UsageRow struct {
+	SubscriberKey string
+	Dimension     string
+	Quantity      int64
+	Time          time.Time
+	TagSig        string
+}
+
+// Hour returns the start of the hour containing t (UTC).
+func Hour(t time.Time) time.Time { return t.UTC().Truncate(time.Hour) }
+
+// InMeteringWindow reports whether AWS accepts a record for hour at now:
+// less than 24 hours old, and for a previous month only until 06:00 UTC on
+// the 1st.
+func InMeteringWindow(hour, now time.Time) bool {
+	if now.Sub(hour) >= MeteringWindow || hour.After(now) {
+		return false
+	}
+	monthStart := time.Date(now.Year(), now.Month(), 1, 0, 0, 0, 0, time.UTC)
+	return !hour.Before(monthStart) || now.Before(monthStart.Add(MonthEndGrace))
+}
+
+// Metering record and usage states, as shown in the ledger.
+const (
+	UsagePending  = "pending"  // waiting for its hour to close
+	UsageSealed   = "sealed"   // aggregated into a meter record
+	UsageBatched  = "batched"  // its meter record is in a batch being sent
+	UsageBilled   = "billed"   // AWS accepted it (MeteringRecordId)
+	UsageRejected = "rejected" // AWS refused it for good (reason)
+	UsageFlagged  = "flagged"  // needs the seller: outside the window, duplicate, ...; replayable
+	UsageCovered  = "covered"  // within a contract's entitlement: nothing to bill
+)
+
+// MeterRecord is the aggregate of one buyer's usage of one dimension in one
+// hour: exactly one BatchMeterUsage record.
+type MeterRecord struct {
+	ID            int64
+	SubscriberKey string
+	Dimension     string
+	Hour          time.Time
+	Quantity      int64
+	// Allocations by tag signature; nil when no usage was tagged.
+	Allocations map[string]int64
+	// Buyer identity sent to AWS: CustomerIdentifier + ProductCode, or
+	// CustomerAWSAccountID + LicenseArn.
+	CustomerIdentifier   string
+	CustomerAWSAccountID string
+	LicenseArn           string
+	ProductCode          string
+	State                string
+	BatchID              int64
+	MeteringRecordID     string
+	Reason               string
+}
+
+// LicenseMode reports whether the record is sent with LicenseArn (and no
+// ProductCode) rather than CustomerIdentifier + ProductCode.
+func (m MeterRecord) LicenseMode() bool { return m.CustomerIdentifier == "" }
+
+// MeterBatch is one BatchMeterUsage call, stored before it is made.
+type MeterBatch struct {
+	ID          int64
+	ProductCode string // "" for license-based batches
+	Records     []MeterRecord
+	Attempts    int
+	NextAttempt time.Time
+}
+
+// RecordOutcome is what AWS said about one record.
+type RecordOutcome struct {
+	MeterRecordID    int64
+	State            string // UsageBilled, UsageRejected or UsageFlagged
+	MeteringRecordID string
+	Reason           string
+	Response         string // the result as JSON, for the record
+}
+
+// LedgerEntry is one usage record and its fate.
+type LedgerEntry struct {
+	ID               int64     `json:"id"`
+	SubscriberKey    string    `json:"customer"`
+	Dimension        string    `json:"dimension"`
+	Quantity         int64     `json:"quantity"`
+	Time             time.Time `json:"time"`
+	Hour             time.Time `json:"meterHour"`
+	State            string    `json:"state"`
+	BatchID          int64     `json:"batchId,omitempty"`
+	MeteringRecordID string    `json:"meteringRecordId,omitempty"`
+	Reason           string    `json:"reason,omitempty"`
+	RequestKey       string    `json:"idempotencyKey"`
+}
+
+// LedgerFilter selects ledger entries.
+type LedgerFilter struct {
+	SubscriberKey string
+	State         string
+	AfterID       int64
+	Limit         int
+}
+
+// MeterStore persists usage, meter records and batches. Each method is one
+// transaction, so a crash leaves either the old or the new state.
+type MeterStore interface {
+	// AddUsage stores a request's rows under its idempotency key. A key seen
+	// before with the same hash returns the original receipt (Replayed); with
+	// another hash, ECONFLICT. Rows whose (subscriber, dimension, hour) was
+	// already sealed are moved to openHour, the current, still open hour.
+	AddUsage(ctx context.Context, key, hash string, rows []UsageRow, openHour, now time.Time) (UsageReceipt, error)
+	// PendingUsage returns, per (subscriber, dimension, meter hour, tag set),
+	// the sum of pending usage in hours before `before`, plus all pending
+	// usage of the subscribers in flush; at most limit groups, oldest hours
+	// first.
+	PendingUsage(ctx context.Context, before time.Time, flush []string, limit int) ([]UsageGroup, error)
+	// Seal stores the aggregates' meter records and marks the usage of their
+	// groups (up to each group's MaxID) sealed, or covered when the record's
+	// quantity is zero because a contract covers it. A key that already has a
+	// meter record, and any usage still pending for a sealed key, moves to
+	// the first free hour from openHour on.
+	Seal(ctx context.Context, aggs []Aggregate, openHour time.Time) error
+	// AddHeartbeats stores zero-quantity meter records for keys that have
+	// none; it returns how many it added.
+	AddHeartbeats(ctx context.Context, records []MeterRecord) (int, error)
+	// CreateBatches puts sealed meter records into batches of at most 25,
+	// one product code (or license mode) per batch, storing the exact request.
+	CreateBatches(ctx context.Context, now time.Time) (int, error)
+	// DueBatches returns unfinished batches whose next attempt is due.
+	DueBatches(ctx context.Context, now time.Time, limit int) ([]MeterBatch, error)
+	// FinishRecords stores outcomes; the batch is done when all its records are.
+	FinishRecords(ctx context.Context, batchID int64, outcomes []RecordOutcome) error
+	// RetryBatch schedules the batch's next attempt.
+	RetryBatch(ctx context.Context, batchID int64, next time.Time, lastError string) error
+	// SplitBatch replaces a batch with one single-record batch per record.
+	SplitBatch(ctx context.Context, batchID int64, now time.Time) error
+	// Ledger lists usage records and their fate.
+	Ledger(ctx context.Context, f LedgerFilter) ([]LedgerEntry, error)
+	// MeterSummary counts usage records and quantities by state.
+	MeterSummary(ctx context.Context) (map[string]StateCount, error)
+	// Replay moves flagged usage records (all when ids is empty) back to
+	// pending in hour; it returns how many moved.
+	Replay(ctx context.Context, ids []int64, hour time.Time) (int, error)
+	// ActiveSubscribers returns subscribers whose status is in statuses.
+	ActiveSubscribers(ctx context.Context, statuses []Status) ([]*Subscriber, error)
+}
+
+// StateCount is a count of usage records and their total quantity.
+type StateCount struct {
+	Records  int64 `json:"records"`
+	Quantity int64 `json:"quantity"`
+}
+
+// UsageGroup is pending usage summed per subscriber, dimension, hour and tag set.
+type UsageGroup struct {
+	SubscriberKey string
+	Dimension     string
+	Hour          time.Time
+	TagSig        string
+	Quantity      int64
+	Records       int64
+	// MaxID is the highest usage id summed; later rows are not part of it.
+	MaxID int64
+}
+
+// Aggregate is a meter record and the usage groups it sums.
+type Aggregate struct {
+	Record MeterRecord
+	Groups []UsageGroup
+}
