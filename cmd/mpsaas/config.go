@@ -9,7 +9,9 @@ import (
 	"io"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/mpsaas/mpsaas"
 )
@@ -43,6 +45,13 @@ type Config struct {
 	Region              string
 	LogLevel            string
 	LogFormat           string
+	UsageAPIKeys        []string
+	MeterIntervalText   string
+	HeartbeatDimension  string
+	MeterConcurrencyTxt string
+
+	meterInterval    time.Duration
+	meterConcurrency int
 }
 
 // setting describes one configuration value for flags, env and --help.
@@ -77,6 +86,10 @@ func (c *Config) settings() []setting {
 		{name: "metering-endpoint", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
 		{name: "entitlement-endpoint", env: "MPSAAS_ENTITLEMENT_ENDPOINT", usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
 		{name: "region", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
+		{name: "usage-api-keys", env: "MPSAAS_USAGE_API_KEYS", usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", secret: true, list: &c.UsageAPIKeys},
+		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
+		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
+		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
 		{name: "log-level", env: "MPSAAS_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", ptr: &c.LogLevel},
 		{name: "log-format", env: "MPSAAS_LOG_FORMAT", def: "text", usage: "text or json", ptr: &c.LogFormat},
 	}
@@ -154,6 +167,22 @@ func (c *Config) Validate() error {
 	}
 	if c.SMTPAddr != "" && c.SMTPFrom == "" {
 		errs = append(errs, errors.New("MPSAAS_SMTP_FROM: required with MPSAAS_SMTP_ADDR"))
+	}
+	if d, err := time.ParseDuration(c.MeterIntervalText); err != nil || d < time.Second {
+		errs = append(errs, fmt.Errorf("MPSAAS_METER_INTERVAL %q: want a duration of at least 1s, such as 1m", c.MeterIntervalText))
+	} else {
+		c.meterInterval = d
+	}
+	if n, err := strconv.Atoi(c.MeterConcurrencyTxt); err != nil || n < 1 || n > 64 {
+		errs = append(errs, fmt.Errorf("MPSAAS_METER_CONCURRENCY %q: want 1 to 64", c.MeterConcurrencyTxt))
+	} else {
+		c.meterConcurrency = n
+	}
+	for _, k := range c.UsageAPIKeys {
+		if len(k) < 16 {
+			errs = append(errs, errors.New("MPSAAS_USAGE_API_KEYS: each key must be at least 16 characters"))
+			break
+		}
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -82,7 +82,7 @@ type testApp struct {
 
 // startApp runs `mpsaas serve` in-process on free ports with the embedded
 // emulator and a webhook sink.
-func startApp(t *testing.T, listing string) *testApp {
+func startApp(t *testing.T, listing string, extraEnv ...string) *testApp {
 	t.Helper()
 	sink := &webhookSink{}
 	hook := httptest.NewServer(sink)
@@ -91,6 +91,9 @@ func startApp(t *testing.T, listing string) *testApp {
 		"MPSAAS_ADDR": "127.0.0.1:0", "MPSAAS_EMULATOR_ADDR": "127.0.0.1:0", "MPSAAS_DB": filepath.Join(t.TempDir(), "e2e.db"),
 		"MPSAAS_LISTING": listing, "MPSAAS_WEBHOOK_URL": hook.URL, "MPSAAS_WEBHOOK_SECRET": testWebhookSecret,
 		"MPSAAS_EMULATOR": "on", "MPSAAS_SECRET": strings.Repeat("s", 32), "MPSAAS_PRODUCT_NAME": "Widgets Cloud",
+	}
+	for i := 0; i+1 < len(extraEnv); i += 2 {
+		env[extraEnv[i]] = extraEnv[i+1]
 	}
 	var cfg Config
 	if err := cfg.Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] }); err != nil {

@@ -2,6 +2,8 @@
 //
 //	mpsaas serve      run the integration (web, workers, embedded emulator)
 //	mpsaas emulator   run only the AWS Marketplace emulator and buyer simulator
+//	mpsaas usage      send usage records to a running mpsaas
+//	mpsaas meter      run metering now, show the ledger, replay flagged records
 //	mpsaas version    print the version
 package main
 
@@ -45,6 +47,8 @@ Usage:
   mpsaas serve [flags]      run the integration; with no AWS configuration it
                             also runs the AWS Marketplace emulator and buyer simulator
   mpsaas emulator [flags]   run only the AWS Marketplace emulator and buyer simulator
+  mpsaas usage record ...   send usage records to a running mpsaas
+  mpsaas meter run          send pending usage to AWS now (also: meter status, meter replay)
   mpsaas version            print the version
 
 Run "mpsaas <command> -h" for the flags of a command. Every flag can also be
@@ -61,6 +65,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runServe(ctx, args[1:], getenv, stdout, stderr)
 	case "emulator":
 		return runEmulator(ctx, args[1:], stdout, stderr)
+	case "meter":
+		return runMeter(ctx, args[1:], getenv, stdout, stderr)
+	case "usage":
+		return runUsage(ctx, args[1:], getenv, stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "mpsaas", version)
 		return nil

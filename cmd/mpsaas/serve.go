@@ -18,6 +18,7 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/notify"
 	"github.com/mpsaas/mpsaas/sqlite"
 	"github.com/mpsaas/mpsaas/subscription"
@@ -42,6 +43,7 @@ type App struct {
 	db     *sqlite.DB
 	em     *emulator.Server
 	svc    *subscription.Service
+	meter  *metering.Service
 	web    *web.Server
 	queue  *worker.QueueWorker
 	disp   *worker.Dispatcher
@@ -50,6 +52,15 @@ type App struct {
 	wakeQ  chan struct{}
 	wakeD  chan struct{}
 	closed bool
+
+	generatedUsageKey bool
+}
+
+func newMeteringService(cfg Config, db *sqlite.DB, m mpsaas.Meterer, logger *slog.Logger) *metering.Service {
+	return &metering.Service{
+		Store: db, Subscribers: db, Meterer: m, Logger: logger.With("component", "metering"),
+		Listing: cfg.Listing, HeartbeatDimension: cfg.HeartbeatDimension, Concurrency: cfg.meterConcurrency,
+	}
 }
 
 // openApp builds the object graph and binds the listeners; Run serves.
@@ -125,6 +136,12 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		Secret: []byte(a.cfg.Secret), ProductName: cfg.ProductName, SignInURL: cfg.SignInURL,
 		SupportEmail: cfg.SupportEmail, CORSOrigins: cfg.CORSOrigins, Logger: logger,
 	}, a.svc)
+	a.meter = newMeteringService(a.cfg, a.db, a.svc.Marketplace.(mpsaas.Meterer), logger)
+	if len(a.cfg.UsageAPIKeys) == 0 && a.em != nil {
+		a.cfg.UsageAPIKeys = []string{"local-" + randomSecret()[:32]}
+		a.generatedUsageKey = true
+	}
+	(&web.UsageAPI{Keys: a.cfg.UsageAPIKeys, Metering: a.meter, Ledger: a.db, Logger: logger}).Register(a.web)
 	a.queue = &worker.QueueWorker{Queue: a.db, Handler: a.svc, Logger: logger, Wake: a.wakeQ}
 	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: senders, Logger: logger, Wake: a.wakeD}
 	return a, nil
@@ -212,6 +229,10 @@ func (a *App) PrintBanner(w io.Writer) {
 	if a.cfg.WebhookURL != "" {
 		fmt.Fprintf(w, "  Webhooks to:       %s\n", a.cfg.WebhookURL)
 	}
+	fmt.Fprintf(w, "  Usage API:         %s/v1/usage (metering every %s)\n", a.URL(), a.cfg.meterInterval)
+	if a.generatedUsageKey {
+		fmt.Fprintf(w, "  Usage API key:     %s   (local only; set MPSAAS_USAGE_API_KEYS)\n", a.cfg.UsageAPIKeys[0])
+	}
 	fmt.Fprintln(w, "Press Ctrl+C to stop.")
 }
 
@@ -230,6 +251,7 @@ func (a *App) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { a.queue.Run(workCtx) })
 	wg.Go(func() { a.disp.Run(workCtx) })
+	wg.Go(func() { a.meterLoop(workCtx) })
 	if a.em != nil {
 		wg.Go(func() {
 			t := time.NewTicker(time.Second)
@@ -263,6 +285,27 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Wait()
 	a.close()
 	return runErr
+}
+
+// meterLoop runs metering at start and then every interval.
+func (a *App) meterLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.meterInterval)
+	defer t.Stop()
+	for {
+		res, err := a.meter.Run(ctx)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			a.log.Error("metering run failed", "err", err)
+		case res.Calls > 0 || res.Sealed > 0 || res.Heartbeats > 0:
+			a.log.Info("metering run", "sealed", res.Sealed, "heartbeats", res.Heartbeats, "calls", res.Calls,
+				"billed", res.Billed, "rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 func (a *App) close() {

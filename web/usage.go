@@ -1,0 +1,328 @@
+package web
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// Metering is what the usage API drives.
+type Metering interface {
+	Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.UsageReceipt, error)
+	Replay(ctx context.Context, ids []int64) (int, error)
+}
+
+// Ledger answers questions about usage records.
+type Ledger interface {
+	Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.LedgerEntry, error)
+	MeterSummary(ctx context.Context) (map[string]mpsaas.StateCount, error)
+}
+
+// UsageAPI is the authenticated JSON API for usage ingestion and the
+// metering ledger:
+//
+//	POST /v1/usage               {"idempotencyKey": "...", "records": [{customer, dimension, quantity, time, tags}]}
+//	POST /v1/usage/sample-stack  sample-stack metering-table items (plain or DynamoDB JSON)
+//	GET  /v1/usage/ledger        ?customer=&state=&after=&limit=
+//	GET  /v1/meter/status        usage records and quantities by state
+//	POST /v1/meter/replay        {"ids": [...]} (empty: all flagged)
+//
+// Every request needs "Authorization: Bearer <key>" with one of Keys.
+type UsageAPI struct {
+	Keys     []string
+	Metering Metering
+	Ledger   Ledger
+	Logger   *slog.Logger
+}
+
+// Register mounts the API on s.
+func (a *UsageAPI) Register(s *Server) {
+	s.Handle("POST /v1/usage", a.auth(a.handleUsage))
+	s.Handle("POST /v1/usage/sample-stack", a.auth(a.handleSampleStack))
+	s.Handle("GET /v1/usage/ledger", a.auth(a.handleLedger))
+	s.Handle("GET /v1/meter/status", a.auth(a.handleStatus))
+	s.Handle("POST /v1/meter/replay", a.auth(a.handleReplay))
+}
+
+type apiError struct {
+	Error string `json:"error"`
+	Code  string `json:"code"`
+}
+
+func (a *UsageAPI) fail(w http.ResponseWriter, err error) {
+	status := errorStatus(err)
+	if status >= 500 && a.Logger != nil {
+		a.Logger.Error("usage API failed", "err", err)
+	}
+	writeJSON(w, status, apiError{Error: mpsaas.ErrorMessage(err), Code: mpsaas.ErrorCode(err)})
+}
+
+func (a *UsageAPI) auth(next http.HandlerFunc) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if len(a.Keys) == 0 {
+			a.fail(w, mpsaas.Errorf(mpsaas.EUNAVAILABLE, "the usage API is disabled: set MPSAAS_USAGE_API_KEYS"))
+			return
+		}
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		valid := false
+		for _, k := range a.Keys {
+			if ok && subtle.ConstantTimeCompare([]byte(got), []byte(k)) == 1 {
+				valid = true
+			}
+		}
+		if !valid {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="mpsaas usage API"`)
+			a.fail(w, mpsaas.Errorf(mpsaas.EUNAUTHORIZED, "a valid API key is required (Authorization: Bearer <key>)"))
+			return
+		}
+		next(w, r)
+	})
+}
+
+// usageBody is the request of POST /v1/usage.
+type usageBody struct {
+	IdempotencyKey string         `json:"idempotencyKey"`
+	Records        []mpsaas.Usage `json:"records"`
+}
+
+// maxUsageBody bounds a request (10,000 records of about 200 bytes).
+const maxUsageBody = 4 << 20
+
+func (a *UsageAPI) handleUsage(w http.ResponseWriter, r *http.Request) {
+	var body usageBody
+	if err := decodeStrict(w, r, &body); err != nil {
+		a.fail(w, err)
+		return
+	}
+	if body.IdempotencyKey == "" {
+		body.IdempotencyKey = r.Header.Get("Idempotency-Key")
+	}
+	rec, err := a.Metering.Ingest(r.Context(), mpsaas.UsageRequest{IdempotencyKey: body.IdempotencyKey, Records: body.Records})
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	status := http.StatusAccepted
+	if rec.Replayed {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, rec)
+}
+
+func decodeStrict(w http.ResponseWriter, r *http.Request, v any) error {
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxUsageBody))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return mpsaas.Errorf(mpsaas.EINVALID, "request body larger than %d bytes", maxUsageBody)
+		}
+		return mpsaas.Errorf(mpsaas.EINVALID, "invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return mpsaas.Errorf(mpsaas.EINVALID, "invalid JSON body: more than one value")
+	}
+	return nil
+}
+
+// handleSampleStack accepts items in the sample stack's metering-table
+// format, one or an array. Each item's key is its table key
+// (customerIdentifier + create_timestamp), so a resend is counted once.
+func (a *UsageAPI) handleSampleStack(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxUsageBody))
+	if err != nil {
+		a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "request body larger than %d bytes", maxUsageBody))
+		return
+	}
+	reqs, err := ParseSampleStackItems(b)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	receipts := make([]mpsaas.UsageReceipt, 0, len(reqs))
+	for _, req := range reqs {
+		rec, err := a.Metering.Ingest(r.Context(), req)
+		if err != nil {
+			a.fail(w, fmt.Errorf("item %s: %w", req.IdempotencyKey, err))
+			return
+		}
+		receipts = append(receipts, rec)
+	}
+	writeJSON(w, http.StatusAccepted, map[string]any{"receipts": receipts})
+}
+
+// ParseSampleStackItems reads the sample stack's metering-table items:
+//
+//	{"create_timestamp": 113123, "customerIdentifier": "ifAPi5AcF3",
+//	 "dimension_usage": [{"dimension": "users", "value": 3}], "metering_pending": "true"}
+//
+// as plain JSON or DynamoDB JSON ({"N": "113123"}, {"S": ...}, {"L": [...]}, {"M": {...}}),
+// one item or an array of them.
+func ParseSampleStackItems(b []byte) ([]mpsaas.UsageRequest, error) {
+	var raw any
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.UseNumber()
+	if err := dec.Decode(&raw); err != nil {
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "invalid JSON body: %v", err)
+	}
+	var items []any
+	switch v := raw.(type) {
+	case []any:
+		items = v
+	case map[string]any:
+		items = []any{v}
+	default:
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "body must be a metering-table item or an array of them")
+	}
+	if len(items) == 0 || len(items) > 1000 {
+		return nil, mpsaas.Errorf(mpsaas.EINVALID, "send 1 to 1000 items (got %d)", len(items))
+	}
+	out := make([]mpsaas.UsageRequest, 0, len(items))
+	for i, it := range items {
+		m, ok := undynamo(it).(map[string]any)
+		if !ok {
+			return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d is not an object", i+1)
+		}
+		cust, _ := m["customerIdentifier"].(string)
+		if cust == "" {
+			return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d: customerIdentifier is required", i+1)
+		}
+		ts, err := number(m["create_timestamp"])
+		if err != nil || ts <= 0 || ts > 1<<40 {
+			return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d: create_timestamp must be UNIX seconds", i+1)
+		}
+		dims, ok := m["dimension_usage"].([]any)
+		if !ok || len(dims) == 0 {
+			return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d: dimension_usage must be a non-empty list", i+1)
+		}
+		req := mpsaas.UsageRequest{IdempotencyKey: fmt.Sprintf("sample-stack:%s:%d", cust, ts)}
+		for j, d := range dims {
+			dm, ok := d.(map[string]any)
+			if !ok {
+				return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d: dimension_usage[%d] is not an object", i+1, j)
+			}
+			name, _ := dm["dimension"].(string)
+			v, err := number(dm["value"])
+			if err != nil {
+				return nil, mpsaas.Errorf(mpsaas.EINVALID, "item %d: dimension_usage[%d].value must be a whole number", i+1, j)
+			}
+			req.Records = append(req.Records, mpsaas.Usage{Customer: cust, Dimension: name, Quantity: v, Time: time.Unix(ts, 0).UTC()})
+		}
+		out = append(out, req)
+	}
+	return out, nil
+}
+
+// undynamo turns DynamoDB JSON into plain values; plain JSON passes through.
+func undynamo(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) == 1 {
+			for k, inner := range x {
+				switch k {
+				case "S", "N", "BOOL":
+					return inner
+				case "L":
+					if l, ok := inner.([]any); ok {
+						out := make([]any, len(l))
+						for i, e := range l {
+							out[i] = undynamo(e)
+						}
+						return out
+					}
+				case "M":
+					return undynamo(inner)
+				}
+			}
+		}
+		out := make(map[string]any, len(x))
+		for k, e := range x {
+			out[k] = undynamo(e)
+		}
+		return out
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = undynamo(e)
+		}
+		return out
+	}
+	return v
+}
+
+func number(v any) (int64, error) {
+	switch x := v.(type) {
+	case json.Number:
+		return strconv.ParseInt(x.String(), 10, 64)
+	case string:
+		return strconv.ParseInt(x, 10, 64)
+	}
+	return 0, fmt.Errorf("not a number: %v", v)
+}
+
+func (a *UsageAPI) handleLedger(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := mpsaas.LedgerFilter{SubscriberKey: q.Get("customer"), State: q.Get("state")}
+	for name, dst := range map[string]*int64{"after": &f.AfterID} {
+		if v := q.Get(name); v != "" {
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil || n < 0 {
+				a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "%s must be a non-negative integer", name))
+				return
+			}
+			*dst = n
+		}
+	}
+	if v := q.Get("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 10000 {
+			a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "limit must be between 1 and 10000"))
+			return
+		}
+		f.Limit = n
+	}
+	entries, err := a.Ledger.Ledger(r.Context(), f)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if entries == nil {
+		entries = []mpsaas.LedgerEntry{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}
+
+func (a *UsageAPI) handleStatus(w http.ResponseWriter, r *http.Request) {
+	sum, err := a.Ledger.MeterSummary(r.Context())
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"states": sum})
+}
+
+func (a *UsageAPI) handleReplay(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		IDs []int64 `json:"ids"`
+	}
+	if err := decodeStrict(w, r, &body); err != nil {
+		a.fail(w, err)
+		return
+	}
+	n, err := a.Metering.Replay(r.Context(), body.IDs)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]int{"replayed": n})
+}
