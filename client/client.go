@@ -48,7 +48,9 @@ type Error struct {
 	Message string `json:"error"`
 }
 
-func (e *Error) Error() string { return fmt.Sprintf("mpsaas API: %d %s: %s", e.Status, e.Code, e.Message) }
+func (e *Error) Error() string {
+	return fmt.Sprintf("mpsaas API: %d %s: %s", e.Status, e.Code, e.Message)
+}
 
 // RecordUsage sends usage records under an idempotency key.
 func (c *Client) RecordUsage(ctx context.Context, idempotencyKey string, records []mpsaas.Usage) (mpsaas.UsageReceipt, error) {
