@@ -16,10 +16,8 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net/http"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 )
@@ -60,6 +58,10 @@ type Config struct {
 	// SNSLicenseKeys adds customer-aws-account-id and license-arn to SNS
 	// messages. ASSUMPTION: AWS documents no such keys; off by default.
 	SNSLicenseKeys bool
+	// NotificationLog is how many notifications are kept for
+	// GET /emulator/api/notifications (oldest dropped first; default 10000).
+	// Sinks registered with OnNotification see every one.
+	NotificationLog int
 	// Logger receives one line per API call; nil discards.
 	Logger *slog.Logger
 }
@@ -73,6 +75,7 @@ func DefaultConfig() Config {
 		FutureSkew:          5 * time.Minute,
 		FinalMeteringWindow: time.Hour,
 		MaxRequestBytes:     1 << 20,
+		NotificationLog:     10000,
 	}
 }
 
@@ -200,6 +203,10 @@ type Server struct {
 	products      map[string]*Product
 	buyers        map[string]*Buyer
 	subscriptions map[string]*Subscription // by agreement ID
+	// Indexes over subscriptions, so metering scales to many buyers.
+	byLicense    map[string]*Subscription   // license ARN
+	byProductCI  map[string]*Subscription   // product code + "\x00" + CustomerIdentifier
+	byProductAcc map[string][]*Subscription // product code + "\x00" + account, oldest first
 	tokens        map[string]*token
 	billed        map[billKey]*BilledRecord
 	meterUsage    map[string]string // MeterUsage dedupe: key -> record id
@@ -225,6 +232,9 @@ func New(cfg Config) *Server {
 		products:      map[string]*Product{},
 		buyers:        map[string]*Buyer{},
 		subscriptions: map[string]*Subscription{},
+		byLicense:     map[string]*Subscription{},
+		byProductCI:   map[string]*Subscription{},
+		byProductAcc:  map[string][]*Subscription{},
 		tokens:        map[string]*token{},
 		billed:        map[billKey]*BilledRecord{},
 		meterUsage:    map[string]string{},
@@ -344,9 +354,8 @@ func (s *Server) Subscribe(opts SubscribeOptions) (SubscribeResult, error) {
 		s.mu.Unlock()
 		return SubscribeResult{}, fmt.Errorf("%w: buyer %q", ErrNotFound, opts.BuyerAccountID)
 	}
-	for _, sub := range s.subscriptions {
-		if sub.ProductCode == p.Code && sub.BuyerAccountID == opts.BuyerAccountID &&
-			(sub.Status == StatusActive || sub.Status == StatusUnsubscribePending) {
+	for _, sub := range s.byProductAcc[p.Code+"\x00"+opts.BuyerAccountID] {
+		if sub.Status == StatusActive || sub.Status == StatusUnsubscribePending {
 			s.mu.Unlock()
 			return SubscribeResult{}, fmt.Errorf("%w: buyer %s already has agreement %s for product %s", ErrConflict, opts.BuyerAccountID, sub.AgreementID, p.Code)
 		}
@@ -381,6 +390,11 @@ func (s *Server) Subscribe(opts SubscribeOptions) (SubscribeResult, error) {
 		sub.ExpiresAt = now.AddDate(0, months, 0)
 	}
 	s.subscriptions[sub.AgreementID] = sub
+	s.byLicense[sub.LicenseArn] = sub
+	if sub.CustomerIdentifier != "" {
+		s.byProductCI[p.Code+"\x00"+sub.CustomerIdentifier] = sub
+	}
+	s.byProductAcc[p.Code+"\x00"+sub.BuyerAccountID] = append(s.byProductAcc[p.Code+"\x00"+sub.BuyerAccountID], sub)
 	tok := s.issueTokenLocked(sub)
 	out := s.emitLocked(sub, p, changeSubscribe)
 	result := SubscribeResult{Subscription: *sub, Token: tok, FulfillmentURL: p.FulfillmentURL}
@@ -643,16 +657,21 @@ const (
 )
 
 func randomString(n int, alphabet string) string {
-	var b strings.Builder
-	max := big.NewInt(int64(len(alphabet)))
-	for range n {
-		i, err := rand.Int(rand.Reader, max)
-		if err != nil {
+	// Rejection sampling over random bytes keeps the choice uniform.
+	limit := 256 - 256%len(alphabet)
+	out := make([]byte, 0, n)
+	buf := make([]byte, n+n/2+8)
+	for len(out) < n {
+		if _, err := rand.Read(buf); err != nil {
 			panic(err) // crypto/rand never fails on supported platforms
 		}
-		b.WriteByte(alphabet[i.Int64()])
+		for _, b := range buf {
+			if int(b) < limit && len(out) < n {
+				out = append(out, alphabet[int(b)%len(alphabet)])
+			}
+		}
 	}
-	return b.String()
+	return string(out)
 }
 
 func newID() string {

@@ -274,13 +274,7 @@ func (s *Server) resolveRecordLocked(i int, r *checked, reqProduct *Product) (*P
 	ci, acct, arn := str(r.raw.CustomerIdentifier), str(r.raw.CustomerAWSAccountId), str(r.raw.LicenseArn)
 	if arn != "" {
 		r.mode = "license"
-		var sub *Subscription
-		for _, cand := range s.subscriptions {
-			if cand.LicenseArn == arn {
-				sub = cand
-				break
-			}
-		}
+		sub := s.byLicense[arn]
 		if sub == nil {
 			return nil, newAPIError("InvalidLicenseException", "usageRecords.%d: license %s is not a license of this seller's products", n, arn)
 		}
@@ -307,22 +301,13 @@ func (s *Server) resolveRecordLocked(i int, r *checked, reqProduct *Product) (*P
 			return nil, newAPIError("InvalidCustomerIdentifierException", "usageRecords.%d: CustomerIdentifier is not supported for product %s; use CustomerAWSAccountId and LicenseArn", n, p.Code)
 		}
 		r.customerKey = ci
-		for _, cand := range s.subscriptions {
-			if cand.ProductCode == p.Code && cand.CustomerIdentifier == ci {
-				r.sub = cand
-				break
-			}
-		}
+		r.sub = s.byProductCI[p.Code+"\x00"+ci]
 		return p, nil
 	}
 	r.customerKey = acct
 	// With concurrent agreements an account may have several; take the newest.
-	for _, cand := range s.subscriptions {
-		if cand.ProductCode == p.Code && cand.BuyerAccountID == acct {
-			if r.sub == nil || cand.StartedAt.After(r.sub.StartedAt) {
-				r.sub = cand
-			}
-		}
+	if subs := s.byProductAcc[p.Code+"\x00"+acct]; len(subs) > 0 {
+		r.sub = subs[len(subs)-1]
 	}
 	return p, nil
 }

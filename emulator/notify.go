@@ -138,6 +138,9 @@ func (s *Server) emitLocked(sub *Subscription, p *Product, c change) []Notificat
 		license("Deprovisioned")
 	}
 	s.notifications = append(s.notifications, out...)
+	if limit := s.cfg.NotificationLog; limit > 0 && len(s.notifications) > limit {
+		s.notifications = append([]Notification(nil), s.notifications[len(s.notifications)-limit:]...)
+	}
 	return out
 }
 

@@ -20,6 +20,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -54,7 +55,14 @@ type Service struct {
 	MaxBackoff time.Duration
 
 	mu sync.Mutex // one metering run at a time
+
+	// customers caches customer → subscriber key: the mapping never changes.
+	customers sync.Map
+	cached    atomic.Int64
 }
+
+// maxCachedCustomers bounds the customer cache (about 100 bytes an entry).
+const maxCachedCustomers = 500000
 
 func (s *Service) now() time.Time {
 	if s.Clock == nil {
@@ -92,14 +100,22 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 		}
 		key, ok := keys[u.Customer]
 		if !ok {
-			sub, err := s.findSubscriber(ctx, u.Customer)
-			if err != nil {
-				if mpsaas.ErrorCode(err) == mpsaas.ENOTFOUND {
-					return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown customer %q", i+1, u.Customer)
+			if v, hit := s.customers.Load(u.Customer); hit {
+				key = v.(string)
+			} else {
+				sub, err := s.findSubscriber(ctx, u.Customer)
+				if err != nil {
+					if mpsaas.ErrorCode(err) == mpsaas.ENOTFOUND {
+						return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown customer %q", i+1, u.Customer)
+					}
+					return mpsaas.UsageReceipt{}, err
 				}
-				return mpsaas.UsageReceipt{}, err
+				key = sub.Key
+				if s.cached.Load() < maxCachedCustomers {
+					s.customers.Store(u.Customer, key)
+					s.cached.Add(1)
+				}
 			}
-			key = sub.Key
 			keys[u.Customer] = key
 		}
 		rows[i] = mpsaas.UsageRow{SubscriberKey: key, Dimension: u.Dimension, Quantity: u.Quantity, Time: u.Time.UTC(), TagSig: mpsaas.TagSignature(u.Tags)}

@@ -72,13 +72,26 @@ type hourPlacer struct {
 	ctx      context.Context
 	openHour time.Time
 	sealed   map[string]bool
+	// anyInHour caches whether an hour has any meter record at all: for the
+	// hours usage usually arrives for, none, so no per-key lookup is needed.
+	anyInHour map[int64]bool
 }
 
 func newHourPlacer(tx *sql.Tx, ctx context.Context, openHour time.Time) *hourPlacer {
-	return &hourPlacer{tx: tx, ctx: ctx, openHour: openHour, sealed: map[string]bool{}}
+	return &hourPlacer{tx: tx, ctx: ctx, openHour: openHour, sealed: map[string]bool{}, anyInHour: map[int64]bool{}}
 }
 
 func (p *hourPlacer) isSealed(sub, dim string, h time.Time) (bool, error) {
+	any, ok := p.anyInHour[h.Unix()]
+	if !ok {
+		if err := p.tx.QueryRowContext(p.ctx, `SELECT EXISTS (SELECT 1 FROM meter_records WHERE hour = ?)`, h.Unix()).Scan(&any); err != nil {
+			return false, err
+		}
+		p.anyInHour[h.Unix()] = any
+	}
+	if !any {
+		return false, nil
+	}
 	k := sub + "\x00" + dim + "\x00" + fmt.Sprint(h.Unix())
 	if v, ok := p.sealed[k]; ok {
 		return v, nil
@@ -90,6 +103,12 @@ func (p *hourPlacer) isSealed(sub, dim string, h time.Time) (bool, error) {
 	}
 	p.sealed[k] = n > 0
 	return n > 0, nil
+}
+
+// markSealed records a meter record inserted in this transaction.
+func (p *hourPlacer) markSealed(sub, dim string, h time.Time) {
+	p.anyInHour[h.Unix()] = true
+	p.sealed[sub+"\x00"+dim+"\x00"+fmt.Sprint(h.Unix())] = true
 }
 
 func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
@@ -198,6 +217,7 @@ func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, openHour time.Ti
 				}
 				continue
 			}
+			hours.markSealed(r.SubscriberKey, r.Dimension, r.Hour)
 			id, _ := res.LastInsertId()
 			for _, g := range a.Groups {
 				if _, err := link.ExecContext(ctx, usageState, id, g.SubscriberKey, g.Dimension, g.Hour.Unix(), g.TagSig, g.MaxID); err != nil {

@@ -41,7 +41,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	dsn += sep + "_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_txlock=immediate"
 	if path != ":memory:" {
-		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)"
+		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-32768)"
 	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {

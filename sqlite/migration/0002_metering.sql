@@ -21,7 +21,6 @@ CREATE TABLE usage (
 	received_at    INTEGER NOT NULL
 );
 CREATE INDEX usage_pending ON usage(meter_hour, subscriber_key, dimension) WHERE state = 'pending';
-CREATE INDEX usage_pending_sub ON usage(subscriber_key, dimension, meter_hour) WHERE state = 'pending';
 CREATE INDEX usage_meter ON usage(meter_id);
 CREATE INDEX usage_subscriber ON usage(subscriber_key, id);
 
@@ -47,6 +46,7 @@ CREATE TABLE meter_records (
 );
 CREATE INDEX meter_sealed ON meter_records(id) WHERE state = 'sealed';
 CREATE INDEX meter_batch ON meter_records(batch_id);
+CREATE INDEX meter_hour ON meter_records(hour);
 
 CREATE TABLE meter_batches (
 	id              INTEGER PRIMARY KEY AUTOINCREMENT,
