@@ -240,12 +240,15 @@ type MeterStore interface {
 	// usage of the subscribers in flush; at most limit groups, oldest hours
 	// first.
 	PendingUsage(ctx context.Context, before time.Time, flush []string, limit int) ([]UsageGroup, error)
+	// MaxUsageID is the highest usage id stored so far.
+	MaxUsageID(ctx context.Context) (int64, error)
 	// Seal stores the aggregates' meter records and marks the usage of their
 	// groups (up to each group's MaxID) sealed, or covered when the record's
 	// quantity is zero because a contract covers it. A key that already has a
-	// meter record, and any usage still pending for a sealed key, moves to
-	// the first free hour from openHour on.
-	Seal(ctx context.Context, aggs []Aggregate, openHour time.Time) error
+	// meter record, and usage stored after readUpTo (the MaxUsageID before
+	// PendingUsage) for a sealed key, moves to the first free hour from
+	// openHour on.
+	Seal(ctx context.Context, aggs []Aggregate, readUpTo int64, openHour time.Time) error
 	// AddHeartbeats stores zero-quantity meter records for keys that have
 	// none; it returns how many it added.
 	AddHeartbeats(ctx context.Context, records []MeterRecord) (int, error)

@@ -204,9 +204,9 @@ type Server struct {
 	buyers        map[string]*Buyer
 	subscriptions map[string]*Subscription // by agreement ID
 	// Indexes over subscriptions, so metering scales to many buyers.
-	byLicense    map[string]*Subscription   // license ARN
-	byProductCI  map[string]*Subscription   // product code + "\x00" + CustomerIdentifier
-	byProductAcc map[string][]*Subscription // product code + "\x00" + account, oldest first
+	byLicense     map[string]*Subscription   // license ARN
+	byProductCI   map[string]*Subscription   // product code + "\x00" + CustomerIdentifier
+	byProductAcc  map[string][]*Subscription // product code + "\x00" + account, oldest first
 	tokens        map[string]*token
 	billed        map[billKey]*BilledRecord
 	meterUsage    map[string]string // MeterUsage dedupe: key -> record id

@@ -187,6 +187,10 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 	const chunk = 20000
 	total := 0
 	for {
+		readUpTo, err := s.Store.MaxUsageID(ctx)
+		if err != nil {
+			return total, err
+		}
 		groups, err := s.Store.PendingUsage(ctx, s.sealBefore(), flush, chunk)
 		if err != nil {
 			return total, err
@@ -194,7 +198,8 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 		if len(groups) == 0 {
 			return total, nil
 		}
-		if len(groups) == chunk {
+		full := len(groups) == chunk
+		if full {
 			// The last key may continue in the next chunk: leave it for then.
 			last := groups[len(groups)-1]
 			cut := len(groups)
@@ -209,11 +214,11 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 		if err != nil {
 			return total, err
 		}
-		if err := s.Store.Seal(ctx, aggs, mpsaas.Hour(s.now())); err != nil {
+		if err := s.Store.Seal(ctx, aggs, readUpTo, mpsaas.Hour(s.now())); err != nil {
 			return total, err
 		}
 		total += len(aggs)
-		if len(groups) < chunk {
+		if !full {
 			return total, nil
 		}
 	}

@@ -167,8 +167,17 @@ func encodeAllocations(a map[string]int64) (string, error) {
 	return string(b), err
 }
 
+// MaxUsageID returns the highest usage id.
+func (d *DB) MaxUsageID(ctx context.Context) (int64, error) {
+	var id int64
+	if err := d.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM usage`).Scan(&id); err != nil {
+		return 0, fmt.Errorf("max usage id: %w", err)
+	}
+	return id, nil
+}
+
 // Seal stores meter records and links their usage.
-func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, openHour time.Time) error {
+func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, readUpTo int64, openHour time.Time) error {
 	now := d.Now()
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, allocations, customer_identifier,
@@ -225,10 +234,9 @@ func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, openHour time.Ti
 				}
 			}
 		}
-		// Usage that arrived for a key while it was being sealed moves on too.
-		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT u.subscriber_key, u.dimension, u.meter_hour FROM usage u
-			JOIN meter_records m ON m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour
-			WHERE u.state = 'pending'`)
+		// Usage stored after the groups were read may be for a key sealed
+		// now: it moves on to a later open hour too.
+		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT subscriber_key, dimension, meter_hour FROM usage WHERE id > ? AND state = 'pending'`, readUpTo)
 		if err != nil {
 			return err
 		}
@@ -236,23 +244,31 @@ func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, openHour time.Ti
 			sub, dim string
 			hour     int64
 		}
-		var stale []key
+		var late []key
 		for rows.Next() {
 			var k key
 			if err := rows.Scan(&k.sub, &k.dim, &k.hour); err != nil {
 				rows.Close()
 				return err
 			}
-			stale = append(stale, k)
+			late = append(late, k)
 		}
 		rows.Close()
-		for _, k := range stale {
-			h, err := hours.place(k.sub, k.dim, time.Unix(k.hour, 0).UTC())
+		for _, k := range late {
+			h := time.Unix(k.hour, 0).UTC()
+			sealed, err := hours.isSealed(k.sub, k.dim, h)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE state = 'pending' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`,
-				h.Unix(), "hour "+time.Unix(k.hour, 0).UTC().Format(time.RFC3339)+" was already metered", k.sub, k.dim, k.hour); err != nil {
+			if !sealed {
+				continue
+			}
+			to, err := hours.place(k.sub, k.dim, h)
+			if err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE id > ? AND state = 'pending' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`,
+				to.Unix(), "hour "+h.Format(time.RFC3339)+" was already metered", readUpTo, k.sub, k.dim, k.hour); err != nil {
 				return err
 			}
 		}
@@ -309,12 +325,27 @@ type batchRequestRecord struct {
 	Allocations          map[string]int64 `json:"mpsaasAllocations,omitempty"`
 }
 
-// CreateBatches puts sealed meter records into batches of at most 25.
+// CreateBatches puts sealed meter records into batches of at most 25, a
+// chunk of records per transaction so memory stays bounded.
 func (d *DB) CreateBatches(ctx context.Context, now time.Time) (int, error) {
+	const chunk = 400 * mpsaas.MaxBatchRecords
 	created := 0
-	err := d.withTx(ctx, func(tx *sql.Tx) error {
+	for {
+		n, more, err := d.createBatchChunk(ctx, now, chunk)
+		created += n
+		if err != nil {
+			return created, fmt.Errorf("create batches: %w", err)
+		}
+		if !more {
+			return created, nil
+		}
+	}
+}
+
+func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (created int, more bool, err error) {
+	err = d.withTx(ctx, func(tx *sql.Tx) error {
 		rows, err := tx.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE state = 'sealed'
-			ORDER BY CASE WHEN customer_identifier = '' THEN '' ELSE product_code END, id`)
+			ORDER BY CASE WHEN customer_identifier = '' THEN '' ELSE product_code END, id LIMIT ?`, chunk)
 		if err != nil {
 			return err
 		}
@@ -322,6 +353,7 @@ func (d *DB) CreateBatches(ctx context.Context, now time.Time) (int, error) {
 		if err != nil {
 			return err
 		}
+		more = len(recs) == chunk
 		var batch []mpsaas.MeterRecord
 		flush := func() error {
 			if len(batch) == 0 {
@@ -350,10 +382,7 @@ func (d *DB) CreateBatches(ctx context.Context, now time.Time) (int, error) {
 		}
 		return flush()
 	})
-	if err != nil {
-		return 0, fmt.Errorf("create batches: %w", err)
-	}
-	return created, nil
+	return created, more, err
 }
 
 func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now time.Time) error {

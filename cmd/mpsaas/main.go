@@ -49,6 +49,7 @@ Usage:
   mpsaas emulator [flags]   run only the AWS Marketplace emulator and buyer simulator
   mpsaas usage record ...   send usage records to a running mpsaas
   mpsaas meter run          send pending usage to AWS now (also: meter status, meter replay)
+  mpsaas bench [flags]      measure ingestion and metering of 1,000,000 records for 100,000 buyers
   mpsaas version            print the version
 
 Run "mpsaas <command> -h" for the flags of a command. Every flag can also be
@@ -69,6 +70,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMeter(ctx, args[1:], getenv, stdout, stderr)
 	case "usage":
 		return runUsage(ctx, args[1:], getenv, stdout, stderr)
+	case "bench":
+		return runBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "mpsaas", version)
 		return nil

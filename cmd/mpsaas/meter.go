@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -90,6 +91,16 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		fmt.Fprintf(stdout, "replayed %d flagged records into the current hour; the next metering run sends them\n", n)
 		return nil
+	}
+	if path := getenv("MPSAAS_CPUPROFILE"); path != "" {
+		f, err := os.Create(path)
+		if err != nil {
+			return err
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	mp, err := meteringClient(ctx, cfg, getenv)
 	if err != nil {
