@@ -204,6 +204,23 @@ type RecordOutcome struct {
 	Response         string // the result as JSON, for the record
 }
 
+// BatchOutcome is the result of one BatchMeterUsage attempt for a batch.
+type BatchOutcome struct {
+	BatchID  int64
+	Outcomes []RecordOutcome
+	// Retry, when set, schedules another attempt for the records that have
+	// no outcome yet.
+	Retry     time.Time
+	LastError string
+}
+
+// MeterKey identifies a meter record: one buyer, dimension and hour.
+type MeterKey struct {
+	SubscriberKey string
+	Dimension     string
+	Hour          time.Time
+}
+
 // LedgerEntry is one usage record and its fate.
 type LedgerEntry struct {
 	ID               int64     `json:"id"`
@@ -235,20 +252,23 @@ type MeterStore interface {
 	// another hash, ECONFLICT. Rows whose (subscriber, dimension, hour) was
 	// already sealed are moved to openHour, the current, still open hour.
 	AddUsage(ctx context.Context, key, hash string, rows []UsageRow, openHour, now time.Time) (UsageReceipt, error)
-	// PendingUsage returns, per (subscriber, dimension, meter hour, tag set),
-	// the sum of pending usage in hours before `before`, plus all pending
-	// usage of the subscribers in flush; at most limit groups, oldest hours
-	// first.
-	PendingUsage(ctx context.Context, before time.Time, flush []string, limit int) ([]UsageGroup, error)
-	// MaxUsageID is the highest usage id stored so far.
-	MaxUsageID(ctx context.Context) (int64, error)
-	// Seal stores the aggregates' meter records and marks the usage of their
-	// groups (up to each group's MaxID) sealed, or covered when the record's
-	// quantity is zero because a contract covers it. A key that already has a
-	// meter record, and usage stored after readUpTo (the MaxUsageID before
-	// PendingUsage) for a sealed key, moves to the first free hour from
-	// openHour on.
-	Seal(ctx context.Context, aggs []Aggregate, readUpTo int64, openHour time.Time) error
+	// PendingRange returns the lowest id of pending usage and the highest
+	// usage id (0, 0 when nothing is pending).
+	PendingRange(ctx context.Context) (lo, hi int64, err error)
+	// ScanPending calls fn, in (hour, subscriber, dimension, tag set) order,
+	// with the sum of pending usage whose id is in [lo, hi] and whose meter
+	// hour is before `before` or whose subscriber is in flush.
+	ScanPending(ctx context.Context, lo, hi int64, before time.Time, flush []string, fn func(UsageGroup) error) error
+	// InsertMeterRecords stores meter records that sum the pending usage of
+	// their key with id at most upTo. A key that already has a record keeps
+	// it (and its own upTo); such keys are returned.
+	InsertMeterRecords(ctx context.Context, recs []MeterRecord, upTo int64) (conflicts []MeterKey, err error)
+	// SealUsage marks the pending usage in [lo, hi] that ScanPending summed
+	// (hour before `before`, or subscriber in flush) as sealed into its key's
+	// meter record. Usage of a conflicting key that its record does not
+	// include moves first to the first free hour from openHour on; it returns
+	// how many records moved.
+	SealUsage(ctx context.Context, lo, hi int64, before time.Time, flush []string, conflicts []MeterKey, openHour time.Time) (moved int, err error)
 	// AddHeartbeats stores zero-quantity meter records for keys that have
 	// none; it returns how many it added.
 	AddHeartbeats(ctx context.Context, records []MeterRecord) (int, error)
@@ -257,10 +277,13 @@ type MeterStore interface {
 	CreateBatches(ctx context.Context, now time.Time) (int, error)
 	// DueBatches returns unfinished batches whose next attempt is due.
 	DueBatches(ctx context.Context, now time.Time, limit int) ([]MeterBatch, error)
-	// FinishRecords stores outcomes; the batch is done when all its records are.
-	FinishRecords(ctx context.Context, batchID int64, outcomes []RecordOutcome) error
-	// RetryBatch schedules the batch's next attempt.
-	RetryBatch(ctx context.Context, batchID int64, next time.Time, lastError string) error
+	// FinishBatches stores what AWS said about batches, in one transaction:
+	// each batch is done when all its records are; the others get their next
+	// attempt.
+	FinishBatches(ctx context.Context, results []BatchOutcome) error
+	// Outstanding reports whether meter records wait to be sent, or pending
+	// usage of hours before `before` waits to be sealed.
+	Outstanding(ctx context.Context, before time.Time) (bool, error)
 	// SplitBatch replaces a batch with one single-record batch per record.
 	SplitBatch(ctx context.Context, batchID int64, now time.Time) error
 	// Ledger lists usage records and their fate.
@@ -288,12 +311,4 @@ type UsageGroup struct {
 	TagSig        string
 	Quantity      int64
 	Records       int64
-	// MaxID is the highest usage id summed; later rows are not part of it.
-	MaxID int64
-}
-
-// Aggregate is a meter record and the usage groups it sums.
-type Aggregate struct {
-	Record MeterRecord
-	Groups []UsageGroup
 }

@@ -178,54 +178,106 @@ func (s *Service) sealBefore() time.Time {
 	return mpsaas.Hour(s.now().Add(-grace))
 }
 
-// seal aggregates pending usage into meter records, a chunk at a time.
+// seal aggregates pending usage into meter records. It streams the sums of
+// pending usage in key order, stores meter records a chunk at a time (each
+// remembering the highest usage id it sums), then marks the usage sealed in
+// one pass over the id range. A crash in between is safe: a record already
+// stored for a key keeps what it summed, and usage it does not include
+// moves on to a later open hour.
 func (s *Service) seal(ctx context.Context) (int, error) {
 	flush, err := s.flushing(ctx)
 	if err != nil {
 		return 0, err
 	}
-	const chunk = 20000
-	total := 0
-	for {
-		readUpTo, err := s.Store.MaxUsageID(ctx)
-		if err != nil {
-			return total, err
-		}
-		groups, err := s.Store.PendingUsage(ctx, s.sealBefore(), flush, chunk)
-		if err != nil {
-			return total, err
-		}
-		if len(groups) == 0 {
-			return total, nil
-		}
-		full := len(groups) == chunk
-		if full {
-			// The last key may continue in the next chunk: leave it for then.
-			last := groups[len(groups)-1]
-			cut := len(groups)
-			for cut > 0 && sameKey(groups[cut-1], last) {
-				cut--
-			}
-			if cut > 0 {
-				groups = groups[:cut]
-			}
-		}
-		aggs, err := s.aggregate(ctx, groups)
-		if err != nil {
-			return total, err
-		}
-		if err := s.Store.Seal(ctx, aggs, readUpTo, mpsaas.Hour(s.now())); err != nil {
-			return total, err
-		}
-		total += len(aggs)
-		if !full {
-			return total, nil
-		}
+	lo, hi, err := s.Store.PendingRange(ctx)
+	if err != nil || hi == 0 {
+		return 0, err
 	}
+	const chunk = 10000
+	total := 0
+	var conflicts []mpsaas.MeterKey
+	var keys [][]mpsaas.UsageGroup // groups of one key each
+	var groups []mpsaas.UsageGroup
+	store := func() error {
+		if len(keys) == 0 {
+			return nil
+		}
+		subs, err := s.subscribersOf(ctx, keys)
+		if err != nil {
+			return err
+		}
+		recs := make([]mpsaas.MeterRecord, len(keys))
+		for i, gs := range keys {
+			recs[i] = s.aggregate(gs, subs[gs[0].SubscriberKey])
+		}
+		c, err := s.Store.InsertMeterRecords(ctx, recs, hi)
+		if err != nil {
+			return err
+		}
+		conflicts = append(conflicts, c...)
+		total += len(recs) - len(c)
+		keys, groups = keys[:0], groups[:0]
+		return nil
+	}
+	start := 0
+	err = s.Store.ScanPending(ctx, lo, hi, s.sealBefore(), flush, func(g mpsaas.UsageGroup) error {
+		if len(groups) > start && !sameKey(groups[start], g) {
+			keys = append(keys, groups[start:len(groups):len(groups)])
+			start = len(groups)
+			if len(keys) >= chunk {
+				if err := store(); err != nil {
+					return err
+				}
+				start = 0
+			}
+		}
+		groups = append(groups, g)
+		return nil
+	})
+	if err == nil && len(groups) > start {
+		keys = append(keys, groups[start:])
+	}
+	if err == nil {
+		err = store()
+	}
+	if err != nil {
+		return total, err
+	}
+	moved, err := s.Store.SealUsage(ctx, lo, hi, s.sealBefore(), flush, conflicts, mpsaas.Hour(s.now()))
+	if moved > 0 {
+		s.log().Info("usage for hours already metered moved to a later open hour", "records", moved)
+	}
+	return total, err
 }
 
-func sameKey(a, b mpsaas.UsageGroup) bool {
-	return a.SubscriberKey == b.SubscriberKey && a.Dimension == b.Dimension && a.Hour.Equal(b.Hour)
+// subscribersOf loads the subscribers of the keys, in one query when the
+// store can.
+func (s *Service) subscribersOf(ctx context.Context, keys [][]mpsaas.UsageGroup) (map[string]*mpsaas.Subscriber, error) {
+	want := make([]string, 0, len(keys))
+	seen := map[string]bool{}
+	for _, gs := range keys {
+		if k := gs[0].SubscriberKey; !seen[k] {
+			seen[k] = true
+			want = append(want, k)
+		}
+	}
+	if bulk, ok := s.Subscribers.(interface {
+		GetSubscribers(ctx context.Context, keys []string) (map[string]*mpsaas.Subscriber, error)
+	}); ok {
+		return bulk.GetSubscribers(ctx, want)
+	}
+	out := make(map[string]*mpsaas.Subscriber, len(want))
+	for _, k := range want {
+		sub, err := s.Subscribers.GetSubscriber(ctx, k)
+		switch mpsaas.ErrorCode(err) {
+		case "":
+			out[k] = sub
+		case mpsaas.ENOTFOUND:
+		default:
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // flushing returns buyers whose subscription is ending: their usage is sealed
@@ -245,60 +297,38 @@ func (s *Service) flushing(ctx context.Context) ([]string, error) {
 	return keys, nil
 }
 
-// aggregate turns usage groups into meter records: one per (buyer,
-// dimension, hour), with allocations by tag set, contract entitlements
-// deducted, and the buyer identity AWS expects.
-func (s *Service) aggregate(ctx context.Context, groups []mpsaas.UsageGroup) ([]mpsaas.Aggregate, error) {
-	subs := map[string]*mpsaas.Subscriber{}
-	var aggs []mpsaas.Aggregate
-	for i := 0; i < len(groups); {
-		j := i + 1
-		for j < len(groups) && sameKey(groups[i], groups[j]) {
-			j++
+// aggregate turns the usage groups of one (buyer, dimension, hour) into a
+// meter record: allocations by tag set, contract entitlements deducted, and
+// the buyer identity AWS expects. sub is nil for an unknown subscriber.
+func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber) mpsaas.MeterRecord {
+	g := gs[0]
+	rec := mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, State: mpsaas.UsageSealed}
+	alloc := map[string]int64{}
+	tagged := false
+	for _, x := range gs {
+		rec.Quantity += x.Quantity
+		alloc[x.TagSig] += x.Quantity
+		if x.TagSig != "" {
+			tagged = true
 		}
-		gs := groups[i:j]
-		i = j
-		g := gs[0]
-		sub, ok := subs[g.SubscriberKey]
-		if !ok {
-			var err error
-			sub, err = s.Subscribers.GetSubscriber(ctx, g.SubscriberKey)
-			if err != nil && mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {
-				return nil, err
-			}
-			subs[g.SubscriberKey] = sub
-		}
-		rec := mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, State: mpsaas.UsageSealed}
-		var total int64
-		alloc := map[string]int64{}
-		tagged := false
-		for _, x := range gs {
-			total += x.Quantity
-			alloc[x.TagSig] += x.Quantity
-			if x.TagSig != "" {
-				tagged = true
-			}
-		}
-		rec.Quantity = total
-		if tagged {
-			rec.Allocations = alloc
-		}
-		switch {
-		case sub == nil:
-			rec.State, rec.Reason = mpsaas.UsageFlagged, "unknown subscriber"
-		default:
-			s.identify(&rec, sub)
-			if rec.CustomerIdentifier == "" && (rec.CustomerAWSAccountID == "" || rec.LicenseArn == "") {
-				rec.State, rec.Reason = mpsaas.UsageFlagged, "subscriber has neither a CustomerIdentifier nor a CustomerAWSAccountId with a LicenseArn"
-			}
-			s.deductEntitlement(&rec, sub)
-		}
-		if rec.State == mpsaas.UsageSealed && rec.Quantity > mpsaas.MaxQuantity {
-			rec.State, rec.Reason = mpsaas.UsageFlagged, fmt.Sprintf("hourly quantity %d exceeds AWS's maximum of %d", rec.Quantity, mpsaas.MaxQuantity)
-		}
-		aggs = append(aggs, mpsaas.Aggregate{Record: rec, Groups: gs})
 	}
-	return aggs, nil
+	if tagged {
+		rec.Allocations = alloc
+	}
+	if sub == nil {
+		rec.State, rec.Reason = mpsaas.UsageFlagged, "unknown subscriber"
+		return rec
+	}
+	s.identify(&rec, sub)
+	if rec.CustomerIdentifier == "" && (rec.CustomerAWSAccountID == "" || rec.LicenseArn == "") {
+		rec.State, rec.Reason = mpsaas.UsageFlagged, "subscriber has neither a CustomerIdentifier nor a CustomerAWSAccountId with a LicenseArn"
+		return rec
+	}
+	s.deductEntitlement(&rec, sub)
+	if rec.State == mpsaas.UsageSealed && rec.Quantity > mpsaas.MaxQuantity {
+		rec.State, rec.Reason = mpsaas.UsageFlagged, fmt.Sprintf("hourly quantity %d exceeds AWS's maximum of %d", rec.Quantity, mpsaas.MaxQuantity)
+	}
+	return rec
 }
 
 // identify sets the buyer identity: CustomerIdentifier + ProductCode for
@@ -402,15 +432,16 @@ func (s *Service) heartbeats(ctx context.Context) (int, error) {
 	return added + n, err
 }
 
-// send makes the calls for every due batch, Concurrency at a time.
+// send makes the calls for every due batch, Concurrency at a time. The
+// outcomes are stored by one writer, many batches per transaction; an
+// outcome lost in a crash only means an identical resend.
 func (s *Service) send(ctx context.Context, res *RunResult) error {
 	workers := s.Concurrency
 	if workers <= 0 {
 		workers = 4
 	}
-	var mu sync.Mutex
 	for {
-		batches, err := s.Store.DueBatches(ctx, s.now(), 200)
+		batches, err := s.Store.DueBatches(ctx, s.now(), 400)
 		if err != nil {
 			return err
 		}
@@ -418,42 +449,58 @@ func (s *Service) send(ctx context.Context, res *RunResult) error {
 			return nil
 		}
 		jobs := make(chan mpsaas.MeterBatch)
-		errc := make(chan error, workers)
+		results := make(chan attempt)
 		var wg sync.WaitGroup
 		for range workers {
 			wg.Go(func() {
 				for b := range jobs {
-					var r RunResult
-					if err := s.sendBatch(ctx, b, &r); err != nil {
-						errc <- err
-						return
-					}
-					mu.Lock()
-					res.add(r)
-					mu.Unlock()
+					results <- s.attempt(ctx, b)
 				}
 			})
 		}
-		var firstErr error
-	feed:
-		for _, b := range batches {
-			select {
-			case jobs <- b:
-			case firstErr = <-errc:
-				break feed
-			case <-ctx.Done():
-				firstErr = ctx.Err()
-				break feed
+		go func() {
+			defer close(jobs)
+			for _, b := range batches {
+				select {
+				case jobs <- b:
+				case <-ctx.Done():
+					return
+				}
+			}
+		}()
+		go func() { wg.Wait(); close(results) }()
+		var pending []mpsaas.BatchOutcome
+		var storeErr error
+		flush := func() {
+			if len(pending) > 0 && storeErr == nil {
+				storeErr = s.Store.FinishBatches(ctx, pending)
+			}
+			pending = pending[:0]
+		}
+		for a := range results {
+			if storeErr != nil {
+				continue // drain
+			}
+			res.add(a.stats)
+			switch {
+			case a.split:
+				flush()
+				if storeErr == nil {
+					storeErr = s.Store.SplitBatch(ctx, a.outcome.BatchID, s.now())
+				}
+			case a.outcome.BatchID != 0:
+				pending = append(pending, a.outcome)
+				if len(pending) >= 50 {
+					flush()
+				}
 			}
 		}
-		close(jobs)
-		wg.Wait()
-		close(errc)
-		if firstErr == nil {
-			firstErr = <-errc
+		flush()
+		if storeErr != nil {
+			return storeErr
 		}
-		if firstErr != nil {
-			return firstErr
+		if err := ctx.Err(); err != nil {
+			return err
 		}
 	}
 }
@@ -467,68 +514,76 @@ func (r *RunResult) add(o RunResult) {
 	r.Unprocessed += o.Unprocessed
 }
 
-// sendBatch makes one call and records what AWS said. It returns an error
-// only when the store fails; AWS failures are recorded for a retry.
-func (s *Service) sendBatch(ctx context.Context, b mpsaas.MeterBatch, res *RunResult) error {
+// attempt is the result of one call for one batch.
+type attempt struct {
+	outcome mpsaas.BatchOutcome // BatchID 0: nothing to store (cancelled)
+	split   bool                // the batch must be split to isolate a poison record
+	stats   RunResult
+}
+
+// attempt makes one call and decides what to record. AWS failures become
+// retries, splits or flagged records; nothing here writes to the store.
+func (s *Service) attempt(ctx context.Context, b mpsaas.MeterBatch) attempt {
+	a := attempt{outcome: mpsaas.BatchOutcome{BatchID: b.ID}}
 	if len(b.Records) == 0 {
-		return s.Store.FinishRecords(ctx, b.ID, nil)
+		return a
 	}
-	res.Calls++
+	a.stats.Calls++
 	out, err := s.Meterer.BatchMeterUsage(ctx, b.ProductCode, b.Records)
 	if err != nil {
 		if ctx.Err() != nil {
-			return ctx.Err()
+			return attempt{}
 		}
 		code := mpsaas.AWSErrorCode(err)
 		if mpsaas.ErrorCode(err) == mpsaas.EUNAVAILABLE || code == "" {
 			// Throttling, 5xx, timeouts: the call may or may not have taken
 			// effect; the identical resend is safe either way.
-			res.Retrying++
+			a.stats.Retrying++
 			s.log().Warn("BatchMeterUsage failed; will retry", "batch", b.ID, "attempt", b.Attempts+1, "err", err)
-			return s.Store.RetryBatch(ctx, b.ID, s.now().Add(s.backoff(b.Attempts+1)), err.Error())
+			a.outcome.Retry, a.outcome.LastError = s.now().Add(s.backoff(b.Attempts+1)), err.Error()
+			return a
 		}
 		// The whole batch was refused. Find the poison record by sending each
 		// record alone; a single refused record is flagged for the seller.
 		if len(b.Records) > 1 {
 			s.log().Warn("BatchMeterUsage refused a batch; isolating records", "batch", b.ID, "code", code)
-			return s.Store.SplitBatch(ctx, b.ID, s.now())
+			a.split = true
+			return a
 		}
 		reason := fmt.Sprintf("%s: %s", code, mpsaas.ErrorMessage(err))
 		if code == "TimestampOutOfBoundsException" {
 			reason = "outside AWS's accepted time window (" + code + "). If this record was sent before, AWS may already have billed it: check before replaying."
 		}
-		res.Flagged++
+		a.stats.Flagged++
 		s.log().Error("usage record refused by AWS; flagged for the seller", "batch", b.ID, "meterRecord", b.Records[0].ID, "code", code)
-		return s.Store.FinishRecords(ctx, b.ID, []mpsaas.RecordOutcome{{MeterRecordID: b.Records[0].ID, State: mpsaas.UsageFlagged, Reason: reason}})
+		a.outcome.Outcomes = []mpsaas.RecordOutcome{{MeterRecordID: b.Records[0].ID, State: mpsaas.UsageFlagged, Reason: reason}}
+		return a
 	}
-	outcomes := make([]mpsaas.RecordOutcome, 0, len(out.Results))
 	for _, r := range out.Results {
 		o := mpsaas.RecordOutcome{MeterRecordID: r.MeterRecordID, MeteringRecordID: r.MeteringRecordID, Response: r.Raw}
 		switch r.Status {
 		case "Success":
 			o.State = mpsaas.UsageBilled
-			res.Billed++
+			a.stats.Billed++
 		case "CustomerNotSubscribed":
 			o.State, o.Reason = mpsaas.UsageRejected, "CustomerNotSubscribed: the buyer has no active subscription"
-			res.Rejected++
+			a.stats.Rejected++
 		case "DuplicateRecord":
 			o.State, o.Reason = mpsaas.UsageFlagged, "DuplicateRecord: AWS already holds a different quantity for this buyer, dimension and hour (sent by another system?)"
-			res.Flagged++
+			a.stats.Flagged++
 		default:
 			o.State, o.Reason = mpsaas.UsageFlagged, "unknown status "+r.Status
-			res.Flagged++
+			a.stats.Flagged++
 		}
-		outcomes = append(outcomes, o)
+		a.outcome.Outcomes = append(a.outcome.Outcomes, o)
 	}
-	if err := s.Store.FinishRecords(ctx, b.ID, outcomes); err != nil {
-		return err
+	if missing := len(b.Records) - len(a.outcome.Outcomes); missing > 0 {
+		a.stats.Unprocessed += missing
+		a.stats.Retrying++
+		a.outcome.Retry = s.now().Add(s.backoff(b.Attempts + 1))
+		a.outcome.LastError = fmt.Sprintf("%d records unprocessed", missing)
 	}
-	if len(out.Unprocessed) > 0 || len(outcomes) < len(b.Records) {
-		res.Unprocessed += len(b.Records) - len(outcomes)
-		res.Retrying++
-		return s.Store.RetryBatch(ctx, b.ID, s.now().Add(s.backoff(b.Attempts+1)), fmt.Sprintf("%d records unprocessed", len(b.Records)-len(outcomes)))
-	}
-	return nil
+	return a
 }
 
 // backoff is exponential with full jitter: a random delay in [0, min(cap, 1s·2^n)).
@@ -547,24 +602,17 @@ func (s *Service) backoff(attempt int) time.Duration {
 // Outstanding reports whether sealed or batched records, or usage of closed
 // hours, are still waiting to be sent.
 func (s *Service) Outstanding(ctx context.Context) (bool, error) {
-	sum, err := s.Store.MeterSummary(ctx)
-	if err != nil {
-		return false, err
-	}
-	if sum[mpsaas.UsageBatched].Records+sum[mpsaas.UsageSealed].Records > 0 {
-		return true, nil
-	}
-	// Heartbeats have no usage rows: look at the batches too.
-	batches, err := s.Store.DueBatches(ctx, s.now().Add(24*time.Hour), 1)
-	if err != nil || len(batches) > 0 {
-		return len(batches) > 0, err
-	}
-	groups, err := s.Store.PendingUsage(ctx, s.sealBefore(), nil, 1)
-	return len(groups) > 0, err
+	return s.Store.Outstanding(ctx, s.sealBefore())
 }
+
+
 
 // Replay moves flagged usage (all, or the given ledger ids) into the current
 // open hour so the next run sends it again.
 func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {
 	return s.Store.Replay(ctx, ids, mpsaas.Hour(s.now()))
+}
+
+func sameKey(a, b mpsaas.UsageGroup) bool {
+	return a.SubscriberKey == b.SubscriberKey && a.Dimension == b.Dimension && a.Hour.Equal(b.Hour)
 }

@@ -31,7 +31,13 @@ func (d *DB) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.Usage
 		case !isNoRows(err):
 			return err
 		}
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_key, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
+		res, err := tx.ExecContext(ctx, `INSERT INTO usage_requests (key, hash, accepted, first_id, received_at) VALUES (?, ?, ?, 0, ?)`,
+			key, hash, len(rows), unixNano(now))
+		if err != nil {
+			return err
+		}
+		reqID, _ := res.LastInsertId()
+		stmt, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_id, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
@@ -43,7 +49,7 @@ func (d *DB) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.Usage
 			if err != nil {
 				return err
 			}
-			res, err := stmt.ExecContext(ctx, key, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(now))
+			res, err := stmt.ExecContext(ctx, reqID, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(now))
 			if err != nil {
 				return err
 			}
@@ -51,8 +57,7 @@ func (d *DB) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.Usage
 				firstID, _ = res.LastInsertId()
 			}
 		}
-		if _, err := tx.ExecContext(ctx, `INSERT INTO usage_requests (key, hash, accepted, first_id, received_at) VALUES (?, ?, ?, ?, ?)`,
-			key, hash, len(rows), firstID, unixNano(now)); err != nil {
+		if _, err := tx.ExecContext(ctx, `UPDATE usage_requests SET first_id = ? WHERE id = ?`, firstID, reqID); err != nil {
 			return err
 		}
 		rec = mpsaas.UsageReceipt{IdempotencyKey: key, Accepted: len(rows), FirstID: firstID, ReceivedAt: now}
@@ -105,12 +110,6 @@ func (p *hourPlacer) isSealed(sub, dim string, h time.Time) (bool, error) {
 	return n > 0, nil
 }
 
-// markSealed records a meter record inserted in this transaction.
-func (p *hourPlacer) markSealed(sub, dim string, h time.Time) {
-	p.anyInHour[h.Unix()] = true
-	p.sealed[sub+"\x00"+dim+"\x00"+fmt.Sprint(h.Unix())] = true
-}
-
 func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
 	sealed, err := p.isSealed(sub, dim, h)
 	if err != nil || !sealed {
@@ -124,35 +123,48 @@ func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
 	}
 }
 
-// PendingUsage sums pending usage per (subscriber, dimension, hour, tag set).
-func (d *DB) PendingUsage(ctx context.Context, before time.Time, flush []string, limit int) ([]mpsaas.UsageGroup, error) {
-	q := `SELECT subscriber_key, dimension, meter_hour, tag_sig, SUM(quantity), COUNT(*), MAX(id) FROM usage
-		WHERE state = 'pending' AND (meter_hour < ?`
-	args := []any{before.Unix()}
+// PendingRange returns the lowest pending usage id and the highest usage id.
+func (d *DB) PendingRange(ctx context.Context) (lo, hi int64, err error) {
+	err = d.db.QueryRowContext(ctx, `SELECT COALESCE((SELECT MIN(id) FROM usage WHERE state = 'pending'), 0), COALESCE((SELECT MAX(id) FROM usage), 0)`).Scan(&lo, &hi)
+	if err != nil {
+		return 0, 0, fmt.Errorf("pending range: %w", err)
+	}
+	if lo == 0 {
+		return 0, 0, nil
+	}
+	return lo, hi, nil
+}
+
+// ScanPending streams the sums of pending usage in [lo, hi] per key and tag
+// set. The scan reads the id range in order; SQLite sorts the groups.
+func (d *DB) ScanPending(ctx context.Context, lo, hi int64, before time.Time, flush []string, fn func(mpsaas.UsageGroup) error) error {
+	q := `SELECT meter_hour, subscriber_key, dimension, tag_sig, SUM(quantity), COUNT(*) FROM usage
+		WHERE id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
+	args := []any{lo, hi, before.Unix()}
 	if len(flush) > 0 {
 		q += ` OR subscriber_key IN (` + placeholders(len(flush)) + `)`
 		for _, k := range flush {
 			args = append(args, k)
 		}
 	}
-	q += `) GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig LIMIT ?`
-	args = append(args, limit)
+	q += `) GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig`
 	rows, err := d.db.QueryContext(ctx, q, args...)
 	if err != nil {
-		return nil, fmt.Errorf("pending usage: %w", err)
+		return fmt.Errorf("scan pending usage: %w", err)
 	}
 	defer rows.Close()
-	var out []mpsaas.UsageGroup
 	for rows.Next() {
 		var g mpsaas.UsageGroup
 		var h int64
-		if err := rows.Scan(&g.SubscriberKey, &g.Dimension, &h, &g.TagSig, &g.Quantity, &g.Records, &g.MaxID); err != nil {
-			return nil, err
+		if err := rows.Scan(&h, &g.SubscriberKey, &g.Dimension, &g.TagSig, &g.Quantity, &g.Records); err != nil {
+			return err
 		}
 		g.Hour = time.Unix(h, 0).UTC()
-		out = append(out, g)
+		if err := fn(g); err != nil {
+			return err
+		}
 	}
-	return out, rows.Err()
+	return rows.Err()
 }
 
 func placeholders(n int) string {
@@ -167,117 +179,93 @@ func encodeAllocations(a map[string]int64) (string, error) {
 	return string(b), err
 }
 
-// MaxUsageID returns the highest usage id.
-func (d *DB) MaxUsageID(ctx context.Context) (int64, error) {
-	var id int64
-	if err := d.db.QueryRowContext(ctx, `SELECT COALESCE(MAX(id), 0) FROM usage`).Scan(&id); err != nil {
-		return 0, fmt.Errorf("max usage id: %w", err)
-	}
-	return id, nil
-}
-
-// Seal stores meter records and links their usage.
-func (d *DB) Seal(ctx context.Context, aggs []mpsaas.Aggregate, readUpTo int64, openHour time.Time) error {
+// InsertMeterRecords stores meter records; keys that have one keep it and
+// are returned.
+func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, upTo int64) ([]mpsaas.MeterKey, error) {
 	now := d.Now()
+	var conflicts []mpsaas.MeterKey
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, allocations, customer_identifier,
-			aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+		conflicts = conflicts[:0]
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, max_usage_id, allocations,
+			customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
 		if err != nil {
 			return err
 		}
 		defer ins.Close()
-		link, err := tx.PrepareContext(ctx, `UPDATE usage SET state = ?, meter_id = ? WHERE state = 'pending'
-			AND subscriber_key = ? AND dimension = ? AND meter_hour = ? AND tag_sig = ? AND id <= ?`)
-		if err != nil {
-			return err
-		}
-		defer link.Close()
-		hours := newHourPlacer(tx, ctx, openHour)
-		for _, a := range aggs {
-			r := a.Record
+		for _, r := range recs {
 			alloc, err := encodeAllocations(r.Allocations)
 			if err != nil {
 				return err
 			}
-			state, usageState := mpsaas.UsageSealed, mpsaas.UsageSealed
-			if r.State == mpsaas.UsageCovered {
-				state, usageState = mpsaas.UsageCovered, mpsaas.UsageCovered
-			} else if r.State == mpsaas.UsageFlagged {
-				state = mpsaas.UsageFlagged
+			state := r.State
+			if state == "" {
+				state = mpsaas.UsageSealed
 			}
-			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, alloc, r.CustomerIdentifier,
+			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, upTo, alloc, r.CustomerIdentifier,
 				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now))
 			if err != nil {
 				return err
 			}
 			if n, _ := res.RowsAffected(); n == 0 {
-				// Already sealed (e.g. a heartbeat): this usage goes to a later open hour.
-				h, err := hours.place(r.SubscriberKey, r.Dimension, r.Hour)
-				if err != nil {
-					return err
-				}
-				for _, g := range a.Groups {
-					if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE state = 'pending'
-						AND subscriber_key = ? AND dimension = ? AND meter_hour = ? AND tag_sig = ? AND id <= ?`,
-						h.Unix(), "hour "+r.Hour.Format(time.RFC3339)+" was already metered", g.SubscriberKey, g.Dimension, g.Hour.Unix(), g.TagSig, g.MaxID); err != nil {
-						return err
-					}
-				}
-				continue
-			}
-			hours.markSealed(r.SubscriberKey, r.Dimension, r.Hour)
-			id, _ := res.LastInsertId()
-			for _, g := range a.Groups {
-				if _, err := link.ExecContext(ctx, usageState, id, g.SubscriberKey, g.Dimension, g.Hour.Unix(), g.TagSig, g.MaxID); err != nil {
-					return err
-				}
-			}
-		}
-		// Usage stored after the groups were read may be for a key sealed
-		// now: it moves on to a later open hour too.
-		rows, err := tx.QueryContext(ctx, `SELECT DISTINCT subscriber_key, dimension, meter_hour FROM usage WHERE id > ? AND state = 'pending'`, readUpTo)
-		if err != nil {
-			return err
-		}
-		type key struct {
-			sub, dim string
-			hour     int64
-		}
-		var late []key
-		for rows.Next() {
-			var k key
-			if err := rows.Scan(&k.sub, &k.dim, &k.hour); err != nil {
-				rows.Close()
-				return err
-			}
-			late = append(late, k)
-		}
-		rows.Close()
-		for _, k := range late {
-			h := time.Unix(k.hour, 0).UTC()
-			sealed, err := hours.isSealed(k.sub, k.dim, h)
-			if err != nil {
-				return err
-			}
-			if !sealed {
-				continue
-			}
-			to, err := hours.place(k.sub, k.dim, h)
-			if err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, `UPDATE usage SET meter_hour = ?, reason = ? WHERE id > ? AND state = 'pending' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`,
-				to.Unix(), "hour "+h.Format(time.RFC3339)+" was already metered", readUpTo, k.sub, k.dim, k.hour); err != nil {
-				return err
+				conflicts = append(conflicts, mpsaas.MeterKey{SubscriberKey: r.SubscriberKey, Dimension: r.Dimension, Hour: r.Hour})
 			}
 		}
 		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("seal usage: %w", err)
+		return nil, fmt.Errorf("insert meter records: %w", err)
 	}
-	return nil
+	return conflicts, nil
+}
+
+// SealUsage marks summed pending usage sealed; then the usage of
+// conflicting keys that their existing record does not include goes back to
+// pending, in the first free hour from openHour on.
+func (d *DB) SealUsage(ctx context.Context, lo, hi int64, before time.Time, flush []string, conflicts []mpsaas.MeterKey, openHour time.Time) (int, error) {
+	moved := 0
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		moved = 0
+		q := `UPDATE usage SET state = 'sealed' WHERE id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
+		args := []any{lo, hi, before.Unix()}
+		if len(flush) > 0 {
+			q += ` OR subscriber_key IN (` + placeholders(len(flush)) + `)`
+			for _, k := range flush {
+				args = append(args, k)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, q+`)`, args...); err != nil {
+			return err
+		}
+		hours := newHourPlacer(tx, ctx, openHour)
+		for _, k := range conflicts {
+			var maxID int64
+			if err := tx.QueryRowContext(ctx, `SELECT max_usage_id FROM meter_records WHERE subscriber_key = ? AND dimension = ? AND hour = ?`,
+				k.SubscriberKey, k.Dimension, k.Hour.Unix()).Scan(&maxID); err != nil {
+				return err
+			}
+			if maxID >= hi {
+				continue // the record includes all of it (stored by an interrupted run)
+			}
+			to, err := hours.place(k.SubscriberKey, k.Dimension, k.Hour)
+			if err != nil {
+				return err
+			}
+			res, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'pending', meter_hour = ?, reason = ? WHERE id > ? AND id <= ? AND state = 'sealed'
+				AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`,
+				to.Unix(), "hour "+k.Hour.Format(time.RFC3339)+" was already metered", max(maxID, lo-1), hi, k.SubscriberKey, k.Dimension, k.Hour.Unix())
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			moved += int(n)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("seal usage: %w", err)
+	}
+	return moved, nil
 }
 
 // AddHeartbeats stores zero-quantity meter records where none exist.
@@ -306,23 +294,6 @@ func (d *DB) AddHeartbeats(ctx context.Context, records []mpsaas.MeterRecord) (i
 		return 0, fmt.Errorf("add heartbeats: %w", err)
 	}
 	return added, nil
-}
-
-// batchRequest is the stored form of a BatchMeterUsage request.
-type batchRequest struct {
-	ProductCode  string               `json:"ProductCode,omitempty"`
-	UsageRecords []batchRequestRecord `json:"UsageRecords"`
-}
-
-type batchRequestRecord struct {
-	MeterRecordID        int64            `json:"mpsaasMeterRecordId"`
-	CustomerIdentifier   string           `json:"CustomerIdentifier,omitempty"`
-	CustomerAWSAccountId string           `json:"CustomerAWSAccountId,omitempty"`
-	LicenseArn           string           `json:"LicenseArn,omitempty"`
-	Dimension            string           `json:"Dimension"`
-	Quantity             int64            `json:"Quantity"`
-	Timestamp            int64            `json:"Timestamp"`
-	Allocations          map[string]int64 `json:"mpsaasAllocations,omitempty"`
 }
 
 // CreateBatches puts sealed meter records into batches of at most 25, a
@@ -386,34 +357,22 @@ func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (cr
 }
 
 func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now time.Time) error {
-	req := batchRequest{}
+	product := ""
 	if !recs[0].LicenseMode() {
-		req.ProductCode = recs[0].ProductCode
+		product = recs[0].ProductCode
 	}
-	for _, r := range recs {
-		req.UsageRecords = append(req.UsageRecords, batchRequestRecord{
-			MeterRecordID: r.ID, CustomerIdentifier: r.CustomerIdentifier, Dimension: r.Dimension, Quantity: r.Quantity,
-			Timestamp: r.Hour.Unix(), Allocations: r.Allocations,
-			CustomerAWSAccountId: map[bool]string{true: r.CustomerAWSAccountID}[r.LicenseMode()],
-			LicenseArn:           map[bool]string{true: r.LicenseArn}[r.LicenseMode()],
-		})
-	}
-	b, err := json.Marshal(req)
-	if err != nil {
-		return err
-	}
-	res, err := tx.ExecContext(ctx, `INSERT INTO meter_batches (product_code, request, next_attempt_at, created_at) VALUES (?, ?, ?, ?)`,
-		req.ProductCode, string(b), unixNano(now), unixNano(now))
+	res, err := tx.ExecContext(ctx, `INSERT INTO meter_batches (product_code, next_attempt_at, created_at) VALUES (?, ?, ?)`,
+		product, unixNano(now), unixNano(now))
 	if err != nil {
 		return err
 	}
 	id, _ := res.LastInsertId()
-	ids := make([]any, 0, len(recs)+2)
-	ids = append(ids, id, unixNano(now))
+	args := make([]any, 0, len(recs)+2)
+	args = append(args, id, unixNano(now))
 	for _, r := range recs {
-		ids = append(ids, r.ID)
+		args = append(args, r.ID)
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE meter_records SET state = 'batched', batch_id = ?, updated_at = ? WHERE id IN (`+placeholders(len(recs))+`)`, ids...)
+	_, err = tx.ExecContext(ctx, `UPDATE meter_records SET state = 'batched', batch_id = ?, updated_at = ? WHERE id IN (`+placeholders(len(recs))+`)`, args...)
 	return err
 }
 
@@ -476,33 +435,53 @@ func (d *DB) DueBatches(ctx context.Context, now time.Time, limit int) ([]mpsaas
 	return out, nil
 }
 
-// FinishRecords stores outcomes and closes the batch when nothing is left.
-func (d *DB) FinishRecords(ctx context.Context, batchID int64, outcomes []mpsaas.RecordOutcome) error {
+// FinishBatches stores outcomes and retry schedules of several batches in
+// one transaction.
+func (d *DB) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome) error {
 	now := d.Now()
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		for _, o := range outcomes {
-			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = ?, metering_record_id = ?, reason = ?, response = ?, updated_at = ?
-				WHERE id = ? AND batch_id = ? AND state = 'batched'`, o.State, o.MeteringRecordID, o.Reason, o.Response, unixNano(now), o.MeterRecordID, batchID); err != nil {
+		upd, err := tx.PrepareContext(ctx, `UPDATE meter_records SET state = ?, metering_record_id = ?, reason = ?, response = ?, updated_at = ?
+			WHERE id = ? AND batch_id = ? AND state = 'batched'`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		for _, b := range results {
+			for _, o := range b.Outcomes {
+				if _, err := upd.ExecContext(ctx, o.State, o.MeteringRecordID, o.Reason, o.Response, unixNano(now), o.MeterRecordID, b.BatchID); err != nil {
+					return err
+				}
+			}
+			if !b.Retry.IsZero() {
+				if _, err := tx.ExecContext(ctx, `UPDATE meter_batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`,
+					unixNano(b.Retry), b.LastError, b.BatchID); err != nil {
+					return err
+				}
+				continue
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_batches SET state = 'done', done_at = ?, attempts = attempts + 1
+				WHERE id = ? AND NOT EXISTS (SELECT 1 FROM meter_records WHERE batch_id = ? AND state = 'batched')`, unixNano(now), b.BatchID, b.BatchID); err != nil {
 				return err
 			}
 		}
-		_, err := tx.ExecContext(ctx, `UPDATE meter_batches SET state = 'done', done_at = ?, attempts = attempts + 1
-			WHERE id = ? AND NOT EXISTS (SELECT 1 FROM meter_records WHERE batch_id = ? AND state = 'batched')`, unixNano(now), batchID, batchID)
-		return err
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("finish batch %d: %w", batchID, err)
+		return fmt.Errorf("finish batches: %w", err)
 	}
 	return nil
 }
 
-// RetryBatch schedules the next attempt.
-func (d *DB) RetryBatch(ctx context.Context, batchID int64, next time.Time, lastError string) error {
-	if _, err := d.db.ExecContext(ctx, `UPDATE meter_batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`,
-		unixNano(next), lastError, batchID); err != nil {
-		return fmt.Errorf("retry batch %d: %w", batchID, err)
+// Outstanding reports whether records wait to be sent or sealed.
+func (d *DB) Outstanding(ctx context.Context, before time.Time) (bool, error) {
+	var out bool
+	err := d.db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM meter_batches WHERE state = 'pending')
+		OR EXISTS (SELECT 1 FROM meter_records WHERE state = 'sealed')
+		OR EXISTS (SELECT 1 FROM usage INDEXED BY usage_pending WHERE state = 'pending' AND meter_hour < ?)`, before.Unix()).Scan(&out)
+	if err != nil {
+		return false, fmt.Errorf("outstanding: %w", err)
 	}
-	return nil
+	return out, nil
 }
 
 // SplitBatch replaces a batch with single-record batches.
@@ -532,14 +511,17 @@ func (d *DB) SplitBatch(ctx context.Context, batchID int64, now time.Time) error
 
 const ledgerState = `CASE WHEN u.state = 'sealed' THEN COALESCE(m.state, 'sealed') ELSE u.state END`
 
+// ledgerJoin finds a usage row's meter record by its key.
+const ledgerJoin = `LEFT JOIN meter_records m ON u.state = 'sealed' AND m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour`
+
 // Ledger lists usage records and their fate.
 func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.LedgerEntry, error) {
 	if f.Limit <= 0 || f.Limit > 10000 {
 		f.Limit = 1000
 	}
 	q := `SELECT u.id, u.subscriber_key, u.dimension, u.quantity, u.usage_time, u.meter_hour, ` + ledgerState + `,
-		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, u.request_key
-		FROM usage u LEFT JOIN meter_records m ON m.id = u.meter_id WHERE u.id > ?`
+		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, COALESCE(r.key, '')
+		FROM usage u `+ledgerJoin+` LEFT JOIN usage_requests r ON r.id = u.request_id WHERE u.id > ?`
 	args := []any{f.AfterID}
 	if f.SubscriberKey != "" {
 		q += ` AND u.subscriber_key = ?`
@@ -572,7 +554,7 @@ func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.Ledger
 // MeterSummary counts usage by ledger state.
 func (d *DB) MeterSummary(ctx context.Context) (map[string]mpsaas.StateCount, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT `+ledgerState+`, COUNT(*), COALESCE(SUM(u.quantity), 0)
-		FROM usage u LEFT JOIN meter_records m ON m.id = u.meter_id GROUP BY 1`)
+		FROM usage u `+ledgerJoin+` GROUP BY 1`)
 	if err != nil {
 		return nil, fmt.Errorf("meter summary: %w", err)
 	}
@@ -589,54 +571,57 @@ func (d *DB) MeterSummary(ctx context.Context) (map[string]mpsaas.StateCount, er
 	return out, rows.Err()
 }
 
-// Replay moves flagged usage back to pending in hour (or a later free hour).
+// Replay moves the usage of flagged meter records (all, or the given usage
+// ids) back to pending in hour, or a later free hour of the key.
 func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, error) {
 	moved := 0
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		q := `SELECT u.id, u.subscriber_key, u.dimension, m.id FROM usage u JOIN meter_records m ON m.id = u.meter_id
-			WHERE u.state = 'sealed' AND m.state = 'flagged'`
-		var args []any
-		if len(ids) > 0 {
-			q += ` AND u.id IN (` + placeholders(len(ids)) + `)`
-			for _, id := range ids {
-				args = append(args, id)
-			}
-		}
-		rows, err := tx.QueryContext(ctx, q, args...)
+		moved = 0
+		rows, err := tx.QueryContext(ctx, `SELECT id, subscriber_key, dimension, hour FROM meter_records WHERE state = 'flagged' ORDER BY id`)
 		if err != nil {
 			return err
 		}
-		type item struct {
-			id, meter int64
-			sub, dim  string
+		type rec struct {
+			id       int64
+			sub, dim string
+			hour     int64
 		}
-		var items []item
+		var flagged []rec
 		for rows.Next() {
-			var it item
-			if err := rows.Scan(&it.id, &it.sub, &it.dim, &it.meter); err != nil {
+			var r rec
+			if err := rows.Scan(&r.id, &r.sub, &r.dim, &r.hour); err != nil {
 				rows.Close()
 				return err
 			}
-			items = append(items, it)
+			flagged = append(flagged, r)
 		}
 		rows.Close()
 		hours := newHourPlacer(tx, ctx, hour)
-		replayed := map[int64]bool{}
-		for _, it := range items {
-			h, err := hours.place(it.sub, it.dim, hour)
+		for _, r := range flagged {
+			to, err := hours.place(r.sub, r.dim, hour)
 			if err != nil {
 				return err
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'pending', meter_id = NULL, meter_hour = ?, reason = ? WHERE id = ?`,
-				h.Unix(), fmt.Sprintf("replayed from flagged meter record %d", it.meter), it.id); err != nil {
+			q := `UPDATE usage SET state = 'pending', meter_hour = ?, reason = ? WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`
+			args := []any{to.Unix(), fmt.Sprintf("replayed from flagged meter record %d", r.id), r.sub, r.dim, r.hour}
+			if len(ids) > 0 {
+				q += ` AND id IN (` + placeholders(len(ids)) + `)`
+				for _, id := range ids {
+					args = append(args, id)
+				}
+			}
+			res, err := tx.ExecContext(ctx, q, args...)
+			if err != nil {
 				return err
 			}
-			replayed[it.meter] = true
-			moved++
-		}
-		for m := range replayed {
-			// A meter record whose usage all moved is done with.
-			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = 'replayed' WHERE id = ? AND NOT EXISTS (SELECT 1 FROM usage WHERE meter_id = ?)`, m, m); err != nil {
+			n, _ := res.RowsAffected()
+			if n == 0 {
+				continue
+			}
+			moved += int(n)
+			// A flagged record whose usage all moved is done with.
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = 'replayed' WHERE id = ? AND NOT EXISTS
+				(SELECT 1 FROM usage WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?)`, r.id, r.sub, r.dim, r.hour); err != nil {
 				return err
 			}
 		}

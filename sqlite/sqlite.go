@@ -41,12 +41,16 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	dsn += sep + "_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_txlock=immediate"
 	if path != ":memory:" {
-		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-32768)"
+		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-8192)&_pragma=temp_store(1)"
 	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("open sqlite %s: %w", path, err)
 	}
+	// Each connection has its own page cache (8 MB): a few connections keep
+	// memory bounded while a long read (a metering scan) runs beside writes.
+	db.SetMaxOpenConns(4)
+	db.SetMaxIdleConns(4)
 	d := &DB{db: db, Now: func() time.Time { return time.Now().UTC() }}
 	if err := d.migrate(ctx); err != nil {
 		db.Close()

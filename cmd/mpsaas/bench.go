@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -11,7 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"syscall"
+	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -156,14 +158,20 @@ func bench(ctx context.Context, bin, dir string, buyers, records int, progress i
 	fmt.Fprintf(progress, "metering (mpsaas meter run)...\n")
 	cmd := exec.CommandContext(ctx, bin, "meter", "run", "--db", dbPath, "--metering-endpoint", url, "--entitlement-endpoint", url,
 		"--listing", "subscriptions", "--log-level", "warn")
-	cmd.Stdout, cmd.Stderr = progress, progress
+	// The child reports its own peak RSS (VmHWM): the rusage of a child
+	// started with vfork also counts the parent's pages, which here include
+	// the emulator's.
+	var stderrBuf bytes.Buffer
+	cmd.Stdout, cmd.Stderr = progress, io.MultiWriter(progress, &stderrBuf)
+	cmd.Env = append(os.Environ(), "MPSAAS_MEMSTATS=1")
 	start = time.Now()
 	if err := cmd.Run(); err != nil {
 		return res, fmt.Errorf("meter run: %w", err)
 	}
 	res.MeterDuration = time.Since(start)
-	if ru, ok := cmd.ProcessState.SysUsage().(*syscall.Rusage); ok {
-		res.MeterMaxRSSBytes = ru.Maxrss * 1024 // kilobytes on Linux
+	if m := regexp.MustCompile(`VmHWM: (\d+) kB`).FindStringSubmatch(stderrBuf.String()); m != nil {
+		kb, _ := strconv.ParseInt(m[1], 10, 64)
+		res.MeterMaxRSSBytes = kb * 1024
 	}
 	res.MeterCalls = em.Calls()["BatchMeterUsage"]
 	billed := em.Billed("")

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"runtime"
 	"runtime/pprof"
 	"sort"
 	"strconv"
@@ -101,6 +102,28 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 			return err
 		}
 		defer pprof.StopCPUProfile()
+	}
+	if getenv("MPSAAS_MEMSTATS") == "1" {
+		defer func() {
+			var ms runtime.MemStats
+			runtime.ReadMemStats(&ms)
+			status, _ := os.ReadFile("/proc/self/status")
+			var hwm string
+			for _, l := range strings.Split(string(status), "\n") {
+				if strings.HasPrefix(l, "VmHWM") || strings.HasPrefix(l, "VmRSS") {
+					hwm += strings.Join(strings.Fields(l), " ") + " "
+				}
+			}
+			fmt.Fprintf(stderr, "memstats: go sys %d MB, heap sys %d MB, %s\n", ms.Sys>>20, ms.HeapSys>>20, hwm)
+		}()
+	}
+	if path := getenv("MPSAAS_MEMPROFILE"); path != "" {
+		defer func() {
+			if f, err := os.Create(path); err == nil {
+				_ = pprof.Lookup("heap").WriteTo(f, 0)
+				f.Close()
+			}
+		}()
 	}
 	mp, err := meteringClient(ctx, cfg, getenv)
 	if err != nil {

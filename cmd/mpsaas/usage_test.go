@@ -49,7 +49,7 @@ func waitBilled(t *testing.T, app *testApp, account string, want int64) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	t.Fatalf("billed for %s = %d, want %d", account, got, want)
+	t.Fatalf("billed for %s = %d, want %d\nlogs:\n%s", account, got, want, app.logs.String())
 }
 
 // TestUsageAPIAndScheduler: usage sent with the Go client and the CLI is
@@ -59,7 +59,8 @@ func TestUsageAPIAndScheduler(t *testing.T) {
 	key, agreement := registeredBuyer(t, app, demoLicenseProduct, "123456789012")
 	ctx := context.Background()
 	c := client.New(app.URL(), testUsageKey)
-	lastHour := mpsaas.Hour(time.Now()).Add(-time.Hour)
+	// Two hours back: a closed hour past the sealing grace at any minute of the hour.
+	lastHour := mpsaas.Hour(time.Now()).Add(-2 * time.Hour)
 	recs := []mpsaas.Usage{
 		{Customer: key, Dimension: "requests", Quantity: 40, Time: lastHour.Add(time.Minute), Tags: map[string]string{"team": "blue"}},
 		{Customer: agreement.LicenseArn, Dimension: "requests", Quantity: 2, Time: lastHour.Add(2 * time.Minute)},
@@ -140,7 +141,7 @@ func TestUsageAPIAndScheduler(t *testing.T) {
 func TestSampleStackUsageFormat(t *testing.T) {
 	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
 	_, agreement := registeredBuyer(t, app, demoLegacyProduct, "210987654321")
-	ts := mpsaas.Hour(time.Now()).Add(-time.Hour).Unix() + 60
+	ts := mpsaas.Hour(time.Now()).Add(-2*time.Hour).Unix() + 60
 	ci := agreement.CustomerIdentifier
 	// One item as plain JSON, one as DynamoDB JSON (as exported from the table).
 	body := fmt.Sprintf(`[{"create_timestamp": %d, "customerIdentifier": %q, "dimension_usage": [{"dimension": "users", "value": 3}, {"dimension": "requests", "value": 1}], "metering_pending": "true"},

@@ -1,5 +1,6 @@
 CREATE TABLE usage_requests (
-	key         TEXT PRIMARY KEY,
+	id          INTEGER PRIMARY KEY AUTOINCREMENT,
+	key         TEXT NOT NULL UNIQUE,
 	hash        TEXT NOT NULL,
 	accepted    INTEGER NOT NULL,
 	first_id    INTEGER NOT NULL,
@@ -8,21 +9,22 @@ CREATE TABLE usage_requests (
 
 CREATE TABLE usage (
 	id             INTEGER PRIMARY KEY AUTOINCREMENT,
-	request_key    TEXT NOT NULL,
+	request_id     INTEGER NOT NULL,
 	subscriber_key TEXT NOT NULL,
 	dimension      TEXT NOT NULL,
 	quantity       INTEGER NOT NULL,
 	usage_time     INTEGER NOT NULL,
 	meter_hour     INTEGER NOT NULL,
 	tag_sig        TEXT NOT NULL DEFAULT '',
+	-- pending, or sealed: then the meter record of (subscriber_key,
+	-- dimension, meter_hour) holds it
 	state          TEXT NOT NULL DEFAULT 'pending',
-	meter_id       INTEGER,
 	reason         TEXT NOT NULL DEFAULT '',
 	received_at    INTEGER NOT NULL
 );
-CREATE INDEX usage_pending ON usage(meter_hour, subscriber_key, dimension) WHERE state = 'pending';
-CREATE INDEX usage_meter ON usage(meter_id);
-CREATE INDEX usage_subscriber ON usage(subscriber_key, id);
+-- Usage is appended in id order and sealed in id ranges: the only index is
+-- on the (few) pending rows, so ingestion stays fast as history grows.
+CREATE INDEX usage_pending ON usage(id) WHERE state = 'pending';
 
 CREATE TABLE meter_records (
 	id                  INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -30,6 +32,8 @@ CREATE TABLE meter_records (
 	dimension           TEXT NOT NULL,
 	hour                INTEGER NOT NULL,
 	quantity            INTEGER NOT NULL,
+	-- usage of this key with id <= max_usage_id is summed in quantity
+	max_usage_id        INTEGER NOT NULL DEFAULT 0,
 	allocations         TEXT NOT NULL DEFAULT '',
 	customer_identifier TEXT NOT NULL DEFAULT '',
 	aws_account_id      TEXT NOT NULL DEFAULT '',
@@ -48,10 +52,12 @@ CREATE INDEX meter_sealed ON meter_records(id) WHERE state = 'sealed';
 CREATE INDEX meter_batch ON meter_records(batch_id);
 CREATE INDEX meter_hour ON meter_records(hour);
 
+-- A batch is one BatchMeterUsage call. Its records (with their quantities,
+-- timestamps and buyer identities) are fixed in meter_records before the
+-- call is made, so a resend after a crash is identical.
 CREATE TABLE meter_batches (
 	id              INTEGER PRIMARY KEY AUTOINCREMENT,
 	product_code    TEXT NOT NULL,
-	request         TEXT NOT NULL,
 	state           TEXT NOT NULL DEFAULT 'pending',
 	attempts        INTEGER NOT NULL DEFAULT 0,
 	next_attempt_at INTEGER NOT NULL,
