@@ -605,8 +605,6 @@ func (s *Service) Outstanding(ctx context.Context) (bool, error) {
 	return s.Store.Outstanding(ctx, s.sealBefore())
 }
 
-
-
 // Replay moves flagged usage (all, or the given ledger ids) into the current
 // open hour so the next run sends it again.
 func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {

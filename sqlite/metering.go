@@ -521,7 +521,7 @@ func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.Ledger
 	}
 	q := `SELECT u.id, u.subscriber_key, u.dimension, u.quantity, u.usage_time, u.meter_hour, ` + ledgerState + `,
 		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, COALESCE(r.key, '')
-		FROM usage u `+ledgerJoin+` LEFT JOIN usage_requests r ON r.id = u.request_id WHERE u.id > ?`
+		FROM usage u ` + ledgerJoin + ` LEFT JOIN usage_requests r ON r.id = u.request_id WHERE u.id > ?`
 	args := []any{f.AfterID}
 	if f.SubscriberKey != "" {
 		q += ` AND u.subscriber_key = ?`
