@@ -92,3 +92,7 @@ func TestReopenKeepsData(t *testing.T) {
 		t.Errorf("after reopen = %+v, want the enqueued message", got)
 	}
 }
+
+func TestMeterStore(t *testing.T) {
+	storetest.RunMetering(t, func(t *testing.T) storetest.MeterStore { return MustOpen(t) })
+}

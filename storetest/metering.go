@@ -1,0 +1,274 @@
+package storetest
+
+import (
+	"context"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// MeterStore is a store with the metering ports too.
+type MeterStore interface {
+	Store
+	mpsaas.MeterStore
+}
+
+// RunMetering runs the metering suite. newStore must return an empty store.
+func RunMetering(t *testing.T, newStore func(t *testing.T) MeterStore) {
+	t.Run("UsageIdempotency", func(t *testing.T) { testUsageIdempotency(t, newStore(t)) })
+	t.Run("SealAndLateUsage", func(t *testing.T) { testSeal(t, newStore(t)) })
+	t.Run("InterruptedSeal", func(t *testing.T) { testInterruptedSeal(t, newStore(t)) })
+	t.Run("BatchesOfAtMost25", func(t *testing.T) { testBatches(t, newStore(t)) })
+	t.Run("ReplayFlagged", func(t *testing.T) { testReplay(t, newStore(t)) })
+	t.Run("Heartbeats", func(t *testing.T) { testHeartbeats(t, newStore(t)) })
+}
+
+var h10 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+func row(sub, dim string, q int64, at time.Time) mpsaas.UsageRow {
+	return mpsaas.UsageRow{SubscriberKey: sub, Dimension: dim, Quantity: q, Time: at}
+}
+
+func testUsageIdempotency(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	rows := []mpsaas.UsageRow{row("A", "users", 2, h10), row("B", "users", 3, h10.Add(time.Minute))}
+	r1, err := st.AddUsage(ctx, "k1", "hash1", rows, h10.Add(2*time.Hour), h10.Add(2*time.Hour))
+	if err != nil || r1.Accepted != 2 || r1.Replayed || r1.FirstID == 0 {
+		t.Fatalf("AddUsage = %+v, %v", r1, err)
+	}
+	r2, err := st.AddUsage(ctx, "k1", "hash1", rows, h10.Add(2*time.Hour), h10.Add(3*time.Hour))
+	if err != nil || !r2.Replayed || r2.FirstID != r1.FirstID || r2.Accepted != 2 {
+		t.Errorf("replayed AddUsage = %+v, %v; want the first receipt, replayed", r2, err)
+	}
+	if _, err := st.AddUsage(ctx, "k1", "other", rows[:1], h10, h10); mpsaas.ErrorCode(err) != mpsaas.ECONFLICT {
+		t.Errorf("key reused with another hash: %v, want ECONFLICT", err)
+	}
+	sum, err := st.MeterSummary(ctx)
+	if err != nil || sum[mpsaas.UsagePending].Records != 2 || sum[mpsaas.UsagePending].Quantity != 5 {
+		t.Errorf("summary = %v, %v; want 2 pending records of quantity 5", sum, err)
+	}
+}
+
+// seal runs one sealing pass the way the metering service does.
+func seal(t *testing.T, st MeterStore, before, openHour time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	lo, hi, err := st.PendingRange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hi == 0 {
+		return
+	}
+	var recs []mpsaas.MeterRecord
+	err = st.ScanPending(ctx, lo, hi, before, nil, func(g mpsaas.UsageGroup) error {
+		if n := len(recs); n > 0 && recs[n-1].SubscriberKey == g.SubscriberKey && recs[n-1].Dimension == g.Dimension && recs[n-1].Hour.Equal(g.Hour) {
+			recs[n-1].Quantity += g.Quantity
+			return nil
+		}
+		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity,
+			CustomerAWSAccountID: "111122223333", LicenseArn: "arn:aws:license-manager::1:license:l-" + g.SubscriberKey, ProductCode: "p"})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflicts, err := st.InsertMeterRecords(ctx, recs, hi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SealUsage(ctx, lo, hi, before, nil, conflicts, openHour); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func quantities(t *testing.T, st MeterStore) map[string]int64 {
+	t.Helper()
+	out := map[string]int64{}
+	for _, e := range ledger(t, st) {
+		out[fmt.Sprintf("%s/%s/%s/%s", e.SubscriberKey, e.Dimension, e.Hour.Format("15h"), e.State)] += e.Quantity
+	}
+	return out
+}
+
+func ledger(t *testing.T, st MeterStore) []mpsaas.LedgerEntry {
+	t.Helper()
+	l, err := st.Ledger(context.Background(), mpsaas.LedgerFilter{Limit: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func testSeal(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(2*time.Hour + 30*time.Minute) // 12:30: hours 10 and 11 are closed
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{
+		row("A", "users", 2, h10), row("A", "users", 3, h10.Add(30*time.Minute)),
+		row("B", "users", 4, h10.Add(time.Hour)), row("A", "users", 9, now),
+	}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, open, open)
+	want := map[string]int64{"A/users/10h/sealed": 5, "B/users/11h/sealed": 4, "A/users/12h/pending": 9}
+	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after seal: %v\nwant %v", got, want)
+	}
+	// Late usage for the sealed hour 10 goes to the open hour.
+	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "users", 1, h10.Add(10*time.Minute))}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	want["A/users/12h/pending"] = 10
+	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after late usage: %v\nwant %v", got, want)
+	}
+	ok, err := st.Outstanding(ctx, open)
+	if err != nil || !ok {
+		t.Errorf("Outstanding = %v, %v; want true (sealed records wait for a batch)", ok, err)
+	}
+}
+
+// testInterruptedSeal: records stored, usage not yet marked (a crash), new
+// usage arrives; the next pass must neither lose nor double-count it.
+func testInterruptedSeal(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(90 * time.Minute)
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 2, h10), row("A", "users", 3, h10)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	lo, hi, err := st.PendingRange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	if c, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, hi); err != nil || len(c) != 0 {
+		t.Fatalf("InsertMeterRecords = %v, %v", c, err)
+	}
+	_ = lo // crash here: SealUsage never ran
+	// Usage for hour 10 that arrives now finds the record and goes to the open hour.
+	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "users", 7, h10)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, open, open)
+	want := map[string]int64{"A/users/10h/sealed": 5, "A/users/11h/pending": 7}
+	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after the interrupted seal: %v\nwant %v", got, want)
+	}
+}
+
+func testBatches(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(2 * time.Hour)
+	var rows []mpsaas.UsageRow
+	for i := 0; i < 60; i++ {
+		rows = append(rows, row(fmt.Sprintf("S%02d", i), "users", int64(i), h10))
+	}
+	if _, err := st.AddUsage(ctx, "a", "a", rows, mpsaas.Hour(now), now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, mpsaas.Hour(now), mpsaas.Hour(now))
+	n, err := st.CreateBatches(ctx, now)
+	if err != nil || n != 3 {
+		t.Fatalf("CreateBatches = %d, %v; want 3 batches for 60 records", n, err)
+	}
+	batches, err := st.DueBatches(ctx, now, 10)
+	if err != nil || len(batches) != 3 {
+		t.Fatalf("DueBatches = %d, %v", len(batches), err)
+	}
+	sizes := []int{len(batches[0].Records), len(batches[1].Records), len(batches[2].Records)}
+	if fmt.Sprint(sizes) != "[25 25 10]" {
+		t.Errorf("batch sizes = %v, want [25 25 10]", sizes)
+	}
+	// First batch billed; second half-processed and retried later; third split.
+	var outcomes []mpsaas.RecordOutcome
+	for _, r := range batches[0].Records {
+		outcomes = append(outcomes, mpsaas.RecordOutcome{MeterRecordID: r.ID, State: mpsaas.UsageBilled, MeteringRecordID: fmt.Sprint("mr-", r.ID)})
+	}
+	half := []mpsaas.RecordOutcome{{MeterRecordID: batches[1].Records[0].ID, State: mpsaas.UsageRejected, Reason: "CustomerNotSubscribed"}}
+	if err := st.FinishBatches(ctx, []mpsaas.BatchOutcome{
+		{BatchID: batches[0].ID, Outcomes: outcomes},
+		{BatchID: batches[1].ID, Outcomes: half, Retry: now.Add(time.Minute), LastError: "24 records unprocessed"},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.SplitBatch(ctx, batches[2].ID, now); err != nil {
+		t.Fatal(err)
+	}
+	due, err := st.DueBatches(ctx, now, 100)
+	if err != nil || len(due) != 10 {
+		t.Fatalf("due after split = %d, %v; want 10 single-record batches", len(due), err)
+	}
+	later, _ := st.DueBatches(ctx, now.Add(2*time.Minute), 100)
+	var retried *mpsaas.MeterBatch
+	for i := range later {
+		if later[i].ID == batches[1].ID {
+			retried = &later[i]
+		}
+	}
+	if retried == nil || len(retried.Records) != 24 || retried.Attempts != 1 {
+		t.Errorf("retried batch = %+v, want 24 unfinished records after 1 attempt", retried)
+	}
+	sum, _ := st.MeterSummary(ctx)
+	if sum[mpsaas.UsageBilled].Records != 25 || sum[mpsaas.UsageRejected].Records != 1 || sum[mpsaas.UsageBatched].Records != 34 {
+		t.Errorf("summary = %v, want 25 billed, 1 rejected, 34 batched", sum)
+	}
+	for _, e := range ledger(t, st) {
+		if e.State == mpsaas.UsageBilled && e.MeteringRecordID == "" {
+			t.Errorf("billed entry without MeteringRecordId: %+v", e)
+		}
+	}
+}
+
+func testReplay(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(2 * time.Hour)
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 4, h10), row("A", "users", 1, h10)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, open, open)
+	if _, err := st.CreateBatches(ctx, now); err != nil {
+		t.Fatal(err)
+	}
+	b, _ := st.DueBatches(ctx, now, 1)
+	if err := st.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: b[0].ID, Outcomes: []mpsaas.RecordOutcome{{MeterRecordID: b[0].Records[0].ID, State: mpsaas.UsageFlagged, Reason: "TimestampOutOfBoundsException"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := quantities(t, st); got["A/users/10h/flagged"] != 5 {
+		t.Fatalf("before replay: %v", got)
+	}
+	n, err := st.Replay(ctx, nil, open)
+	if err != nil || n != 2 {
+		t.Fatalf("Replay = %d, %v; want 2 records", n, err)
+	}
+	want := map[string]int64{"A/users/12h/pending": 5}
+	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("after replay: %v, want %v", got, want)
+	}
+}
+
+func testHeartbeats(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	recs := []mpsaas.MeterRecord{
+		{SubscriberKey: "A", Dimension: "users", Hour: h10, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"},
+		{SubscriberKey: "A", Dimension: "users", Hour: h10.Add(time.Hour), CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"},
+	}
+	if n, err := st.AddHeartbeats(ctx, recs); err != nil || n != 2 {
+		t.Fatalf("AddHeartbeats = %d, %v", n, err)
+	}
+	if n, err := st.AddHeartbeats(ctx, recs); err != nil || n != 0 {
+		t.Errorf("AddHeartbeats again = %d, %v; want 0", n, err)
+	}
+	// Usage for an hour that already has a zero record goes to a later hour.
+	now := h10.Add(3 * time.Hour)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 3, h10)}, mpsaas.Hour(now), now); err != nil {
+		t.Fatal(err)
+	}
+	if got := quantities(t, st); got["A/users/13h/pending"] != 3 {
+		t.Errorf("usage after heartbeat: %v, want it pending in 13h", got)
+	}
+}
