@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -90,6 +91,9 @@ func bench(ctx context.Context, bin, dir string, buyers, records int, progress i
 	dims := []string{"users", "requests", "storage"}
 	cfg := emulator.DefaultConfig()
 	cfg.NotificationLog = 1
+	if os.Getenv("MPSAAS_BENCH_EMULATOR_LOG") == "1" {
+		cfg.Logger = slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	}
 	em := emulator.New(cfg)
 	if _, err := em.AddProduct(emulator.Product{Code: "bench", Type: emulator.ProductSubscription, LicenseBased: true,
 		Dimensions: []emulator.Dimension{{Name: dims[0]}, {Name: dims[1]}, {Name: dims[2]}}}); err != nil {
