@@ -45,21 +45,7 @@ func (d *Dispatcher) defaults() {
 // Run dispatches until ctx is done.
 func (d *Dispatcher) Run(ctx context.Context) {
 	d.defaults()
-	for {
-		n, err := d.RunOnce(ctx)
-		if err != nil && ctx.Err() == nil {
-			d.Logger.Error("outbox read failed", "err", err)
-		}
-		if n > 0 {
-			continue
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-d.Wake:
-		case <-time.After(d.Poll):
-		}
-	}
+	poll(ctx, d.RunOnce, d.Wake, d.Poll, func(err error) { d.Logger.Error("outbox read failed", "err", err) })
 }
 
 // RunOnce attempts the due messages once and returns how many were delivered.

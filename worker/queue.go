@@ -50,10 +50,16 @@ func (w *QueueWorker) defaults() {
 // Run consumes until ctx is done.
 func (w *QueueWorker) Run(ctx context.Context) {
 	w.defaults()
+	poll(ctx, w.RunOnce, w.Wake, w.Poll, func(err error) { w.Logger.Error("queue receive failed", "err", err) })
+}
+
+// poll calls once until ctx is done: again at once while it finds work,
+// otherwise after every or when woken.
+func poll(ctx context.Context, once func(context.Context) (int, error), wake <-chan struct{}, every time.Duration, onErr func(error)) {
 	for {
-		n, err := w.RunOnce(ctx)
+		n, err := once(ctx)
 		if err != nil && ctx.Err() == nil {
-			w.Logger.Error("queue receive failed", "err", err)
+			onErr(err)
 		}
 		if n > 0 {
 			continue
@@ -61,8 +67,8 @@ func (w *QueueWorker) Run(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-w.Wake:
-		case <-time.After(w.Poll):
+		case <-wake:
+		case <-time.After(every):
 		}
 	}
 }
