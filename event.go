@@ -249,7 +249,7 @@ const (
 
 // OutboxMessage is an access change waiting for delivery on one channel.
 type OutboxMessage struct {
-	ID             int64
+	ID             string // opaque, store-specific
 	Channel        string
 	IdempotencyKey string
 	Payload        json.RawMessage

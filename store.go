@@ -34,9 +34,9 @@ type Outbox interface {
 	// DueMessages returns up to limit undelivered messages whose next attempt is due.
 	DueMessages(ctx context.Context, now time.Time, limit int) ([]OutboxMessage, error)
 	// MarkDelivered records a successful delivery.
-	MarkDelivered(ctx context.Context, id int64, at time.Time) error
+	MarkDelivered(ctx context.Context, id string, at time.Time) error
 	// MarkFailed records a failed attempt and when to try again.
-	MarkFailed(ctx context.Context, id int64, errMsg string, next time.Time) error
+	MarkFailed(ctx context.Context, id string, errMsg string, next time.Time) error
 }
 
 // Queue is a durable FIFO of raw notification bodies (SNS envelopes or

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -26,30 +27,30 @@ func (d *DB) DueMessages(ctx context.Context, now time.Time, limit int) ([]mpsaa
 	for rows.Next() {
 		var m mpsaas.OutboxMessage
 		var payload string
-		var next int64
-		if err := rows.Scan(&m.ID, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
+		var next, id int64
+		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
 			return nil, fmt.Errorf("scan outbox message: %w", err)
 		}
-		m.Payload, m.NextAttemptAt = []byte(payload), fromUnixNano(next)
+		m.ID, m.Payload, m.NextAttemptAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next)
 		out = append(out, m)
 	}
 	return out, rows.Err()
 }
 
 // MarkDelivered records a delivery.
-func (d *DB) MarkDelivered(ctx context.Context, id int64, at time.Time) error {
+func (d *DB) MarkDelivered(ctx context.Context, id string, at time.Time) error {
 	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, unixNano(at), id)
 	if err != nil {
-		return fmt.Errorf("mark outbox %d delivered: %w", id, err)
+		return fmt.Errorf("mark outbox %s delivered: %w", id, err)
 	}
 	return nil
 }
 
 // MarkFailed records a failed attempt.
-func (d *DB) MarkFailed(ctx context.Context, id int64, errMsg string, next time.Time) error {
+func (d *DB) MarkFailed(ctx context.Context, id string, errMsg string, next time.Time) error {
 	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?`, errMsg, unixNano(next), id)
 	if err != nil {
-		return fmt.Errorf("mark outbox %d failed: %w", id, err)
+		return fmt.Errorf("mark outbox %s failed: %w", id, err)
 	}
 	return nil
 }

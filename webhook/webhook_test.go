@@ -26,7 +26,7 @@ func TestSendAndVerify(t *testing.T) {
 	}))
 	defer srv.Close()
 	s := &webhook.Sender{URL: srv.URL, Secret: secret}
-	m := mpsaas.OutboxMessage{ID: 1, IdempotencyKey: "K:1", Payload: []byte(`{"access":"granted"}`)}
+	m := mpsaas.OutboxMessage{ID: "1", IdempotencyKey: "K:1", Payload: []byte(`{"access":"granted"}`)}
 	if err := s.Send(context.Background(), m); err != nil {
 		t.Fatalf("Send: %v (receiver: %v)", err, verr)
 	}

@@ -1,0 +1,193 @@
+// Package dynamodb implements the mpsaas stores on Amazon DynamoDB, in the
+// tables of the AWS sample stack so that sellers can migrate in place:
+//
+//   - Subscribers (default AWSMarketplaceSubscribers), partition key
+//     customerIdentifier, with the sample's attributes (productCode,
+//     companyName, contactPerson, contactPhone, contactEmail, created,
+//     successfully_subscribed, subscription_expired,
+//     is_free_trial_term_present, entitlement, CustomerAWSAccountId) and
+//     mpsaas's own (licenseArn, licenseId, status, access, version, ...).
+//     Buyers of products with no CustomerIdentifier are stored under
+//     "license:<license id>".
+//   - Events (default MpsaasEvents): subscription events by id, with indexes
+//     on customerIdentifier, licenseId and agreementId for correlation.
+//   - Outbox (default MpsaasOutbox): access changes per channel until delivered.
+//
+// Every state change is a conditional write: a subscriber is saved only if
+// its version is still the one that was read, so concurrent Lambdas never
+// lose an update.
+package dynamodb
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// Tables names the tables.
+type Tables struct {
+	Subscribers string
+	Events      string
+	Outbox      string
+}
+
+// DefaultTables are the sample stack's subscriber table and mpsaas's own.
+func DefaultTables() Tables {
+	return Tables{Subscribers: "AWSMarketplaceSubscribers", Events: "MpsaasEvents", Outbox: "MpsaasOutbox"}
+}
+
+// Index names.
+const (
+	indexLicense   = "licenseId-index"
+	indexCI        = "customerIdentifier-index"
+	indexAgreement = "agreementId-index"
+	indexDue       = "pending-due-index"
+	indexOutbox    = "outboxPending-index"
+)
+
+// Store is the DynamoDB store.
+type Store struct {
+	client *ddb.Client
+	tables Tables
+	Now    func() time.Time
+}
+
+var (
+	_ mpsaas.SubscriberStore = (*Store)(nil)
+	_ mpsaas.Outbox          = (*Store)(nil)
+)
+
+// New returns a store on client.
+func New(client *ddb.Client, tables Tables) *Store {
+	return &Store{client: client, tables: tables, Now: func() time.Time { return time.Now().UTC() }}
+}
+
+// CreateTables creates the tables and their indexes if they do not exist
+// (for tests, local use and `mpsaas` tooling; the SAM template creates them
+// on AWS).
+func (s *Store) CreateTables(ctx context.Context) error {
+	str := func(n string) types.AttributeDefinition {
+		return types.AttributeDefinition{AttributeName: aws.String(n), AttributeType: types.ScalarAttributeTypeS}
+	}
+	num := func(n string) types.AttributeDefinition {
+		return types.AttributeDefinition{AttributeName: aws.String(n), AttributeType: types.ScalarAttributeTypeN}
+	}
+	hash := func(n string) []types.KeySchemaElement {
+		return []types.KeySchemaElement{{AttributeName: aws.String(n), KeyType: types.KeyTypeHash}}
+	}
+	gsi := func(name string, keys []types.KeySchemaElement) types.GlobalSecondaryIndex {
+		return types.GlobalSecondaryIndex{IndexName: aws.String(name), KeySchema: keys, Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll}}
+	}
+	for _, in := range []*ddb.CreateTableInput{
+		{
+			TableName:            aws.String(s.tables.Subscribers),
+			AttributeDefinitions: []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending")},
+			KeySchema:            hash("customerIdentifier"),
+			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
+				gsi(indexLicense, hash("licenseId")),
+				gsi(indexOutbox, hash("outboxPending")),
+			},
+		},
+		{
+			TableName:            aws.String(s.tables.Events),
+			AttributeDefinitions: []types.AttributeDefinition{str("id"), str("customerIdentifier"), str("licenseId"), str("agreementId")},
+			KeySchema:            hash("id"),
+			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
+				gsi(indexCI, hash("customerIdentifier")),
+				gsi(indexLicense, hash("licenseId")),
+				gsi(indexAgreement, hash("agreementId")),
+			},
+		},
+		{
+			TableName:            aws.String(s.tables.Outbox),
+			AttributeDefinitions: []types.AttributeDefinition{str("id"), str("pending"), num("nextAttemptAt")},
+			KeySchema:            hash("id"),
+			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
+				gsi(indexDue, []types.KeySchemaElement{
+					{AttributeName: aws.String("pending"), KeyType: types.KeyTypeHash},
+					{AttributeName: aws.String("nextAttemptAt"), KeyType: types.KeyTypeRange},
+				}),
+			},
+		},
+	} {
+		in.BillingMode = types.BillingModePayPerRequest
+		if _, err := s.client.CreateTable(ctx, in); err != nil {
+			var inUse *types.ResourceInUseException
+			if errors.As(err, &inUse) {
+				continue
+			}
+			return fmt.Errorf("create table %s: %w", aws.ToString(in.TableName), err)
+		}
+		w := ddb.NewTableExistsWaiter(s.client, func(o *ddb.TableExistsWaiterOptions) { o.MinDelay = 50 * time.Millisecond; o.MaxDelay = time.Second })
+		if err := w.Wait(ctx, &ddb.DescribeTableInput{TableName: in.TableName}, 2*time.Minute); err != nil {
+			return fmt.Errorf("wait for table %s: %w", aws.ToString(in.TableName), err)
+		}
+	}
+	return nil
+}
+
+// Attribute helpers.
+
+func sv(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+func nv(v int64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+}
+func bv(v bool) types.AttributeValue { return &types.AttributeValueMemberBOOL{Value: v} }
+
+// putS sets a string attribute unless it is empty (DynamoDB index keys may
+// not be empty strings, and absent attributes keep items out of indexes).
+func putS(item map[string]types.AttributeValue, name, v string) {
+	if v != "" {
+		item[name] = sv(v)
+	}
+}
+
+func getS(item map[string]types.AttributeValue, name string) string {
+	if v, ok := item[name].(*types.AttributeValueMemberS); ok {
+		return v.Value
+	}
+	return ""
+}
+
+func getN(item map[string]types.AttributeValue, name string) int64 {
+	if v, ok := item[name].(*types.AttributeValueMemberN); ok {
+		n, _ := strconv.ParseInt(v.Value, 10, 64)
+		return n
+	}
+	return 0
+}
+
+func getB(item map[string]types.AttributeValue, name string) bool {
+	if v, ok := item[name].(*types.AttributeValueMemberBOOL); ok {
+		return v.Value
+	}
+	return false
+}
+
+func timeN(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+func fromN(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}
+
+// isConditionFailed reports whether err is a failed condition check.
+func isConditionFailed(err error) bool {
+	var ccf *types.ConditionalCheckFailedException
+	return errors.As(err, &ccf)
+}

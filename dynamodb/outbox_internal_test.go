@@ -1,0 +1,60 @@
+package dynamodb
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"testing"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/mpsaas/mpsaas"
+)
+
+// TestOutboxSurvivesACrashBeforeTheCopy: a change written into the
+// subscriber item but never copied (the process died) is delivered anyway.
+func TestOutboxSurvivesACrashBeforeTheCopy(t *testing.T) {
+	endpoint := os.Getenv("MPSAAS_DYNAMODB_ENDPOINT")
+	if endpoint == "" {
+		if os.Getenv("MPSAAS_REQUIRE_DYNAMODB") == "1" {
+			t.Fatal("MPSAAS_REQUIRE_DYNAMODB=1 but MPSAAS_DYNAMODB_ENDPOINT is not set")
+		}
+		t.Skip("set MPSAAS_DYNAMODB_ENDPOINT to run")
+	}
+	ctx := context.Background()
+	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
+	st := New(client, Tables{Subscribers: "CrashSubs", Events: "CrashEvents", Outbox: "CrashOutbox"})
+	if err := st.CreateTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sub := &mpsaas.Subscriber{Key: "CRASH1", Identity: mpsaas.Identity{CustomerIdentifier: "CRASH1"}, State: mpsaas.State{Status: mpsaas.StatusActive}}
+	if err := st.SaveSubscriber(ctx, sub, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	// What SaveSubscriber writes before it copies: the entry in the item.
+	entry, _ := json.Marshal(outboxEntry{Channel: mpsaas.ChannelWebhook, IdempotencyKey: "CRASH1:1", Payload: `{"access":"granted"}`})
+	_, err := client.UpdateItem(ctx, &ddb.UpdateItemInput{
+		TableName: aws.String("CrashSubs"), Key: map[string]types.AttributeValue{"customerIdentifier": sv("CRASH1")},
+		UpdateExpression:          aws.String("SET pendingOutbox = :l, outboxPending = :one, outboxSeq = :n"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":l": &types.AttributeValueMemberL{Value: []types.AttributeValue{sv(string(entry))}}, ":one": sv("1"), ":n": nv(1)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 2; i++ { // twice: the copy happens once
+		due, err := st.DueMessages(ctx, st.Now().Add(1e9), 10)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(due) != 1 || due[0].IdempotencyKey != "CRASH1:1" {
+			t.Fatalf("due = %+v, want the change left in the item", due)
+		}
+	}
+	got, err := st.GetSubscriber(ctx, "CRASH1")
+	if err != nil || got.Status != mpsaas.StatusActive {
+		t.Errorf("subscriber after the sweep = %+v, %v", got, err)
+	}
+}
