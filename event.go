@@ -245,6 +245,7 @@ func NewAccessChange(s *Subscriber, now time.Time) AccessChange {
 const (
 	ChannelWebhook = "webhook"
 	ChannelNotify  = "notify"
+	ChannelSNS     = "sns" // the access-change SNS topic
 )
 
 // OutboxMessage is an access change waiting for delivery on one channel.

@@ -50,6 +50,11 @@ type Config struct {
 	HeartbeatDimension  string
 	MeterConcurrencyTxt string
 
+	SQSQueueURL    string
+	SQSEndpoint    string
+	AccessTopicArn string
+	SNSEndpoint    string
+
 	meterInterval    time.Duration
 	meterConcurrency int
 }
@@ -90,6 +95,10 @@ func (c *Config) settings() []setting {
 		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
 		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
 		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
+		{name: "sqs-queue-url", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
+		{name: "sqs-endpoint", env: "MPSAAS_SQS_ENDPOINT", usage: "override the SQS endpoint (e.g. goaws); overrides speak SQS's Query protocol", ptr: &c.SQSEndpoint},
+		{name: "access-topic-arn", env: "MPSAAS_ACCESS_TOPIC_ARN", usage: "SNS topic to publish every access change to", ptr: &c.AccessTopicArn},
+		{name: "sns-endpoint", env: "MPSAAS_SNS_ENDPOINT", usage: "override the SNS endpoint (e.g. goaws)", ptr: &c.SNSEndpoint},
 		{name: "log-level", env: "MPSAAS_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", ptr: &c.LogLevel},
 		{name: "log-format", env: "MPSAAS_LOG_FORMAT", def: "text", usage: "text or json", ptr: &c.LogFormat},
 	}
@@ -183,6 +192,14 @@ func (c *Config) Validate() error {
 			errs = append(errs, errors.New("MPSAAS_USAGE_API_KEYS: each key must be at least 16 characters"))
 			break
 		}
+	}
+	if c.SQSQueueURL != "" {
+		if u, err := url.Parse(c.SQSQueueURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("MPSAAS_SQS_QUEUE_URL %q: want the queue's URL, such as https://sqs.us-east-1.amazonaws.com/123456789012/mpsaas", c.SQSQueueURL))
+		}
+	}
+	if c.AccessTopicArn != "" && !strings.HasPrefix(c.AccessTopicArn, "arn:") {
+		errs = append(errs, fmt.Errorf("MPSAAS_ACCESS_TOPIC_ARN %q: want an SNS topic ARN", c.AccessTopicArn))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

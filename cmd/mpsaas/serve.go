@@ -14,13 +14,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
+	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
+	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/notify"
+	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/sqlite"
+	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
 	"github.com/mpsaas/mpsaas/webhook"
@@ -47,6 +51,7 @@ type App struct {
 	web    *web.Server
 	queue  *worker.QueueWorker
 	disp   *worker.Dispatcher
+	poller *mpsaassqs.Poller
 	webLn  net.Listener
 	emLn   net.Listener
 	wakeQ  chan struct{}
@@ -99,8 +104,12 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		if len(a.cfg.ProductCodes) == 0 {
 			a.cfg.ProductCodes = []string{demoLegacyProduct, demoLicenseProduct}
 		}
-		// Local mode: the emulator's notifications feed the durable local queue.
+		// Local mode: the emulator's notifications feed the durable local
+		// queue, unless notifications come from an SQS queue.
 		a.em.OnNotification(func(n emulator.Notification) {
+			if cfg.SQSQueueURL != "" {
+				return
+			}
 			if err := a.db.Enqueue(context.Background(), n.Body); err != nil {
 				logger.Error("enqueue emulator notification", "err", err)
 				return
@@ -128,6 +137,28 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		channels = append(channels, mpsaas.ChannelWebhook)
 		senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret)}
 	}
+	if cfg.AccessTopicArn != "" || cfg.SQSQueueURL != "" {
+		queueCfg, err := awsServiceConfig(ctx, cfg, getenv)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.AccessTopicArn != "" {
+			channels = append(channels, mpsaas.ChannelSNS)
+			senders[mpsaas.ChannelSNS] = &mpsaassns.Sender{TopicArn: cfg.AccessTopicArn, Client: awssns.NewFromConfig(queueCfg, func(o *awssns.Options) {
+				if cfg.SNSEndpoint != "" {
+					o.BaseEndpoint = aws.String(cfg.SNSEndpoint)
+				}
+			})}
+		}
+		if cfg.SQSQueueURL != "" {
+			a.poller = &mpsaassqs.Poller{QueueURL: cfg.SQSQueueURL, Logger: logger, Client: awssqs.NewFromConfig(queueCfg, func(o *awssqs.Options) {
+				if cfg.SQSEndpoint != "" {
+					o.BaseEndpoint = aws.String(cfg.SQSEndpoint)
+					mpsaassqs.QueryProtocol(o)
+				}
+			})}
+		}
+	}
 	a.svc = &subscription.Service{
 		Store: outboxWaker{a.db, a.wakeD}, Marketplace: marketplace.New(awsCfg, mpOpts), Logger: logger,
 		Listing: cfg.Listing, ProductCodes: a.cfg.ProductCodes, Channels: channels,
@@ -142,9 +173,25 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		a.generatedUsageKey = true
 	}
 	(&web.UsageAPI{Keys: a.cfg.UsageAPIKeys, Metering: a.meter, Ledger: a.db, Logger: logger}).Register(a.web)
+	if a.poller != nil {
+		a.poller.Handler = a.svc
+	}
 	a.queue = &worker.QueueWorker{Queue: a.db, Handler: a.svc, Logger: logger, Wake: a.wakeQ}
 	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: senders, Logger: logger, Wake: a.wakeD}
 	return a, nil
+}
+
+// awsServiceConfig is the AWS configuration for SQS and SNS: the default
+// chain, or static local credentials when only endpoint overrides are used.
+func awsServiceConfig(ctx context.Context, cfg Config, getenv func(string) string) (aws.Config, error) {
+	if (cfg.SQSEndpoint != "" || cfg.SNSEndpoint != "") && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == "" {
+		return aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}, nil
+	}
+	c, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region))
+	if err != nil {
+		return aws.Config{}, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	return c, nil
 }
 
 func emulatorConfig(logger *slog.Logger) emulator.Config {
@@ -229,6 +276,12 @@ func (a *App) PrintBanner(w io.Writer) {
 	if a.cfg.WebhookURL != "" {
 		fmt.Fprintf(w, "  Webhooks to:       %s\n", a.cfg.WebhookURL)
 	}
+	if a.cfg.SQSQueueURL != "" {
+		fmt.Fprintf(w, "  Notifications from: %s\n", a.cfg.SQSQueueURL)
+	}
+	if a.cfg.AccessTopicArn != "" {
+		fmt.Fprintf(w, "  Access changes to: %s\n", a.cfg.AccessTopicArn)
+	}
 	fmt.Fprintf(w, "  Usage API:         %s/v1/usage (metering every %s)\n", a.URL(), a.cfg.meterInterval)
 	if a.generatedUsageKey {
 		fmt.Fprintf(w, "  Usage API key:     %s   (local only; set MPSAAS_USAGE_API_KEYS)\n", a.cfg.UsageAPIKeys[0])
@@ -252,6 +305,9 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Go(func() { a.queue.Run(workCtx) })
 	wg.Go(func() { a.disp.Run(workCtx) })
 	wg.Go(func() { a.meterLoop(workCtx) })
+	if a.poller != nil {
+		wg.Go(func() { a.poller.Run(workCtx) })
+	}
 	if a.em != nil {
 		wg.Go(func() {
 			t := time.NewTicker(time.Second)
