@@ -1,0 +1,186 @@
+// Command lambda is the AWS Lambda entry point of mpsaas (runtime
+// provided.al2023, handler bootstrap). One binary serves every function;
+// MPSAAS_FUNCTION picks the role:
+//
+//	api       HTTP API: fulfillment URL, registration page and API, status page
+//	events    SQS batches of Marketplace SNS messages, and EventBridge agreement/license events
+//	dispatch  scheduled: deliver queued access changes (webhook, SNS topic)
+//
+// Each is a thin adapter (package awslambda) over the services `mpsaas serve`
+// uses; storage is DynamoDB.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-lambda-go/lambda"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/awslambda"
+	"github.com/mpsaas/mpsaas/dynamodb"
+	"github.com/mpsaas/mpsaas/marketplace"
+	mpsaassns "github.com/mpsaas/mpsaas/sns"
+	"github.com/mpsaas/mpsaas/subscription"
+	"github.com/mpsaas/mpsaas/web"
+	"github.com/mpsaas/mpsaas/webhook"
+	"github.com/mpsaas/mpsaas/worker"
+)
+
+func main() {
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	slog.SetDefault(logger)
+	app, err := build(context.Background(), os.Getenv, logger)
+	if err != nil {
+		logger.Error("start", "err", err)
+		os.Exit(1)
+	}
+	lambda.StartWithOptions(app.handler(), lambda.WithEnableSIGTERM())
+}
+
+// App holds one function's object graph.
+type App struct {
+	role       string
+	svc        *subscription.Service
+	web        *web.Server
+	dispatcher *worker.Dispatcher
+	logger     *slog.Logger
+}
+
+// Environment variables the functions read (the SAM template sets them).
+var envVars = []string{
+	"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_PRODUCT_NAME", "MPSAAS_SECRET",
+	"MPSAAS_SIGN_IN_URL", "MPSAAS_SUPPORT_EMAIL", "MPSAAS_CORS_ORIGINS",
+	"MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE",
+	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
+	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
+}
+
+func build(ctx context.Context, getenv func(string) string, logger *slog.Logger) (*App, error) {
+	role := getenv("MPSAAS_FUNCTION")
+	if !slices.Contains([]string{"api", "events", "dispatch"}, role) {
+		return nil, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events or dispatch", role)
+	}
+	listing := getenv("MPSAAS_LISTING")
+	if listing == "" {
+		listing = mpsaas.ListingContractsWithSubscription
+	}
+	if listing != mpsaas.ListingSubscriptions && !mpsaas.IsContract(listing) {
+		return nil, fmt.Errorf("MPSAAS_LISTING %q: want subscriptions, contracts or contracts_with_subscription", listing)
+	}
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	client := ddb.NewFromConfig(awsCfg, func(o *ddb.Options) {
+		if e := getenv("MPSAAS_DYNAMODB_ENDPOINT"); e != "" {
+			o.BaseEndpoint = aws.String(e)
+		}
+	})
+	tables := dynamodb.DefaultTables()
+	for _, t := range []struct {
+		env string
+		dst *string
+	}{{"MPSAAS_SUBSCRIBERS_TABLE", &tables.Subscribers}, {"MPSAAS_EVENTS_TABLE", &tables.Events}, {"MPSAAS_OUTBOX_TABLE", &tables.Outbox}} {
+		if v := getenv(t.env); v != "" {
+			*t.dst = v
+		}
+	}
+	store := dynamodb.New(client, tables)
+	channels := []string{}
+	senders := map[string]worker.Sender{}
+	if u := getenv("MPSAAS_WEBHOOK_URL"); u != "" {
+		secret := getenv("MPSAAS_WEBHOOK_SECRET")
+		if len(secret) < 16 {
+			return nil, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters")
+		}
+		channels = append(channels, mpsaas.ChannelWebhook)
+		senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: u, Secret: []byte(secret)}
+	}
+	if arn := getenv("MPSAAS_ACCESS_TOPIC_ARN"); arn != "" {
+		channels = append(channels, mpsaas.ChannelSNS)
+		senders[mpsaas.ChannelSNS] = &mpsaassns.Sender{TopicArn: arn, Client: awssns.NewFromConfig(awsCfg, func(o *awssns.Options) {
+			if e := getenv("MPSAAS_SNS_ENDPOINT"); e != "" {
+				o.BaseEndpoint = aws.String(e)
+			}
+		})}
+	}
+	var codes []string
+	for _, c := range strings.Split(getenv("MPSAAS_PRODUCT_CODES"), ",") {
+		if c = strings.TrimSpace(c); c != "" {
+			codes = append(codes, c)
+		}
+	}
+	app := &App{role: role, logger: logger}
+	app.svc = &subscription.Service{
+		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
+		Marketplace: marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")}),
+	}
+	switch role {
+	case "api":
+		secret := getenv("MPSAAS_SECRET")
+		if len(secret) < 32 {
+			return nil, errors.New("MPSAAS_SECRET: required for the api function, at least 32 characters")
+		}
+		var cors []string
+		for _, o := range strings.Split(getenv("MPSAAS_CORS_ORIGINS"), ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				cors = append(cors, o)
+			}
+		}
+		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
+			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger}, app.svc)
+	case "dispatch":
+		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: senders, Logger: logger}
+	}
+	return app, nil
+}
+
+// handler returns the Lambda handler of the app's role.
+func (a *App) handler() any {
+	switch a.role {
+	case "api":
+		return awslambda.HTTPHandler(a.web)
+	case "events":
+		return a.handleEvent
+	default:
+		return awslambda.ScheduledHandler(a.dispatchAll)
+	}
+}
+
+// handleEvent takes both event sources of the events function: an SQS batch
+// (answered with partial batch failures) or an EventBridge event.
+func (a *App) handleEvent(ctx context.Context, raw json.RawMessage) (any, error) {
+	var probe struct {
+		Records []json.RawMessage `json:"Records"`
+	}
+	if err := json.Unmarshal(raw, &probe); err == nil && probe.Records != nil {
+		var ev events.SQSEvent
+		if err := json.Unmarshal(raw, &ev); err != nil {
+			return nil, fmt.Errorf("decode SQS event: %w", err)
+		}
+		return awslambda.SQSHandler(a.svc, a.logger)(ctx, ev)
+	}
+	return nil, awslambda.EventBridgeHandler(a.svc)(ctx, raw)
+}
+
+// dispatchAll delivers every due access change.
+func (a *App) dispatchAll(ctx context.Context) error {
+	for {
+		n, err := a.dispatcher.RunOnce(ctx)
+		if err != nil || n == 0 {
+			return err
+		}
+	}
+}

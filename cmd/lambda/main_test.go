@@ -1,0 +1,205 @@
+package main
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/dynamodb"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/webhook"
+)
+
+const hookSecret = "lambda-webhook-secret-0123456789"
+
+type sink struct {
+	mu      sync.Mutex
+	changes []mpsaas.AccessChange
+}
+
+func (s *sink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	if err := webhook.Verify([]byte(hookSecret), r.Header.Get(webhook.SignatureHeader), b, time.Now(), time.Minute); err != nil {
+		http.Error(w, err.Error(), http.StatusUnauthorized)
+		return
+	}
+	var c mpsaas.AccessChange
+	_ = json.Unmarshal(b, &c)
+	s.mu.Lock()
+	s.changes = append(s.changes, c)
+	s.mu.Unlock()
+}
+
+func (s *sink) accesses() []mpsaas.Access {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []mpsaas.Access
+	for _, c := range s.changes {
+		out = append(out, c.Access)
+	}
+	return out
+}
+
+// TestBuyerJourneyThroughLambdaHandlers runs the journey through the Lambda
+// handlers, invoked with real event shapes (HTTP API, SQS, EventBridge,
+// scheduled), on DynamoDB (dynalite) and the emulator.
+func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
+	endpoint := os.Getenv("MPSAAS_DYNAMODB_ENDPOINT")
+	if endpoint == "" {
+		if os.Getenv("MPSAAS_REQUIRE_DYNAMODB") == "1" {
+			t.Fatal("MPSAAS_REQUIRE_DYNAMODB=1 but MPSAAS_DYNAMODB_ENDPOINT is not set")
+		}
+		t.Skip("set MPSAAS_DYNAMODB_ENDPOINT to a DynamoDB-compatible server (e.g. dynalite) to run")
+	}
+	t.Setenv("AWS_ACCESS_KEY_ID", "local")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
+	t.Setenv("AWS_REGION", "us-east-1")
+	ctx := context.Background()
+	em := emulator.New(emulator.DefaultConfig())
+	emSrv := httptest.NewServer(em.Handler())
+	defer emSrv.Close()
+	if _, err := em.AddProduct(emulator.Product{Code: "lambda-prod", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := em.AddBuyer(emulator.Buyer{AccountID: "123456789012"}); err != nil {
+		t.Fatal(err)
+	}
+	hooks := &sink{}
+	hookSrv := httptest.NewServer(hooks)
+	defer hookSrv.Close()
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix}
+	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
+	if err := dynamodb.New(client, tables).CreateTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"MPSAAS_LISTING": "subscriptions", "MPSAAS_PRODUCT_CODES": "lambda-prod", "MPSAAS_SECRET": strings.Repeat("k", 32),
+		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
+		"MPSAAS_WEBHOOK_URL": hookSrv.URL, "MPSAAS_WEBHOOK_SECRET": hookSecret,
+		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
+	}
+	fn := func(role string) *App {
+		t.Helper()
+		env["MPSAAS_FUNCTION"] = role
+		app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return app
+	}
+	api, evs, disp := fn("api"), fn("events"), fn("dispatch")
+	apiHandler := api.handler().(func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error))
+	dispatch := disp.handler().(func(context.Context, events.EventBridgeEvent) error)
+	post := func(path, form string) events.APIGatewayV2HTTPResponse {
+		t.Helper()
+		ev := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: path, Body: base64.StdEncoding.EncodeToString([]byte(form)), IsBase64Encoded: true,
+			Headers: map[string]string{"content-type": "application/x-www-form-urlencoded"}}
+		ev.RequestContext.HTTP.Method, ev.RequestContext.Stage = "POST", "$default"
+		res, err := apiHandler(ctx, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	sqsBatch := func(bodies ...[]byte) json.RawMessage {
+		var ev events.SQSEvent
+		for i, b := range bodies {
+			ev.Records = append(ev.Records, events.SQSMessage{MessageId: fmt.Sprintf("msg-%d", i), Body: string(b), EventSource: "aws:sqs"})
+		}
+		raw, _ := json.Marshal(ev)
+		return raw
+	}
+
+	// The buyer subscribes; SNS messages arrive through SQS before the buyer registers.
+	res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "lambda-prod", BuyerAccountID: "123456789012"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var snsBodies [][]byte
+	for _, n := range em.Notifications(0) {
+		if n.Channel != emulator.ChannelEventBridge {
+			snsBodies = append(snsBodies, n.Body)
+		} else if _, err := evs.handleEvent(ctx, json.RawMessage(n.Body)); err != nil {
+			t.Fatalf("EventBridge event: %v", err)
+		}
+	}
+	out, err := evs.handleEvent(ctx, sqsBatch(append(snsBodies, []byte("not a notification"))...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, ok := out.(events.SQSEventResponse); !ok || len(r.BatchItemFailures) != 1 || r.BatchItemFailures[0].ItemIdentifier != fmt.Sprintf("msg-%d", len(snsBodies)) {
+		t.Fatalf("SQS response = %+v, want only the malformed message failed", out)
+	}
+	// The buyer's browser posts the token to the fulfillment URL (API Gateway).
+	page := post("/fulfillment", url.Values{"x-amzn-marketplace-token": {res.Token}}.Encode())
+	if page.StatusCode != 200 || !strings.Contains(page.Body, `id="register-form"`) {
+		t.Fatalf("fulfillment: %d %s", page.StatusCode, page.Body)
+	}
+	session := regexp.MustCompile(`name="session" value="([^"]+)"`).FindStringSubmatch(page.Body)
+	if session == nil {
+		t.Fatal("no session field")
+	}
+	done := post("/register", url.Values{"session": {strings.ReplaceAll(session[1], "&#43;", "+")}, "companyName": {"Acme"}, "contactPerson": {"Ann"},
+		"contactPhone": {"+1 555 0100"}, "contactEmail": {"ann@acme.example"}}.Encode())
+	if done.StatusCode != 200 || !strings.Contains(done.Body, "Thank you for registering") {
+		t.Fatalf("register: %d %s", done.StatusCode, done.Body)
+	}
+	if err := dispatch(ctx, events.EventBridgeEvent{DetailType: "Scheduled Event", Source: "aws.events"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hooks.accesses(); fmt.Sprint(got) != "[granted]" {
+		t.Fatalf("webhooks after registration = %v, want [granted]", got)
+	}
+	// The buyer cancels: EventBridge delivers the agreement and license events.
+	seq := len(em.Notifications(0))
+	if _, err := em.Cancel(res.Subscription.AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range em.Notifications(seq) {
+		if n.Channel == emulator.ChannelEventBridge {
+			if _, err := evs.handleEvent(ctx, json.RawMessage(n.Body)); err != nil {
+				t.Fatalf("EventBridge event: %v", err)
+			}
+		}
+	}
+	if err := dispatch(ctx, events.EventBridgeEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation revoked]" {
+		t.Errorf("webhooks = %v, want [granted pending-cancellation revoked]", got)
+	}
+}
+
+func TestBuildRejectsBadConfiguration(t *testing.T) {
+	t.Setenv("AWS_REGION", "us-east-1")
+	for name, env := range map[string]map[string]string{
+		"no role":            {},
+		"unknown role":       {"MPSAAS_FUNCTION": "cron"},
+		"bad listing":        {"MPSAAS_FUNCTION": "events", "MPSAAS_LISTING": "weekly"},
+		"api without secret": {"MPSAAS_FUNCTION": "api"},
+		"short webhook key":  {"MPSAAS_FUNCTION": "dispatch", "MPSAAS_WEBHOOK_URL": "https://x.example", "MPSAAS_WEBHOOK_SECRET": "short"},
+	} {
+		if _, err := build(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler)); err == nil {
+			t.Errorf("%s: build succeeded", name)
+		}
+	}
+}
