@@ -46,6 +46,9 @@ type Config struct {
 	SupportEmail string
 	// CORSOrigins may call the JSON registration API from a browser ("*" for any).
 	CORSOrigins []string
+	// APIOnly turns off the HTML pages (fulfillment, registration, status):
+	// the seller hosts its own landing page and calls POST /subscriber.
+	APIOnly bool
 	// RegistrationTTL is how long a registration form stays valid (default 4h,
 	// the token lifetime).
 	RegistrationTTL time.Duration
@@ -121,15 +124,18 @@ func (r *statusRecorder) WriteHeader(code int) {
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) routes() {
-	s.mux.HandleFunc("GET /{$}", s.handleHome)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("POST /subscriber", s.handleSubscriberAPI)
+	s.mux.HandleFunc("OPTIONS /subscriber", s.handleSubscriberAPI)
+	if s.cfg.APIOnly {
+		return
+	}
+	s.mux.HandleFunc("GET /{$}", s.handleHome)
 	s.mux.Handle("GET /static/", http.FileServerFS(staticFS))
 	s.mux.HandleFunc("POST /fulfillment", s.handleFulfillment)
 	s.mux.HandleFunc("GET /fulfillment", s.handleFulfillmentGet)
 	s.mux.HandleFunc("POST /register", s.handleRegister)
 	s.mux.HandleFunc("GET /account/{link}", s.handleStatus)
-	s.mux.HandleFunc("POST /subscriber", s.handleSubscriberAPI)
-	s.mux.HandleFunc("OPTIONS /subscriber", s.handleSubscriberAPI)
 }
 
 // page is the data every template gets.

@@ -61,13 +61,29 @@ type App struct {
 // Environment variables the functions read (the SAM template sets them).
 var envVars = []string{
 	"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_PRODUCT_NAME", "MPSAAS_SECRET",
-	"MPSAAS_SIGN_IN_URL", "MPSAAS_SUPPORT_EMAIL", "MPSAAS_CORS_ORIGINS",
+	"MPSAAS_SIGN_IN_URL", "MPSAAS_SUPPORT_EMAIL", "MPSAAS_CORS_ORIGINS", "MPSAAS_WEB_PAGES",
 	"MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE",
 	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 }
 
-func build(ctx context.Context, getenv func(string) string, logger *slog.Logger) (*App, error) {
+// awsActions are the AWS API actions each role's code calls; the template's
+// IAM policies must allow them (checked by TestTemplate, and recorded from
+// the real calls by TestBuyerJourneyThroughLambdaHandlers).
+var awsActions = map[string][]string{
+	"api":      {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
+	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
+	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish"},
+}
+
+// requiredEnv are the variables the template must set for each role.
+var requiredEnv = map[string][]string{
+	"api":      {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
+	"events":   {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
+	"dispatch": {"MPSAAS_FUNCTION", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_ACCESS_TOPIC_ARN"},
+}
+
+func build(ctx context.Context, getenv func(string) string, logger *slog.Logger, awsOpts ...func(*awsconfig.LoadOptions) error) (*App, error) {
 	role := getenv("MPSAAS_FUNCTION")
 	if !slices.Contains([]string{"api", "events", "dispatch"}, role) {
 		return nil, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events or dispatch", role)
@@ -79,7 +95,7 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger)
 	if listing != mpsaas.ListingSubscriptions && !mpsaas.IsContract(listing) {
 		return nil, fmt.Errorf("MPSAAS_LISTING %q: want subscriptions, contracts or contracts_with_subscription", listing)
 	}
-	awsCfg, err := awsconfig.LoadDefaultConfig(ctx)
+	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}
@@ -140,7 +156,8 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger)
 			}
 		}
 		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
-			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger}, app.svc)
+			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger,
+			APIOnly: getenv("MPSAAS_WEB_PAGES") == "false"}, app.svc)
 	case "dispatch":
 		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: senders, Logger: logger}
 	}

@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
@@ -72,6 +74,7 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	t.Setenv("AWS_ACCESS_KEY_ID", "local")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
 	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CA_BUNDLE", "") // loopback only; lets the recording HTTP client stand in
 	ctx := context.Background()
 	em := emulator.New(emulator.DefaultConfig())
 	emSrv := httptest.NewServer(em.Handler())
@@ -97,10 +100,12 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 		"MPSAAS_WEBHOOK_URL": hookSrv.URL, "MPSAAS_WEBHOOK_SECRET": hookSecret,
 		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
 	}
+	calls := map[string]*actionRecorder{}
 	fn := func(role string) *App {
 		t.Helper()
 		env["MPSAAS_FUNCTION"] = role
-		app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
+		calls[role] = &actionRecorder{seen: map[string]bool{}}
+		app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler), awsconfig.WithHTTPClient(calls[role]))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -187,6 +192,41 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation revoked]" {
 		t.Errorf("webhooks = %v, want [granted pending-cancellation revoked]", got)
 	}
+	// Every AWS call each function made is one its IAM policy must allow.
+	for role, rec := range calls {
+		for action := range rec.seen {
+			if !slices.Contains(awsActions[role], action) {
+				t.Errorf("the %s function called %s, which awsActions (and so the template's IAM policy) does not list", role, action)
+			}
+		}
+		if len(rec.seen) == 0 {
+			t.Errorf("no AWS calls recorded for %s", role)
+		}
+	}
+}
+
+// actionRecorder is an HTTP client that notes the IAM action of each AWS call.
+type actionRecorder struct {
+	mu   sync.Mutex
+	seen map[string]bool
+}
+
+func (r *actionRecorder) Do(req *http.Request) (*http.Response, error) {
+	action := ""
+	switch target := req.Header.Get("X-Amz-Target"); {
+	case strings.HasPrefix(target, "DynamoDB_20120810."):
+		action = "dynamodb:" + strings.TrimPrefix(target, "DynamoDB_20120810.")
+	case strings.HasPrefix(target, "AWSMPMeteringService.") || strings.HasPrefix(target, "AWSMPEntitlementService."):
+		action = "aws-marketplace:" + target[strings.IndexByte(target, '.')+1:]
+	case strings.HasPrefix(req.URL.Path, "/service/AWSMPEntitlementService/operation/"):
+		action = "aws-marketplace:" + strings.TrimPrefix(req.URL.Path, "/service/AWSMPEntitlementService/operation/")
+	default:
+		action = "unknown:" + req.URL.String()
+	}
+	r.mu.Lock()
+	r.seen[action] = true
+	r.mu.Unlock()
+	return http.DefaultClient.Do(req)
 }
 
 func TestBuildRejectsBadConfiguration(t *testing.T) {

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/awslabs/goformation/v7"
+	"github.com/awslabs/goformation/v7/cloudformation"
+	"github.com/awslabs/goformation/v7/intrinsics"
+)
+
+func openTemplate(t *testing.T, listing string) (*cloudformation.Template, map[string]any) {
+	t.Helper()
+	tmpl, err := goformation.OpenWithOptions("../../template.yaml", &intrinsics.ProcessorOptions{
+		ParameterOverrides: map[string]any{"TypeOfSaaSListing": listing, "ProductCode": "prodcode", "MarketplaceTechAdminEmail": "a@b.example", "RegistrationSecret": strings.Repeat("s", 32)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tmpl.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	return tmpl, raw
+}
+
+var functions = map[string]string{"ApiFunction": "api", "EventsFunction": "events", "DispatchFunction": "dispatch"}
+
+// TestTemplate checks template.yaml against the code: handlers, build
+// targets, environment, IAM and the resources each listing type creates.
+func TestTemplate(t *testing.T) {
+	tmpl, raw := openTemplate(t, "contracts_with_subscription")
+	makefile, err := os.ReadFile("../../Makefile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := tmpl.Globals["Function"]
+	globalsJSON, _ := json.Marshal(g)
+	var globals map[string]any
+	_ = json.Unmarshal(globalsJSON, &globals)
+	if globals["Handler"] != "bootstrap" || globals["Runtime"] != "provided.al2023" || !slices.Equal(toStrings(globals["Architectures"]), []string{"arm64"}) {
+		t.Errorf("function globals = %v, want handler bootstrap on provided.al2023, arm64", globals)
+	}
+	globalEnv := envOf(globals)
+	resources := raw["Resources"].(map[string]any)
+	found := map[string]bool{}
+	for name, f := range tmpl.GetAllServerlessFunctionResources() {
+		role, ok := functions[name]
+		if !ok {
+			t.Errorf("function %s is not known to the code", name)
+			continue
+		}
+		found[name] = true
+		res := resources[name].(map[string]any)
+		if md, _ := res["Metadata"].(map[string]any); md["BuildMethod"] != "makefile" || !strings.Contains(string(makefile), "build-"+name) {
+			t.Errorf("%s: want BuildMethod makefile and a build-%s target in the Makefile", name, name)
+		}
+		env := map[string]bool{}
+		for k := range globalEnv {
+			env[k] = true
+		}
+		if f.Environment != nil {
+			for k, v := range f.Environment.Variables {
+				env[k] = true
+				if k == "MPSAAS_FUNCTION" && v != role {
+					t.Errorf("%s: MPSAAS_FUNCTION = %q, want %q", name, v, role)
+				}
+			}
+		}
+		for k := range env {
+			if !slices.Contains(envVars, k) {
+				t.Errorf("%s sets %s, which the code does not read", name, k)
+			}
+		}
+		for _, k := range requiredEnv[role] {
+			if !env[k] {
+				t.Errorf("%s: %s is not set but the %s role needs it", name, k, role)
+			}
+		}
+		allowed := allowedActions(t, res)
+		for _, a := range awsActions[role] {
+			if !allowed[a] {
+				t.Errorf("%s: the IAM policy does not allow %s, which the %s role calls", name, a, role)
+			}
+		}
+		for a := range allowed {
+			if strings.Contains(a, "*") {
+				t.Errorf("%s: wildcard action %s", name, a)
+			}
+			if !slices.Contains(awsActions[role], a) {
+				t.Errorf("%s: allows %s, which the code never calls (least privilege)", name, a)
+			}
+		}
+	}
+	for name := range functions {
+		if !found[name] {
+			t.Errorf("the template has no %s", name)
+		}
+	}
+	for _, out := range []string{"FulfillmentURL", "LandingPageURL", "APIURL"} {
+		if _, ok := raw["Outputs"].(map[string]any)[out]; !ok {
+			t.Errorf("output %s missing", out)
+		}
+	}
+}
+
+func TestTemplateListingTypes(t *testing.T) {
+	always := []string{"SubscribersTable", "EventsTable", "OutboxTable", "NotificationsQueue", "NotificationsDeadLetterQueue", "AgreementEventsRule", "AccessChangesTopic", "ApiFunction", "EventsFunction", "DispatchFunction"}
+	for listing, want := range map[string][]string{
+		"subscriptions":               {"SubscriptionTopicSubscription"},
+		"contracts":                   {"EntitlementTopicSubscription"},
+		"contracts_with_subscription": {"EntitlementTopicSubscription", "SubscriptionTopicSubscription"},
+	} {
+		tmpl, raw := openTemplate(t, listing)
+		var created []string
+		for name, r := range raw["Resources"].(map[string]any) {
+			cond, _ := r.(map[string]any)["Condition"].(string)
+			if cond == "" || tmpl.Conditions[cond] == true {
+				created = append(created, name)
+			}
+		}
+		for _, name := range append(want, always...) {
+			if !slices.Contains(created, name) {
+				t.Errorf("%s: %s is not created", listing, name)
+			}
+		}
+		for _, topic := range []string{"SubscriptionTopicSubscription", "EntitlementTopicSubscription"} {
+			if slices.Contains(created, topic) && !slices.Contains(want, topic) {
+				t.Errorf("%s: %s is created but the listing does not use that topic", listing, topic)
+			}
+		}
+		if slices.Contains(created, "CrossAccountRole") {
+			t.Errorf("%s: CrossAccountRole created without CreateCrossAccountRole", listing)
+		}
+	}
+}
+
+func envOf(m map[string]any) map[string]any {
+	env, _ := m["Environment"].(map[string]any)
+	vars, _ := env["Variables"].(map[string]any)
+	return vars
+}
+
+func toStrings(v any) []string {
+	var out []string
+	switch x := v.(type) {
+	case string:
+		out = append(out, x)
+	case []any:
+		for _, e := range x {
+			if s, ok := e.(string); ok {
+				out = append(out, s)
+			}
+		}
+	}
+	return out
+}
+
+// allowedActions collects the Allow actions of a function's inline policies.
+func allowedActions(t *testing.T, res map[string]any) map[string]bool {
+	t.Helper()
+	props := res["Properties"].(map[string]any)
+	out := map[string]bool{}
+	policies, _ := props["Policies"].([]any)
+	for _, p := range policies {
+		doc, ok := p.(map[string]any)
+		if !ok {
+			t.Errorf("policy %v is not an inline document (SAM policy templates are not checked)", p)
+			continue
+		}
+		stmts, _ := doc["Statement"].([]any)
+		for _, s := range stmts {
+			st := s.(map[string]any)
+			if st["Effect"] != "Allow" {
+				continue
+			}
+			for _, a := range toStrings(st["Action"]) {
+				out[a] = true
+			}
+		}
+	}
+	return out
+}
