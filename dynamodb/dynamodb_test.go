@@ -4,7 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"os"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -20,13 +20,7 @@ import (
 // skipped, unless MPSAAS_REQUIRE_DYNAMODB=1.
 func MustOpen(t *testing.T) *dynamodb.Store {
 	t.Helper()
-	endpoint := os.Getenv("MPSAAS_DYNAMODB_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("MPSAAS_REQUIRE_DYNAMODB") == "1" {
-			t.Fatal("MPSAAS_REQUIRE_DYNAMODB=1 but MPSAAS_DYNAMODB_ENDPOINT is not set")
-		}
-		t.Skip("set MPSAAS_DYNAMODB_ENDPOINT to a DynamoDB-compatible server (e.g. dynalite) to run")
-	}
+	endpoint := testenv.DynamoDB(t)
 	client := ddb.New(ddb.Options{
 		Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),

@@ -3,8 +3,9 @@ package dynamodb
 import (
 	"context"
 	"encoding/json"
-	"os"
+	"strconv"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
@@ -12,21 +13,18 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 )
 
 // TestOutboxSurvivesACrashBeforeTheCopy: a change written into the
 // subscriber item but never copied (the process died) is delivered anyway.
 func TestOutboxSurvivesACrashBeforeTheCopy(t *testing.T) {
-	endpoint := os.Getenv("MPSAAS_DYNAMODB_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("MPSAAS_REQUIRE_DYNAMODB") == "1" {
-			t.Fatal("MPSAAS_REQUIRE_DYNAMODB=1 but MPSAAS_DYNAMODB_ENDPOINT is not set")
-		}
-		t.Skip("set MPSAAS_DYNAMODB_ENDPOINT to run")
-	}
+	endpoint := testenv.DynamoDB(t)
 	ctx := context.Background()
 	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	st := New(client, Tables{Subscribers: "CrashSubs", Events: "CrashEvents", Outbox: "CrashOutbox"})
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	subs := "CrashSubs" + suffix
+	st := New(client, Tables{Subscribers: subs, Events: "CrashEvents" + suffix, Outbox: "CrashOutbox" + suffix})
 	if err := st.CreateTables(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -37,7 +35,7 @@ func TestOutboxSurvivesACrashBeforeTheCopy(t *testing.T) {
 	// What SaveSubscriber writes before it copies: the entry in the item.
 	entry, _ := json.Marshal(outboxEntry{Channel: mpsaas.ChannelWebhook, IdempotencyKey: "CRASH1:1", Payload: `{"access":"granted"}`})
 	_, err := client.UpdateItem(ctx, &ddb.UpdateItemInput{
-		TableName: aws.String("CrashSubs"), Key: map[string]types.AttributeValue{"customerIdentifier": sv("CRASH1")},
+		TableName: aws.String(subs), Key: map[string]types.AttributeValue{"customerIdentifier": sv("CRASH1")},
 		UpdateExpression:          aws.String("SET pendingOutbox = :l, outboxPending = :one, outboxSeq = :n"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{":l": &types.AttributeValueMemberL{Value: []types.AttributeValue{sv(string(entry))}}, ":one": sv("1"), ":n": nv(1)},
 	})

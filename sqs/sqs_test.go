@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	sqstypes "github.com/aws/aws-sdk-go-v2/service/sqs/types"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/sqs"
 	"github.com/mpsaas/mpsaas/subscription"
@@ -28,13 +28,7 @@ import (
 // (goaws in CI); without it the tests are skipped unless MPSAAS_REQUIRE_SQS=1.
 func clients(t *testing.T) (*awssqs.Client, *awssns.Client) {
 	t.Helper()
-	endpoint := os.Getenv("MPSAAS_SQS_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("MPSAAS_REQUIRE_SQS") == "1" {
-			t.Fatal("MPSAAS_REQUIRE_SQS=1 but MPSAAS_SQS_ENDPOINT is not set")
-		}
-		t.Skip("set MPSAAS_SQS_ENDPOINT to an SQS/SNS-compatible server (e.g. goaws) to run")
-	}
+	endpoint := testenv.SQS(t)
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""), BaseEndpoint: aws.String(endpoint)}
 	// goaws speaks SQS's Query protocol; current SDKs default to JSON.
 	return awssqs.NewFromConfig(cfg, sqs.QueryProtocol), awssns.NewFromConfig(cfg)

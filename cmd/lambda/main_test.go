@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
-	"os"
 	"regexp"
 	"slices"
 	"strings"
@@ -27,6 +26,7 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/webhook"
 )
 
@@ -64,13 +64,7 @@ func (s *sink) accesses() []mpsaas.Access {
 // handlers, invoked with real event shapes (HTTP API, SQS, EventBridge,
 // scheduled), on DynamoDB (dynalite) and the emulator.
 func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
-	endpoint := os.Getenv("MPSAAS_DYNAMODB_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("MPSAAS_REQUIRE_DYNAMODB") == "1" {
-			t.Fatal("MPSAAS_REQUIRE_DYNAMODB=1 but MPSAAS_DYNAMODB_ENDPOINT is not set")
-		}
-		t.Skip("set MPSAAS_DYNAMODB_ENDPOINT to a DynamoDB-compatible server (e.g. dynalite) to run")
-	}
+	endpoint := testenv.DynamoDB(t)
 	t.Setenv("AWS_ACCESS_KEY_ID", "local")
 	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
 	t.Setenv("AWS_REGION", "us-east-1")

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
 )
 
@@ -25,13 +25,7 @@ import (
 // serve through a real SQS-compatible queue (goaws), and access changes go
 // out on an SNS topic as well as the webhook.
 func TestServeConsumesSQSAndPublishesToSNS(t *testing.T) {
-	endpoint := os.Getenv("MPSAAS_SQS_ENDPOINT")
-	if endpoint == "" {
-		if os.Getenv("MPSAAS_REQUIRE_SQS") == "1" {
-			t.Fatal("MPSAAS_REQUIRE_SQS=1 but MPSAAS_SQS_ENDPOINT is not set")
-		}
-		t.Skip("set MPSAAS_SQS_ENDPOINT to an SQS/SNS-compatible server (e.g. goaws) to run")
-	}
+	endpoint := testenv.SQS(t)
 	ctx := context.Background()
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""), BaseEndpoint: aws.String(endpoint)}
 	sq, sn := awssqs.NewFromConfig(cfg, mpsaassqs.QueryProtocol), awssns.NewFromConfig(cfg)
