@@ -19,7 +19,7 @@ const licenseKeyPrefix = "license:"
 
 // subscriberItem maps a subscriber to the sample stack's item format plus
 // mpsaas's attributes.
-func subscriberItem(s *mpsaas.Subscriber, listing bool, now time.Time) (map[string]types.AttributeValue, error) {
+func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.AttributeValue, error) {
 	ents, err := json.Marshal(s.Entitlements)
 	if err != nil {
 		return nil, err
@@ -57,7 +57,6 @@ func subscriberItem(s *mpsaas.Subscriber, listing bool, now time.Time) (map[stri
 	if !s.CreatedAt.IsZero() {
 		item["created"] = sv(s.CreatedAt.Format(time.RFC3339))
 	}
-	_ = listing
 	return item, nil
 }
 
@@ -172,7 +171,7 @@ func (s *Store) SaveSubscriber(ctx context.Context, sub *mpsaas.Subscriber, chan
 	}
 	withCreated := *sub
 	withCreated.CreatedAt = created
-	item, err := subscriberItem(&withCreated, false, now)
+	item, err := subscriberItem(&withCreated, now)
 	if err != nil {
 		return err
 	}
