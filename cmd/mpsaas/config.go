@@ -50,6 +50,7 @@ type Config struct {
 	HeartbeatDimension  string
 	MeterConcurrencyTxt string
 
+	EmulatorURL    string
 	SQSQueueURL    string
 	SQSEndpoint    string
 	AccessTopicArn string
@@ -88,6 +89,7 @@ func (c *Config) settings() []setting {
 		{name: "admin-email", env: "MPSAAS_ADMIN_EMAIL", usage: "seller admin address copied on every access change (MarketplaceTechAdminEmail)", ptr: &c.AdminEmail},
 		{name: "emulator", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on unless AWS credentials or endpoints are configured)", ptr: &c.Emulator},
 		{name: "emulator-addr", env: "MPSAAS_EMULATOR_ADDR", def: "localhost:8081", usage: "address the embedded emulator and buyer simulator listen on", ptr: &c.EmulatorAddr},
+		{name: "emulator-url", env: "MPSAAS_EMULATOR_URL", usage: "a running `mpsaas emulator` to use instead of the embedded one: its API endpoints and its notifications", ptr: &c.EmulatorURL},
 		{name: "metering-endpoint", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
 		{name: "entitlement-endpoint", env: "MPSAAS_ENTITLEMENT_ENDPOINT", usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
 		{name: "region", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
@@ -191,6 +193,18 @@ func (c *Config) Validate() error {
 		if len(k) < 16 {
 			errs = append(errs, errors.New("MPSAAS_USAGE_API_KEYS: each key must be at least 16 characters"))
 			break
+		}
+	}
+	if c.EmulatorURL != "" {
+		if u, err := url.Parse(c.EmulatorURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			errs = append(errs, fmt.Errorf("MPSAAS_EMULATOR_URL %q: want the emulator's URL, such as http://localhost:8081", c.EmulatorURL))
+		}
+		c.EmulatorURL = strings.TrimRight(c.EmulatorURL, "/")
+		if c.MeteringEndpoint == "" {
+			c.MeteringEndpoint = c.EmulatorURL
+		}
+		if c.EntitlementEndpoint == "" {
+			c.EntitlementEndpoint = c.EmulatorURL
 		}
 	}
 	if c.SQSQueueURL != "" {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -119,11 +120,12 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("emulator", "emulator", "")}
 		mpOpts = marketplace.Options{MeteringEndpoint: emURL, EntitlementEndpoint: emURL}
 	} else {
-		if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
+		local := cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == ""
+		if local {
+			// Endpoint overrides without AWS credentials: an emulator, which accepts any signature.
+			awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
+		} else if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
 			return nil, fmt.Errorf("load AWS configuration: %w", err)
-		}
-		if cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && awsCfg.Credentials == nil {
-			awsCfg.Credentials = credentials.NewStaticCredentialsProvider("local", "local", "")
 		}
 	}
 
@@ -270,6 +272,9 @@ func (a *App) PrintBanner(w io.Writer) {
 	if a.em != nil {
 		fmt.Fprintf(w, "  Buyer simulator:   %s/emulator/   <- open this to subscribe as a buyer\n", a.EmulatorURL())
 		fmt.Fprintf(w, "  Marketplace API:   %s (AWS Marketplace emulator)\n", a.EmulatorURL())
+	} else if a.cfg.EmulatorURL != "" {
+		fmt.Fprintf(w, "  Buyer simulator:   %s/emulator/\n", a.cfg.EmulatorURL)
+		fmt.Fprintf(w, "  Marketplace API:   %s (standalone emulator)\n", a.cfg.EmulatorURL)
 	} else {
 		fmt.Fprintf(w, "  Marketplace API:   AWS (region %s)\n", a.cfg.Region)
 	}
@@ -308,6 +313,9 @@ func (a *App) Run(ctx context.Context) error {
 	if a.poller != nil {
 		wg.Go(func() { a.poller.Run(workCtx) })
 	}
+	if a.cfg.EmulatorURL != "" {
+		wg.Go(func() { a.followEmulator(workCtx) })
+	}
 	if a.em != nil {
 		wg.Go(func() {
 			t := time.NewTicker(time.Second)
@@ -341,6 +349,55 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Wait()
 	a.close()
 	return runErr
+}
+
+// followEmulator takes the notifications of a standalone `mpsaas emulator`
+// from its control API onto the durable local queue. After a restart it
+// reads them all again; events are stored once by id, so that is harmless.
+func (a *App) followEmulator(ctx context.Context) {
+	after := 0
+	client := &http.Client{Timeout: 10 * time.Second}
+	for {
+		n, err := a.pullEmulator(ctx, client, &after)
+		if err != nil && ctx.Err() == nil {
+			a.log.Warn("reading emulator notifications", "url", a.cfg.EmulatorURL, "err", err)
+		}
+		if n > 0 {
+			wake(a.wakeQ)
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (a *App) pullEmulator(ctx context.Context, client *http.Client, after *int) (int, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("%s/emulator/api/notifications?after=%d", a.cfg.EmulatorURL, *after), nil)
+	if err != nil {
+		return 0, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return 0, fmt.Errorf("status %d", resp.StatusCode)
+	}
+	var ns []emulator.Notification
+	if err := json.NewDecoder(resp.Body).Decode(&ns); err != nil {
+		return 0, err
+	}
+	for _, n := range ns {
+		if err := a.db.Enqueue(ctx, n.Body); err != nil {
+			return 0, err
+		}
+		*after = n.Seq
+	}
+	return len(ns), nil
 }
 
 // meterLoop runs metering at start and then every interval.
