@@ -37,11 +37,18 @@ type Tables struct {
 	Subscribers string
 	Events      string
 	Outbox      string
+	// Metering: usage records, ingestion requests (and id counters), hourly
+	// meter records and BatchMeterUsage batches.
+	Usage         string
+	UsageRequests string
+	MeterRecords  string
+	MeterBatches  string
 }
 
 // DefaultTables are the sample stack's subscriber table and mpsaas's own.
 func DefaultTables() Tables {
-	return Tables{Subscribers: "AWSMarketplaceSubscribers", Events: "MpsaasEvents", Outbox: "MpsaasOutbox"}
+	return Tables{Subscribers: "AWSMarketplaceSubscribers", Events: "MpsaasEvents", Outbox: "MpsaasOutbox",
+		Usage: "MpsaasUsage", UsageRequests: "MpsaasUsageRequests", MeterRecords: "MpsaasMeterRecords", MeterBatches: "MpsaasMeterBatches"}
 }
 
 // Index names.
@@ -86,7 +93,7 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	gsi := func(name string, keys []types.KeySchemaElement) types.GlobalSecondaryIndex {
 		return types.GlobalSecondaryIndex{IndexName: aws.String(name), KeySchema: keys, Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll}}
 	}
-	for _, in := range []*ddb.CreateTableInput{
+	if err := s.createTables(ctx, []*ddb.CreateTableInput{
 		{
 			TableName:            aws.String(s.tables.Subscribers),
 			AttributeDefinitions: []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending")},
@@ -117,7 +124,17 @@ func (s *Store) CreateTables(ctx context.Context) error {
 				}),
 			},
 		},
-	} {
+	}); err != nil {
+		return err
+	}
+	if s.tables.Usage == "" {
+		return nil // a store without metering
+	}
+	return s.createMeteringTables(ctx)
+}
+
+func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput) error {
+	for _, in := range inputs {
 		in.BillingMode = types.BillingModePayPerRequest
 		if _, err := s.client.CreateTable(ctx, in); err != nil {
 			var inUse *types.ResourceInUseException

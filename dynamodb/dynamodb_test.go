@@ -28,7 +28,8 @@ func MustOpen(t *testing.T) *dynamodb.Store {
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
-	st := dynamodb.New(client, dynamodb.Tables{Subscribers: "Subscribers-" + suffix, Events: "Events-" + suffix, Outbox: "Outbox-" + suffix})
+	st := dynamodb.New(client, dynamodb.Tables{Subscribers: "Subscribers-" + suffix, Events: "Events-" + suffix, Outbox: "Outbox-" + suffix,
+		Usage: "Usage-" + suffix, UsageRequests: "UsageRequests-" + suffix, MeterRecords: "MeterRecords-" + suffix, MeterBatches: "MeterBatches-" + suffix})
 	if err := st.CreateTables(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -37,4 +38,8 @@ func MustOpen(t *testing.T) *dynamodb.Store {
 
 func TestStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store { return MustOpen(t) })
+}
+
+func TestMeterStore(t *testing.T) {
+	storetest.RunMetering(t, func(t *testing.T) storetest.MeterStore { return MustOpen(t) })
 }
