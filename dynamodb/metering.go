@@ -708,16 +708,18 @@ func (s *Store) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome
 				continue
 			}
 			vals := map[string]types.AttributeValue{":s": sv(o.State), ":b": nv(b.BatchID), ":batched": sv(mpsaas.UsageBatched), ":now": nv(timeN(now))}
+			names := map[string]string{"#s": "state"}
 			expr := "SET #s = :s, updatedAt = :now"
 			for name, v := range map[string]string{"meteringRecordId": o.MeteringRecordID, "reason": o.Reason, "response": o.Response} {
 				if v != "" {
-					vals[":"+name] = sv(v)
-					expr += ", " + name + " = :" + name
+					// "response" is a DynamoDB reserved word: always use placeholders.
+					vals[":"+name], names["#"+name] = sv(v), name
+					expr += ", #" + name + " = :" + name
 				}
 			}
 			_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterRecords),
 				Key: map[string]types.AttributeValue{"key": item.Items[0]["key"]}, UpdateExpression: aws.String(expr),
-				ConditionExpression: aws.String("batchId = :b AND #s = :batched"), ExpressionAttributeNames: map[string]string{"#s": "state"},
+				ConditionExpression: aws.String("batchId = :b AND #s = :batched"), ExpressionAttributeNames: names,
 				ExpressionAttributeValues: vals})
 			if err != nil && !isConditionFailed(err) {
 				return fmt.Errorf("finish meter record %d: %w", o.MeterRecordID, err)

@@ -186,7 +186,8 @@ func testBatches(t *testing.T, st MeterStore) {
 	// First batch billed; second half-processed and retried later; third split.
 	var outcomes []mpsaas.RecordOutcome
 	for _, r := range batches[0].Records {
-		outcomes = append(outcomes, mpsaas.RecordOutcome{MeterRecordID: r.ID, State: mpsaas.UsageBilled, MeteringRecordID: fmt.Sprint("mr-", r.ID)})
+		outcomes = append(outcomes, mpsaas.RecordOutcome{MeterRecordID: r.ID, State: mpsaas.UsageBilled, MeteringRecordID: fmt.Sprint("mr-", r.ID),
+			Response: `{"Status":"Success"}`})
 	}
 	half := []mpsaas.RecordOutcome{{MeterRecordID: batches[1].Records[0].ID, State: mpsaas.UsageRejected, Reason: "CustomerNotSubscribed"}}
 	if err := st.FinishBatches(ctx, []mpsaas.BatchOutcome{

@@ -5,6 +5,7 @@
 //	api       HTTP API: fulfillment URL, registration page and API, status page
 //	events    SQS batches of Marketplace SNS messages, and EventBridge agreement/license events
 //	dispatch  scheduled: deliver queued access changes (webhook, SNS topic)
+//	meter     scheduled: seal closed hours and send usage with BatchMeterUsage
 //
 // Each is a thin adapter (package awslambda) over the services `mpsaas serve`
 // uses; storage is DynamoDB.
@@ -19,6 +20,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-lambda-go/lambda"
@@ -31,6 +33,7 @@ import (
 	"github.com/mpsaas/mpsaas/awslambda"
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/metering"
 	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
@@ -55,6 +58,7 @@ type App struct {
 	svc        *subscription.Service
 	web        *web.Server
 	dispatcher *worker.Dispatcher
+	meter      *metering.Service
 	logger     *slog.Logger
 }
 
@@ -65,13 +69,17 @@ var envVars = []string{
 	"MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE",
 	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
+	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
+	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
 // IAM policies must allow them (checked by TestTemplate, and recorded from
 // the real calls by TestBuyerJourneyThroughLambdaHandlers).
 var awsActions = map[string][]string{
-	"api":      {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
+	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
+	"meter":    {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "aws-marketplace:BatchMeterUsage"},
 	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
 	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish"},
 }
@@ -81,12 +89,14 @@ var requiredEnv = map[string][]string{
 	"api":      {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
 	"events":   {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
 	"dispatch": {"MPSAAS_FUNCTION", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_ACCESS_TOPIC_ARN"},
+	"meter": {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE",
+		"MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE"},
 }
 
 func build(ctx context.Context, getenv func(string) string, logger *slog.Logger, awsOpts ...func(*awsconfig.LoadOptions) error) (*App, error) {
 	role := getenv("MPSAAS_FUNCTION")
-	if !slices.Contains([]string{"api", "events", "dispatch"}, role) {
-		return nil, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events or dispatch", role)
+	if !slices.Contains([]string{"api", "events", "dispatch", "meter"}, role) {
+		return nil, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events, dispatch or meter", role)
 	}
 	listing := getenv("MPSAAS_LISTING")
 	if listing == "" {
@@ -108,7 +118,9 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	for _, t := range []struct {
 		env string
 		dst *string
-	}{{"MPSAAS_SUBSCRIBERS_TABLE", &tables.Subscribers}, {"MPSAAS_EVENTS_TABLE", &tables.Events}, {"MPSAAS_OUTBOX_TABLE", &tables.Outbox}} {
+	}{{"MPSAAS_SUBSCRIBERS_TABLE", &tables.Subscribers}, {"MPSAAS_EVENTS_TABLE", &tables.Events}, {"MPSAAS_OUTBOX_TABLE", &tables.Outbox},
+		{"MPSAAS_USAGE_TABLE", &tables.Usage}, {"MPSAAS_USAGE_REQUESTS_TABLE", &tables.UsageRequests},
+		{"MPSAAS_METER_RECORDS_TABLE", &tables.MeterRecords}, {"MPSAAS_METER_BATCHES_TABLE", &tables.MeterBatches}} {
 		if v := getenv(t.env); v != "" {
 			*t.dst = v
 		}
@@ -139,9 +151,12 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 		}
 	}
 	app := &App{role: role, logger: logger}
+	mp := marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")})
+	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
+		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION")}
 	app.svc = &subscription.Service{
 		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
-		Marketplace: marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")}),
+		Marketplace: mp,
 	}
 	switch role {
 	case "api":
@@ -158,6 +173,13 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
 			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger,
 			APIOnly: getenv("MPSAAS_WEB_PAGES") == "false"}, app.svc)
+		var keys []string
+		for _, k := range strings.Split(getenv("MPSAAS_USAGE_API_KEYS"), ",") {
+			if k = strings.TrimSpace(k); k != "" {
+				keys = append(keys, k)
+			}
+		}
+		(&web.UsageAPI{Keys: keys, Metering: app.meter, Ledger: store, Logger: logger}).Register(app.web)
 	case "dispatch":
 		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: senders, Logger: logger}
 	}
@@ -171,6 +193,8 @@ func (a *App) handler() any {
 		return awslambda.HTTPHandler(a.web)
 	case "events":
 		return a.handleEvent
+	case "meter":
+		return awslambda.ScheduledHandler(a.meterRun)
 	default:
 		return awslambda.ScheduledHandler(a.dispatchAll)
 	}
@@ -190,6 +214,25 @@ func (a *App) handleEvent(ctx context.Context, raw json.RawMessage) (any, error)
 		return awslambda.SQSHandler(a.svc, a.logger)(ctx, ev)
 	}
 	return nil, awslambda.EventBridgeHandler(a.svc)(ctx, raw)
+}
+
+// meterRun seals closed hours and sends what is due, again while work is
+// outstanding and the invocation has time left (retries wait for the next one).
+func (a *App) meterRun(ctx context.Context) error {
+	for {
+		res, err := a.meter.Run(ctx)
+		if err != nil {
+			return err
+		}
+		a.logger.InfoContext(ctx, "metering run", "sealed", res.Sealed, "calls", res.Calls, "billed", res.Billed,
+			"rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying)
+		if res.Calls == 0 || res.Retrying > 0 {
+			return nil
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 10*time.Second {
+			return nil
+		}
+	}
 }
 
 // dispatchAll delivers every due access change.

@@ -83,7 +83,8 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	hookSrv := httptest.NewServer(hooks)
 	defer hookSrv.Close()
 	suffix := fmt.Sprint(time.Now().UnixNano())
-	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix}
+	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix,
+		Usage: "Usage" + suffix, UsageRequests: "UsageReq" + suffix, MeterRecords: "Meter" + suffix, MeterBatches: "Batches" + suffix}
 	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
 	if err := dynamodb.New(client, tables).CreateTables(ctx); err != nil {
 		t.Fatal(err)
@@ -93,6 +94,9 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
 		"MPSAAS_WEBHOOK_URL": hookSrv.URL, "MPSAAS_WEBHOOK_SECRET": hookSecret,
 		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
+		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
+		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
+		"MPSAAS_USAGE_API_KEYS": "lambda-usage-key-0123456789",
 	}
 	calls := map[string]*actionRecorder{}
 	fn := func(role string) *App {
@@ -105,7 +109,7 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 		}
 		return app
 	}
-	api, evs, disp := fn("api"), fn("events"), fn("dispatch")
+	api, evs, disp, meter := fn("api"), fn("events"), fn("dispatch"), fn("meter")
 	apiHandler := api.handler().(func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error))
 	dispatch := disp.handler().(func(context.Context, events.EventBridgeEvent) error)
 	post := func(path, form string) events.APIGatewayV2HTTPResponse {
@@ -167,6 +171,31 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	}
 	if got := hooks.accesses(); fmt.Sprint(got) != "[granted]" {
 		t.Fatalf("webhooks after registration = %v, want [granted]", got)
+	}
+	// The seller's app reports usage through the API; the meter function bills it.
+	var granted mpsaas.AccessChange
+	hooks.mu.Lock()
+	granted = hooks.changes[0]
+	hooks.mu.Unlock()
+	usageHour := mpsaas.Hour(time.Now()).Add(-2 * time.Hour)
+	usage := fmt.Sprintf(`{"idempotencyKey":"job-1","records":[{"customer":%q,"dimension":"users","quantity":7,"time":%q},{"customer":%q,"dimension":"users","quantity":5,"time":%q}]}`,
+		granted.Subscriber.Key, usageHour.Add(time.Minute).Format(time.RFC3339), granted.Subscriber.Key, usageHour.Add(2*time.Minute).Format(time.RFC3339))
+	for i := 0; i < 2; i++ { // a retried POST counts once
+		ev := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: "/v1/usage", Body: usage,
+			Headers: map[string]string{"content-type": "application/json", "authorization": "Bearer lambda-usage-key-0123456789"}}
+		ev.RequestContext.HTTP.Method = "POST"
+		res, err := apiHandler(ctx, ev)
+		if err != nil || (res.StatusCode != 202 && res.StatusCode != 200) {
+			t.Fatalf("POST /v1/usage: %d %s %v", res.StatusCode, res.Body, err)
+		}
+	}
+	meterRun := meter.handler().(func(context.Context, events.EventBridgeEvent) error)
+	if err := meterRun(ctx, events.EventBridgeEvent{DetailType: "Scheduled Event"}); err != nil {
+		t.Fatal(err)
+	}
+	billed := em.Billed("123456789012")
+	if len(billed) != 1 || billed[0].Quantity != 12 || !billed[0].Hour.Equal(usageHour) {
+		t.Fatalf("billed = %+v, want 12 users in %s", billed, usageHour)
 	}
 	// The buyer cancels: EventBridge delivers the agreement and license events.
 	seq := len(em.Notifications(0))

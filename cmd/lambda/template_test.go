@@ -31,7 +31,7 @@ func openTemplate(t *testing.T, listing string) (*cloudformation.Template, map[s
 	return tmpl, raw
 }
 
-var functions = map[string]string{"ApiFunction": "api", "EventsFunction": "events", "DispatchFunction": "dispatch"}
+var functions = map[string]string{"ApiFunction": "api", "EventsFunction": "events", "DispatchFunction": "dispatch", "MeterFunction": "meter"}
 
 // TestTemplate checks template.yaml against the code: handlers, build
 // targets, environment, IAM and the resources each listing type creates.
@@ -112,7 +112,7 @@ func TestTemplate(t *testing.T) {
 }
 
 func TestTemplateListingTypes(t *testing.T) {
-	always := []string{"SubscribersTable", "EventsTable", "OutboxTable", "NotificationsQueue", "NotificationsDeadLetterQueue", "AgreementEventsRule", "AccessChangesTopic", "ApiFunction", "EventsFunction", "DispatchFunction"}
+	always := []string{"SubscribersTable", "EventsTable", "OutboxTable", "UsageTable", "UsageRequestsTable", "MeterRecordsTable", "MeterBatchesTable", "MeterFunction", "NotificationsQueue", "NotificationsDeadLetterQueue", "AgreementEventsRule", "AccessChangesTopic", "ApiFunction", "EventsFunction", "DispatchFunction"}
 	for listing, want := range map[string][]string{
 		"subscriptions":               {"SubscriptionTopicSubscription"},
 		"contracts":                   {"EntitlementTopicSubscription"},
