@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/dynamodb"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/testenv"
+	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/subscription"
+)
+
+// TestMeteringFaultsThroughLambda meters usage with the meter function's
+// handler on DynamoDB (dynalite) while the emulator throttles, fails before
+// and after processing, delays and leaves records unprocessed, and while
+// invocations are cut off at random moments (a Lambda timeout). Every
+// (buyer, dimension, hour) must be billed exactly the ingested quantity.
+func TestMeteringFaultsThroughLambda(t *testing.T) {
+	endpoint := testenv.DynamoDB(t)
+	t.Setenv("AWS_ACCESS_KEY_ID", "local")
+	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
+	t.Setenv("AWS_REGION", "us-east-1")
+	t.Setenv("AWS_CA_BUNDLE", "")
+	ctx := context.Background()
+	em := emulator.New(emulator.DefaultConfig())
+	emSrv := httptest.NewServer(em.Handler())
+	defer emSrv.Close()
+	for _, p := range []emulator.Product{
+		{Code: "fault-legacy", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
+		{Code: "fault-license", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
+	} {
+		if _, err := em.AddProduct(p); err != nil {
+			t.Fatal(err)
+		}
+	}
+	suffix := fmt.Sprint(time.Now().UnixNano())
+	tables := dynamodb.Tables{Subscribers: "FSubs" + suffix, Events: "FEvents" + suffix, Outbox: "FOutbox" + suffix,
+		Usage: "FUsage" + suffix, UsageRequests: "FUsageReq" + suffix, MeterRecords: "FMeter" + suffix, MeterBatches: "FBatches" + suffix}
+	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
+	store := dynamodb.New(client, tables)
+	if err := store.CreateTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{
+		"MPSAAS_FUNCTION": "meter", "MPSAAS_LISTING": "subscriptions",
+		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
+		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
+		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
+		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
+	}
+	app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app.meter.MaxBackoff = time.Millisecond // retries are due by the next invocation
+
+	// 30 buyers, registered through the subscription workflow on DynamoDB.
+	subs := &subscription.Service{Store: store, Marketplace: app.svc.Marketplace, Listing: mpsaas.ListingSubscriptions}
+	var keys []string
+	account := map[string]string{}
+	for i := 0; i < 30; i++ {
+		b, err := em.AddBuyer(emulator.Buyer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: []string{"fault-legacy", "fault-license"}[i%2], BuyerAccountID: b.AccountID})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sub, err := subs.RegisterWithToken(ctx, res.Token, mpsaas.Contact{CompanyName: "C", ContactPerson: "P", ContactPhone: "+1 555 0100", ContactEmail: "p@c.example"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, sub.Key)
+		account[sub.Key] = b.AccountID
+	}
+	// 1,500 usage records over three closed hours.
+	rng := rand.New(rand.NewPCG(3, 5))
+	ingest := &metering.Service{Store: store, Subscribers: store}
+	want := map[string]int64{}
+	var recs []mpsaas.Usage
+	for i := 0; i < 1500; i++ {
+		k := keys[rng.IntN(len(keys))]
+		dim := []string{"users", "requests"}[rng.IntN(2)]
+		ts := mpsaas.Hour(time.Now()).Add(-time.Duration(2+rng.IntN(3)) * time.Hour).Add(time.Duration(rng.IntN(3600)) * time.Second)
+		q := int64(rng.IntN(50))
+		recs = append(recs, mpsaas.Usage{Customer: k, Dimension: dim, Quantity: q, Time: ts})
+		want[fmt.Sprintf("%s/%s/%d", account[k], dim, mpsaas.Hour(ts).Unix())] += q
+	}
+	for i := 0; i < len(recs); i += 500 {
+		if _, err := ingest.Ingest(ctx, mpsaas.UsageRequest{IdempotencyKey: fmt.Sprint("load-", i), Records: recs[i : i+500]}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	em.Faults.Seed(11)
+	for _, f := range []emulator.Fault{
+		{Operation: "BatchMeterUsage", Error: "ThrottlingException", Rate: 0.15},
+		{Operation: "BatchMeterUsage", Error: "InternalServiceErrorException", Rate: 0.1, AfterProcessing: true},
+		{Operation: "BatchMeterUsage", Error: "ServiceUnavailable", Rate: 0.05},
+		{Operation: "BatchMeterUsage", Latency: emulator.Duration(20 * time.Millisecond), Rate: 0.2},
+		{Operation: "BatchMeterUsage", UnprocessedRate: 0.05},
+	} {
+		if err := em.Faults.Add(f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	handler := app.handler().(func(context.Context, events.EventBridgeEvent) error)
+	cutoffs := 0
+	for invocation := 0; invocation < 200; invocation++ {
+		ictx, cancel := context.WithCancel(ctx)
+		if invocation < 8 { // the first invocations time out at random moments
+			time.AfterFunc(time.Duration(50+rng.IntN(400))*time.Millisecond, cancel)
+		}
+		err := handler(ictx, events.EventBridgeEvent{DetailType: "Scheduled Event"})
+		cancel()
+		if errors.Is(err, context.Canceled) || (err != nil && strings.Contains(err.Error(), "context canceled")) {
+			cutoffs++
+		} else if err != nil {
+			t.Fatalf("invocation %d: %v", invocation, err)
+		}
+		more, err := app.meter.Outstanding(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !more && invocation >= 8 {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	got := map[string]int64{}
+	resent := 0
+	for _, b := range em.Billed("") {
+		k := fmt.Sprintf("%s/%s/%d", b.BuyerAccountID, b.Dimension, b.Hour.Unix())
+		if _, dup := got[k]; dup {
+			t.Errorf("%s billed twice", k)
+		}
+		got[k] = b.Quantity
+		if b.Calls > 1 {
+			resent++
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed %d keys, ingested %d keys; they differ:\n got %v\nwant %v", len(got), len(want), got, want)
+	}
+	t.Logf("lambda metering under faults: %d usage records, %d keys billed exactly, %d invocations cut off, %d BatchMeterUsage calls, %d keys resent and deduplicated",
+		len(recs), len(got), cutoffs, em.Calls()["BatchMeterUsage"], resent)
+}
