@@ -15,6 +15,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/sesv2"
+	sestypes "github.com/aws/aws-sdk-go-v2/service/sesv2/types"
+
 	"github.com/mpsaas/mpsaas"
 )
 
@@ -109,4 +113,45 @@ func message(c mpsaas.AccessChange, product string) (subject, body string) {
 	default:
 		return product + ": access ended", fmt.Sprintf("Hello %s,\n\nyour %s subscription has ended and access has been removed. You can subscribe again on AWS Marketplace at any time.\n", name, product)
 	}
+}
+
+// SESSender emails access changes with Amazon SES (the serverless
+// deployment's MarketplaceSellerEmail): to the buyer's contact, with a copy
+// to the seller's admin.
+type SESSender struct {
+	Client      *sesv2.Client
+	From        string // a verified SES identity
+	AdminEmail  string
+	ProductName string
+}
+
+// Send emails one change.
+func (s *SESSender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
+	var c mpsaas.AccessChange
+	if err := json.Unmarshal(m.Payload, &c); err != nil {
+		return fmt.Errorf("decode access change %s: %w", m.IdempotencyKey, err)
+	}
+	dest := &sestypes.Destination{}
+	if c.Subscriber.ContactEmail != "" {
+		dest.ToAddresses = []string{c.Subscriber.ContactEmail}
+	}
+	if s.AdminEmail != "" {
+		dest.BccAddresses = []string{s.AdminEmail}
+	}
+	if len(dest.ToAddresses)+len(dest.BccAddresses) == 0 {
+		return nil
+	}
+	subject, text := message(c, s.ProductName)
+	_, err := s.Client.SendEmail(ctx, &sesv2.SendEmailInput{
+		FromEmailAddress: aws.String(s.From),
+		Destination:      dest,
+		Content: &sestypes.EmailContent{Simple: &sestypes.Message{
+			Subject: &sestypes.Content{Data: aws.String(subject), Charset: aws.String("UTF-8")},
+			Body:    &sestypes.Body{Text: &sestypes.Content{Data: aws.String(text), Charset: aws.String("UTF-8")}},
+		}},
+	})
+	if err != nil {
+		return fmt.Errorf("SES send %s: %w", m.IdempotencyKey, err)
+	}
+	return nil
 }

@@ -5,10 +5,16 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/sesv2"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/notify"
@@ -112,5 +118,39 @@ func TestSMTPSenderUnreachable(t *testing.T) {
 	payload, _ := json.Marshal(mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessRevoked})
 	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err == nil {
 		t.Error("Send to a closed port succeeded; want an error so the outbox retries")
+	}
+}
+
+func TestSESSender(t *testing.T) {
+	var got struct {
+		FromEmailAddress string
+		Destination      struct{ ToAddresses, BccAddresses []string }
+		Content          struct {
+			Simple struct {
+				Subject struct{ Data string }
+				Body    struct{ Text struct{ Data string } }
+			}
+		}
+	}
+	var path string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		path = r.URL.Path
+		_ = json.NewDecoder(r.Body).Decode(&got)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"MessageId":"m-1"}`))
+	}))
+	defer srv.Close()
+	client := sesv2.New(sesv2.Options{Region: "us-east-1", BaseEndpoint: aws.String(srv.URL), Credentials: credentials.NewStaticCredentialsProvider("a", "b", "")})
+	s := &notify.SESSender{Client: client, From: "seller@seller.example", AdminEmail: "admin@seller.example", ProductName: "Widgets"}
+	c := mpsaas.AccessChange{IdempotencyKey: "K:2", Access: mpsaas.AccessRevoked, Version: 2,
+		Subscriber: mpsaas.SubscriberDTO{Key: "K", Contact: mpsaas.Contact{ContactPerson: "Ann", ContactEmail: "ann@buyer.example"}}}
+	payload, _ := json.Marshal(c)
+	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:2", Payload: payload}); err != nil {
+		t.Fatal(err)
+	}
+	if path != "/v2/email/outbound-emails" || got.FromEmailAddress != "seller@seller.example" ||
+		strings.Join(got.Destination.ToAddresses, ",") != "ann@buyer.example" || strings.Join(got.Destination.BccAddresses, ",") != "admin@seller.example" ||
+		got.Content.Simple.Subject.Data != "Widgets: access ended" || !strings.Contains(got.Content.Simple.Body.Text.Data, "Hello Ann") {
+		t.Errorf("SES request %s: %+v", path, got)
 	}
 }

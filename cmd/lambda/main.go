@@ -27,6 +27,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/sesv2"
 	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/mpsaas/mpsaas"
@@ -34,6 +35,7 @@ import (
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/notify"
 	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
@@ -70,7 +72,7 @@ var envVars = []string{
 	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
-	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION",
+	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -81,7 +83,7 @@ var awsActions = map[string][]string{
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
 	"meter":    {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "aws-marketplace:BatchMeterUsage"},
 	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
-	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish"},
+	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "ses:SendEmail"},
 }
 
 // requiredEnv are the variables the template must set for each role.
@@ -143,6 +145,15 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 				o.BaseEndpoint = aws.String(e)
 			}
 		})}
+	}
+	if from := getenv("MPSAAS_SES_FROM"); from != "" {
+		channels = append(channels, mpsaas.ChannelNotify)
+		senders[mpsaas.ChannelNotify] = &notify.SESSender{From: from, AdminEmail: getenv("MPSAAS_ADMIN_EMAIL"), ProductName: getenv("MPSAAS_PRODUCT_NAME"),
+			Client: sesv2.NewFromConfig(awsCfg, func(o *sesv2.Options) {
+				if e := getenv("MPSAAS_SES_ENDPOINT"); e != "" {
+					o.BaseEndpoint = aws.String(e)
+				}
+			})}
 	}
 	var codes []string
 	for _, c := range strings.Split(getenv("MPSAAS_PRODUCT_CODES"), ",") {
