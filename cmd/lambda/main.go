@@ -61,6 +61,7 @@ type App struct {
 	web        *web.Server
 	dispatcher *worker.Dispatcher
 	meter      *metering.Service
+	sample     *dynamodb.SampleMeteringTable
 	logger     *slog.Logger
 }
 
@@ -73,6 +74,7 @@ var envVars = []string{
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
 	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
+	"MPSAAS_SAMPLE_METERING_TABLE",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -163,6 +165,9 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	}
 	app := &App{role: role, logger: logger}
 	mp := marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")})
+	if t := getenv("MPSAAS_SAMPLE_METERING_TABLE"); t != "" {
+		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: t}
+	}
 	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
 		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION")}
 	app.svc = &subscription.Service{
@@ -230,6 +235,9 @@ func (a *App) handleEvent(ctx context.Context, raw json.RawMessage) (any, error)
 // meterRun seals closed hours and sends what is due, again while work is
 // outstanding and the invocation has time left (retries wait for the next one).
 func (a *App) meterRun(ctx context.Context) error {
+	if err := a.importSample(ctx); err != nil {
+		return err
+	}
 	for {
 		res, err := a.meter.Run(ctx)
 		if err != nil {
@@ -244,6 +252,45 @@ func (a *App) meterRun(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// importSample takes the usage existing applications write to the sample
+// stack's metering table, keyed by its table key so that a repeat counts
+// once, and marks each item the way the sample did (metering_pending
+// removed, metering_failed, metering_response).
+func (a *App) importSample(ctx context.Context) error {
+	if a.sample == nil {
+		return nil
+	}
+	items, err := a.sample.Pending(ctx)
+	if err != nil {
+		return err
+	}
+	for _, it := range items {
+		reqs, err := web.ParseSampleStackItems(it.JSON)
+		if err == nil {
+			for _, req := range reqs {
+				var rec mpsaas.UsageReceipt
+				if rec, err = a.meter.Ingest(ctx, req); err != nil {
+					break
+				}
+				resp, _ := json.Marshal(map[string]any{"mpsaas": "accepted", "idempotencyKey": rec.IdempotencyKey, "firstUsageId": rec.FirstID, "records": rec.Accepted})
+				if err := a.sample.Done(ctx, it, false, string(resp)); err != nil {
+					return err
+				}
+			}
+		}
+		if err != nil {
+			if mpsaas.ErrorCode(err) != mpsaas.EINVALID {
+				return err // transient: the next run tries again
+			}
+			a.logger.WarnContext(ctx, "sample metering record refused", "customerIdentifier", it.CustomerIdentifier, "create_timestamp", it.CreateTimestamp, "err", err)
+			if err := a.sample.Done(ctx, it, true, mpsaas.ErrorMessage(err)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // dispatchAll delivers every due access change.
