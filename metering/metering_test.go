@@ -3,18 +3,13 @@ package metering_test
 import (
 	"context"
 	"fmt"
-	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
-	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/sqlite"
 	"github.com/mpsaas/mpsaas/subscription"
@@ -31,23 +26,7 @@ type harness struct {
 
 func newHarness(t *testing.T, listing string, products ...emulator.Product) *harness {
 	t.Helper()
-	em := emulator.New(emulator.DefaultConfig())
-	em.Clock.Set(start)
-	srv := httptest.NewServer(em.Handler())
-	t.Cleanup(srv.Close)
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "m.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	db.Now = em.Clock.Now
-	for _, p := range products {
-		if _, err := em.AddProduct(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("A", "B", ""), RetryMaxAttempts: 1}
-	mp := marketplace.New(cfg, marketplace.Options{MeteringEndpoint: srv.URL, EntitlementEndpoint: srv.URL})
+	em, db, mp := testenv.Local(t, start, products...)
 	clock := mpsaas.ClockFunc(em.Clock.Now)
 	return &harness{
 		em: em, db: db,
@@ -134,7 +113,7 @@ func TestMeteringBillsHourlyAggregates(t *testing.T) {
 	legacy, lres := h.buyer(t, "legacy", nil)
 	modern, mres := h.buyer(t, "modern", nil)
 	t10, t11 := time.Date(2026, 11, 23, 10, 15, 0, 0, time.UTC), time.Date(2026, 11, 23, 11, 59, 0, 0, time.UTC)
-	h.ingest(t, "req-1",
+	recs := []mpsaas.Usage{
 		mpsaas.Usage{Customer: legacy, Dimension: "users", Quantity: 3, Time: t10},
 		mpsaas.Usage{Customer: lres.Subscription.CustomerIdentifier, Dimension: "users", Quantity: 4, Time: t10.Add(30 * time.Minute)},
 		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 100, Time: t11, Tags: map[string]string{"team": "a"}},
@@ -144,18 +123,10 @@ func TestMeteringBillsHourlyAggregates(t *testing.T) {
 		mpsaas.Usage{Customer: modern, Dimension: "requests", Quantity: 1, Time: t11},
 		// The current hour is still open: not sent yet.
 		mpsaas.Usage{Customer: modern, Dimension: "users", Quantity: 5, Time: start},
-	)
+	}
+	h.ingest(t, "req-1", recs...)
 	// A retried request is counted once.
-	again := h.ingest(t, "req-1",
-		mpsaas.Usage{Customer: legacy, Dimension: "users", Quantity: 3, Time: t10},
-		mpsaas.Usage{Customer: lres.Subscription.CustomerIdentifier, Dimension: "users", Quantity: 4, Time: t10.Add(30 * time.Minute)},
-		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 100, Time: t11, Tags: map[string]string{"team": "a"}},
-		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 50, Time: t11, Tags: map[string]string{"team": "b"}},
-		mpsaas.Usage{Customer: legacy, Dimension: "requests", Quantity: 7, Time: t11},
-		mpsaas.Usage{Customer: mres.Subscription.LicenseArn, Dimension: "requests", Quantity: 9, Time: t11},
-		mpsaas.Usage{Customer: modern, Dimension: "requests", Quantity: 1, Time: t11},
-		mpsaas.Usage{Customer: modern, Dimension: "users", Quantity: 5, Time: start},
-	)
+	again := h.ingest(t, "req-1", recs...)
 	if !again.Replayed || again.Accepted != 8 {
 		t.Errorf("retried request receipt = %+v, want replayed with 8", again)
 	}

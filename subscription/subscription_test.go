@@ -3,18 +3,13 @@ package subscription_test
 import (
 	"context"
 	"encoding/json"
-	"net/http/httptest"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
-	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/sqlite"
 	"github.com/mpsaas/mpsaas/subscription"
 )
@@ -29,26 +24,13 @@ var start = time.Date(2026, 11, 23, 9, 0, 0, 0, time.UTC)
 
 func newHarness(t *testing.T, listing string, products ...emulator.Product) *harness {
 	t.Helper()
-	em := emulator.New(emulator.DefaultConfig())
-	em.Clock.Set(start)
-	srv := httptest.NewServer(em.Handler())
-	t.Cleanup(srv.Close)
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "t.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	db.Now = em.Clock.Now
+	em, db, mp := testenv.Local(t, start, products...)
 	var codes []string
 	for _, p := range products {
-		if _, err := em.AddProduct(p); err != nil {
-			t.Fatal(err)
-		}
 		codes = append(codes, p.Code)
 	}
-	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("AKID", "SECRET", ""), BaseEndpoint: aws.String(srv.URL)}
 	return &harness{em: em, db: db, svc: &subscription.Service{
-		Store: db, Marketplace: marketplace.New(cfg, marketplace.Options{}), Clock: mpsaas.ClockFunc(em.Clock.Now),
+		Store: db, Marketplace: mp, Clock: mpsaas.ClockFunc(em.Clock.Now),
 		Listing: listing, ProductCodes: codes, Channels: []string{mpsaas.ChannelWebhook},
 	}}
 }

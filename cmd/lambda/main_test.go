@@ -18,15 +18,10 @@ import (
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/mpsaas/mpsaas"
-	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/emulator"
-	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/webhook"
 )
 
@@ -64,50 +59,27 @@ func (s *sink) accesses() []mpsaas.Access {
 // handlers, invoked with real event shapes (HTTP API, SQS, EventBridge,
 // scheduled), on DynamoDB (dynalite) and the emulator.
 func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "local")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_CA_BUNDLE", "") // loopback only; lets the recording HTTP client stand in
 	ctx := context.Background()
-	em := emulator.New(emulator.DefaultConfig())
-	emSrv := httptest.NewServer(em.Handler())
-	defer emSrv.Close()
-	if _, err := em.AddProduct(emulator.Product{Code: "lambda-prod", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}}}); err != nil {
-		t.Fatal(err)
-	}
+	f := newFixture(t, emulator.Product{Code: "lambda-prod", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}}})
+	em := f.em
 	if _, err := em.AddBuyer(emulator.Buyer{AccountID: "123456789012"}); err != nil {
 		t.Fatal(err)
 	}
 	hooks := &sink{}
 	hookSrv := httptest.NewServer(hooks)
 	defer hookSrv.Close()
-	suffix := fmt.Sprint(time.Now().UnixNano())
-	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix,
-		Usage: "Usage" + suffix, UsageRequests: "UsageReq" + suffix, MeterRecords: "Meter" + suffix, MeterBatches: "Batches" + suffix}
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	if err := dynamodb.New(client, tables).CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{
-		"MPSAAS_LISTING": "subscriptions", "MPSAAS_PRODUCT_CODES": "lambda-prod", "MPSAAS_SECRET": strings.Repeat("k", 32),
-		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
+	for k, v := range map[string]string{
+		"MPSAAS_PRODUCT_CODES": "lambda-prod", "MPSAAS_SECRET": strings.Repeat("k", 32),
 		"MPSAAS_WEBHOOK_URL": hookSrv.URL, "MPSAAS_WEBHOOK_SECRET": hookSecret,
-		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
-		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
-		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
 		"MPSAAS_USAGE_API_KEYS": "lambda-usage-key-0123456789",
+	} {
+		f.env[k] = v
 	}
 	calls := map[string]*actionRecorder{}
 	fn := func(role string) *App {
 		t.Helper()
-		env["MPSAAS_FUNCTION"] = role
 		calls[role] = &actionRecorder{seen: map[string]bool{}}
-		app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler), awsconfig.WithHTTPClient(calls[role]))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return app
+		return f.build(t, role, awsconfig.WithHTTPClient(calls[role]))
 	}
 	api, evs, disp, meter := fn("api"), fn("events"), fn("dispatch"), fn("meter")
 	apiHandler := api.handler().(func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error))

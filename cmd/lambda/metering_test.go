@@ -4,22 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"math/rand/v2"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
-	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
 	"github.com/mpsaas/mpsaas"
-	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/emulator"
-	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/subscription"
 )
@@ -30,42 +23,13 @@ import (
 // invocations are cut off at random moments (a Lambda timeout). Every
 // (buyer, dimension, hour) must be billed exactly the ingested quantity.
 func TestMeteringFaultsThroughLambda(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "local")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_CA_BUNDLE", "")
 	ctx := context.Background()
-	em := emulator.New(emulator.DefaultConfig())
-	emSrv := httptest.NewServer(em.Handler())
-	defer emSrv.Close()
-	for _, p := range []emulator.Product{
-		{Code: "fault-legacy", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
-		{Code: "fault-license", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
-	} {
-		if _, err := em.AddProduct(p); err != nil {
-			t.Fatal(err)
-		}
-	}
-	suffix := fmt.Sprint(time.Now().UnixNano())
-	tables := dynamodb.Tables{Subscribers: "FSubs" + suffix, Events: "FEvents" + suffix, Outbox: "FOutbox" + suffix,
-		Usage: "FUsage" + suffix, UsageRequests: "FUsageReq" + suffix, MeterRecords: "FMeter" + suffix, MeterBatches: "FBatches" + suffix}
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	store := dynamodb.New(client, tables)
-	if err := store.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
-	env := map[string]string{
-		"MPSAAS_FUNCTION": "meter", "MPSAAS_LISTING": "subscriptions",
-		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
-		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
-		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
-		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
-	}
-	app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := newFixture(t,
+		emulator.Product{Code: "fault-legacy", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
+		emulator.Product{Code: "fault-license", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
+	)
+	em, store := f.em, f.store
+	app := f.build(t, "meter")
 	app.meter.MaxBackoff = time.Millisecond // retries are due by the next invocation
 
 	// 30 buyers, registered through the subscription workflow on DynamoDB.

@@ -3,63 +3,32 @@ package main
 import (
 	"context"
 	"fmt"
-	"log/slog"
-	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/emulator"
-	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/subscription"
 )
 
 // TestSampleMeteringTableThroughLambda: an application that still writes
 // usage into the sample stack's metering table keeps working.
 func TestSampleMeteringTableThroughLambda(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
-	t.Setenv("AWS_ACCESS_KEY_ID", "local")
-	t.Setenv("AWS_SECRET_ACCESS_KEY", "local")
-	t.Setenv("AWS_REGION", "us-east-1")
-	t.Setenv("AWS_CA_BUNDLE", "")
 	ctx := context.Background()
-	em := emulator.New(emulator.DefaultConfig())
-	emSrv := httptest.NewServer(em.Handler())
-	defer emSrv.Close()
-	if _, err := em.AddProduct(emulator.Product{Code: "sample-prod", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "admin_users"}}}); err != nil {
-		t.Fatal(err)
-	}
-	suffix := fmt.Sprint(time.Now().UnixNano())
-	tables := dynamodb.Tables{Subscribers: "SSubs" + suffix, Events: "SEvents" + suffix, Outbox: "SOutbox" + suffix,
-		Usage: "SUsage" + suffix, UsageRequests: "SUsageReq" + suffix, MeterRecords: "SMeter" + suffix, MeterBatches: "SBatches" + suffix}
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	store := dynamodb.New(client, tables)
-	if err := store.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
-	sample := &dynamodb.SampleMeteringTable{Client: client, Table: "AWSMarketplaceMeteringRecords" + suffix}
+	f := newFixture(t, emulator.Product{Code: "sample-prod", Type: emulator.ProductSubscription, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "admin_users"}}})
+	em, store, client := f.em, f.store, f.client
+	sample := &dynamodb.SampleMeteringTable{Client: client, Table: "AWSMarketplaceMeteringRecords" + f.suffix}
 	if err := sample.Create(ctx); err != nil {
 		t.Fatal(err)
 	}
-	env := map[string]string{
-		"MPSAAS_FUNCTION": "meter", "MPSAAS_LISTING": "subscriptions",
-		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
-		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
-		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
-		"MPSAAS_SAMPLE_METERING_TABLE": sample.Table,
-		"MPSAAS_DYNAMODB_ENDPOINT":     endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
-	}
-	app, err := build(ctx, func(k string) string { return env[k] }, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f.env["MPSAAS_SAMPLE_METERING_TABLE"] = sample.Table
+	app := f.build(t, "meter")
 	if _, err := em.AddBuyer(emulator.Buyer{AccountID: "123456789012"}); err != nil {
 		t.Fatal(err)
 	}
