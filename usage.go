@@ -312,3 +312,20 @@ type UsageGroup struct {
 	Quantity      int64
 	Records       int64
 }
+
+// MeterHour decides the hour usage of hour h is metered in: h itself,
+// unless h already has a meter record for the buyer and dimension (sealed
+// reports that); then the first hour from openHour on that has none. Late
+// usage thus goes into a later open hour instead of becoming a
+// DuplicateRecord.
+func MeterHour(h, openHour time.Time, sealed func(time.Time) (bool, error)) (time.Time, error) {
+	done, err := sealed(h)
+	if err != nil || !done {
+		return h, err
+	}
+	for h = openHour; ; h = h.Add(time.Hour) {
+		if done, err := sealed(h); err != nil || !done {
+			return h, err
+		}
+	}
+}

@@ -186,15 +186,7 @@ func (p *hourPlacer) isSealed(sub, dim string, h time.Time) (bool, error) {
 }
 
 func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
-	sealed, err := p.isSealed(sub, dim, h)
-	if err != nil || !sealed {
-		return h, err
-	}
-	for h = p.openHour; ; h = h.Add(time.Hour) {
-		if sealed, err := p.isSealed(sub, dim, h); err != nil || !sealed {
-			return h, err
-		}
-	}
+	return mpsaas.MeterHour(h, p.openHour, func(h time.Time) (bool, error) { return p.isSealed(sub, dim, h) })
 }
 
 // AddUsage stores a request's rows under its idempotency key.

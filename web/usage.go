@@ -273,15 +273,13 @@ func number(v any) (int64, error) {
 func (a *UsageAPI) handleLedger(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	f := mpsaas.LedgerFilter{SubscriberKey: q.Get("customer"), State: q.Get("state")}
-	for name, dst := range map[string]*int64{"after": &f.AfterID} {
-		if v := q.Get(name); v != "" {
-			n, err := strconv.ParseInt(v, 10, 64)
-			if err != nil || n < 0 {
-				a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "%s must be a non-negative integer", name))
-				return
-			}
-			*dst = n
+	if v := q.Get("after"); v != "" {
+		n, err := strconv.ParseInt(v, 10, 64)
+		if err != nil || n < 0 {
+			a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "after must be a non-negative integer"))
+			return
 		}
+		f.AfterID = n
 	}
 	if v := q.Get("limit"); v != "" {
 		n, err := strconv.Atoi(v)
