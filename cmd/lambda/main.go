@@ -157,12 +157,7 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 				}
 			})}
 	}
-	var codes []string
-	for _, c := range strings.Split(getenv("MPSAAS_PRODUCT_CODES"), ",") {
-		if c = strings.TrimSpace(c); c != "" {
-			codes = append(codes, c)
-		}
-	}
+	codes := list(getenv("MPSAAS_PRODUCT_CODES"))
 	app := &App{role: role, logger: logger}
 	mp := marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")})
 	if t := getenv("MPSAAS_SAMPLE_METERING_TABLE"); t != "" {
@@ -180,26 +175,27 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 		if len(secret) < 32 {
 			return nil, errors.New("MPSAAS_SECRET: required for the api function, at least 32 characters")
 		}
-		var cors []string
-		for _, o := range strings.Split(getenv("MPSAAS_CORS_ORIGINS"), ",") {
-			if o = strings.TrimSpace(o); o != "" {
-				cors = append(cors, o)
-			}
-		}
+		cors := list(getenv("MPSAAS_CORS_ORIGINS"))
 		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
 			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger,
 			APIOnly: getenv("MPSAAS_WEB_PAGES") == "false"}, app.svc)
-		var keys []string
-		for _, k := range strings.Split(getenv("MPSAAS_USAGE_API_KEYS"), ",") {
-			if k = strings.TrimSpace(k); k != "" {
-				keys = append(keys, k)
-			}
-		}
+		keys := list(getenv("MPSAAS_USAGE_API_KEYS"))
 		(&web.UsageAPI{Keys: keys, Metering: app.meter, Ledger: store, Logger: logger}).Register(app.web)
 	case "dispatch":
 		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: senders, Logger: logger}
 	}
 	return app, nil
+}
+
+// list splits a comma-separated setting, dropping blanks.
+func list(v string) []string {
+	var out []string
+	for _, p := range strings.Split(v, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // handler returns the Lambda handler of the app's role.
