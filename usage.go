@@ -168,6 +168,9 @@ type MeterRecord struct {
 	Dimension     string
 	Hour          time.Time
 	Quantity      int64
+	// UsageQuantity is the sum of the usage the record includes, before a
+	// contract's entitlement is deducted (Quantity is what is billed).
+	UsageQuantity int64
 	// Allocations by tag signature; nil when no usage was tagged.
 	Allocations map[string]int64
 	// Buyer identity sent to AWS: CustomerIdentifier + ProductCode, or
@@ -216,9 +219,9 @@ type BatchOutcome struct {
 
 // MeterKey identifies a meter record: one buyer, dimension and hour.
 type MeterKey struct {
-	SubscriberKey string
-	Dimension     string
-	Hour          time.Time
+	SubscriberKey string    `json:"customer"`
+	Dimension     string    `json:"dimension"`
+	Hour          time.Time `json:"hour"`
 }
 
 // LedgerEntry is one usage record and its fate.
@@ -252,23 +255,28 @@ type MeterStore interface {
 	// another hash, ECONFLICT. Rows whose (subscriber, dimension, hour) was
 	// already sealed are moved to openHour, the current, still open hour.
 	AddUsage(ctx context.Context, key, hash string, rows []UsageRow, openHour, now time.Time) (UsageReceipt, error)
-	// PendingRange returns the lowest id of pending usage and the highest
-	// usage id (0, 0 when nothing is pending).
-	PendingRange(ctx context.Context) (lo, hi int64, err error)
+	// PendingRange starts a sealing pass: the lowest id of pending usage,
+	// the highest usage id that is committed, and the highest meter record
+	// id so far (a zero Hi: nothing is pending). The caller sets Before and
+	// Flush once for the whole pass.
+	PendingRange(ctx context.Context) (PendingScan, error)
 	// ScanPending calls fn, in (hour, subscriber, dimension, tag set) order,
-	// with the sum of pending usage whose id is in [lo, hi] and whose meter
-	// hour is before `before` or whose subscriber is in flush.
-	ScanPending(ctx context.Context, lo, hi int64, before time.Time, flush []string, fn func(UsageGroup) error) error
+	// with the sum of the pending usage scan selects. A store that cannot
+	// select the same usage again exactly records what it summed in scan.
+	ScanPending(ctx context.Context, scan *PendingScan, fn func(UsageGroup) error) error
 	// InsertMeterRecords stores meter records that sum the pending usage of
 	// their key with id at most upTo. A key that already has a record keeps
 	// it (and its own upTo); such keys are returned.
 	InsertMeterRecords(ctx context.Context, recs []MeterRecord, upTo int64) (conflicts []MeterKey, err error)
-	// SealUsage marks the pending usage in [lo, hi] that ScanPending summed
-	// (hour before `before`, or subscriber in flush) as sealed into its key's
-	// meter record. Usage of a conflicting key that its record does not
-	// include moves first to the first free hour from openHour on; it returns
-	// how many records moved.
-	SealUsage(ctx context.Context, lo, hi int64, before time.Time, flush []string, conflicts []MeterKey, openHour time.Time) (moved int, err error)
+	// SealUsage marks exactly the usage ScanPending summed for scan as
+	// sealed into its key's meter record. Usage of a conflicting key that
+	// its record does not include moves first to the first free hour from
+	// openHour on; it returns how many records moved.
+	SealUsage(ctx context.Context, scan PendingScan, conflicts []MeterKey, openHour time.Time) (moved int, err error)
+	// VerifyMetering checks the metering invariant (see MeterViolation) for
+	// the usage and meter records in scope and returns what violates it, at
+	// most limit violations (all when limit <= 0).
+	VerifyMetering(ctx context.Context, scope VerifyScope, limit int) ([]MeterViolation, error)
 	// AddHeartbeats stores zero-quantity meter records for keys that have
 	// none; it returns how many it added.
 	AddHeartbeats(ctx context.Context, records []MeterRecord) (int, error)
@@ -295,6 +303,72 @@ type MeterStore interface {
 	Replay(ctx context.Context, ids []int64, hour time.Time) (int, error)
 	// ActiveSubscribers returns subscribers whose status is in statuses.
 	ActiveSubscribers(ctx context.Context, statuses []Status) ([]*Subscriber, error)
+}
+
+// PendingScan is one sealing pass: it selects the pending usage with id in
+// [Lo, Hi] whose meter hour is before Before or whose subscriber is in
+// Flush. Before and Flush are decided once, from one reading of the clock,
+// so the usage a pass sums and the usage it seals are the same.
+type PendingScan struct {
+	Lo, Hi int64
+	// Records is the highest meter record id before the pass: records it
+	// creates have higher ids.
+	Records int64
+	Before  time.Time
+	Flush   []string
+	// Summed holds the ids ScanPending summed, for stores whose second
+	// reading could differ from the first (an eventually consistent index).
+	Summed []int64
+}
+
+// VerifyScope limits a check of the metering invariant. The zero value
+// checks everything.
+type VerifyScope struct {
+	// UsageFrom and UsageTo bound the usage ids checked (0: no bound).
+	UsageFrom, UsageTo int64
+	// RecordsAfter checks the sums of only the meter records with a higher
+	// id (records a pass created: all their usage is in the usage range).
+	RecordsAfter int64
+}
+
+// Kinds of metering invariant violations.
+const (
+	// ViolationSealedWithoutRecord: usage marked sealed whose (subscriber,
+	// dimension, hour) has no meter record. It will never be sent.
+	ViolationSealedWithoutRecord = "sealed-without-record"
+	// ViolationSumMismatch: a meter record's usage quantity differs from
+	// the sum of the usage it includes.
+	ViolationSumMismatch = "sum-mismatch"
+	// ViolationBilledWithoutID: a record AWS billed has no MeteringRecordId.
+	ViolationBilledWithoutID = "billed-without-id"
+)
+
+// MeterViolation is one breach of the metering invariant: every
+// acknowledged usage record is either pending, or included in exactly one
+// meter record (sealed, batched, billed, rejected, flagged or covered), and
+// each meter record's usage quantity is the sum of the usage it includes.
+// A meter record includes the usage of its (subscriber, dimension, hour)
+// that is sealed, or pending with an id up to its MaxUsageID (a pass
+// stopped between storing the record and sealing the usage).
+type MeterViolation struct {
+	Kind string `json:"kind"`
+	MeterKey
+	MeterRecordID int64   `json:"meterRecordId,omitempty"`
+	UsageIDs      []int64 `json:"usageIds,omitempty"` // up to 10 of them
+	Want          int64   `json:"want"`               // the record's usage quantity
+	Got           int64   `json:"got"`                // the sum of the usage
+}
+
+func (v MeterViolation) String() string {
+	k := fmt.Sprintf("%s/%s/%s", v.SubscriberKey, v.Dimension, v.Hour.UTC().Format(time.RFC3339))
+	switch v.Kind {
+	case ViolationSealedWithoutRecord:
+		return fmt.Sprintf("%s: usage %v (quantity %d) is sealed but %s has no meter record", v.Kind, v.UsageIDs, v.Got, k)
+	case ViolationSumMismatch:
+		return fmt.Sprintf("%s: meter record %d of %s holds usage quantity %d, its usage sums to %d", v.Kind, v.MeterRecordID, k, v.Want, v.Got)
+	default:
+		return fmt.Sprintf("%s: meter record %d of %s", v.Kind, v.MeterRecordID, k)
+	}
 }
 
 // StateCount is a count of usage records and their total quantity.

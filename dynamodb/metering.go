@@ -302,24 +302,30 @@ func (s *Store) writeUsage(ctx context.Context, key string, first int64, rows []
 
 // PendingRange returns the lowest pending usage id and the committed
 // watermark: the highest id below any request still being written.
-func (s *Store) PendingRange(ctx context.Context) (int64, int64, error) {
+func (s *Store) PendingRange(ctx context.Context) (mpsaas.PendingScan, error) {
+	var scan mpsaas.PendingScan
+	records, err := s.counter(ctx, counterMeter)
+	if err != nil {
+		return scan, fmt.Errorf("pending range: %w", err)
+	}
+	scan.Records = records
 	out, err := s.client.Query(ctx, &ddb.QueryInput{TableName: aws.String(s.tables.Usage), IndexName: aws.String(indexPendingID),
 		KeyConditionExpression: aws.String("pending = :p"), ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv("1")}, Limit: aws.Int32(1)})
 	if err != nil {
-		return 0, 0, fmt.Errorf("pending range: %w", err)
+		return scan, fmt.Errorf("pending range: %w", err)
 	}
 	if len(out.Items) == 0 {
-		return 0, 0, nil
+		return scan, nil
 	}
 	lo := getN(out.Items[0], "id")
 	hi, err := s.counter(ctx, counterUsage)
 	if err != nil {
-		return 0, 0, fmt.Errorf("pending range: %w", err)
+		return scan, fmt.Errorf("pending range: %w", err)
 	}
 	writing, err := s.query(ctx, &ddb.QueryInput{TableName: aws.String(s.tables.UsageRequests), IndexName: aws.String(indexWriting),
 		KeyConditionExpression: aws.String("writing = :w"), ExpressionAttributeValues: map[string]types.AttributeValue{":w": sv("1")}})
 	if err != nil {
-		return 0, 0, err
+		return scan, err
 	}
 	for _, w := range writing {
 		if s.Now().Sub(fromN(getN(w, "receivedAt"))) > staleWriting {
@@ -327,10 +333,10 @@ func (s *Store) PendingRange(ctx context.Context) (int64, int64, error) {
 		}
 		hi = min(hi, getN(w, "firstId")-1)
 	}
-	if hi < lo {
-		return 0, 0, nil
+	if hi >= lo {
+		scan.Lo, scan.Hi = lo, hi
 	}
-	return lo, hi, nil
+	return scan, nil
 }
 
 type usageItem struct {
@@ -369,17 +375,22 @@ func setOf(keys []string) map[string]bool {
 }
 
 // ScanPending sums pending usage in [lo, hi] per key and tag set, in order.
-func (s *Store) ScanPending(ctx context.Context, lo, hi int64, before time.Time, flush []string, fn func(mpsaas.UsageGroup) error) error {
-	items, err := s.pendingItems(ctx, lo, hi)
+// The pending index is eventually consistent, so a second reading could
+// see usage this one did not: the ids summed are kept in scan.Summed and
+// SealUsage seals those and no others.
+func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn func(mpsaas.UsageGroup) error) error {
+	items, err := s.pendingItems(ctx, scan.Lo, scan.Hi)
 	if err != nil {
 		return err
 	}
-	fl := setOf(flush)
+	fl := setOf(scan.Flush)
 	groups := map[[4]string]*mpsaas.UsageGroup{}
+	scan.Summed = scan.Summed[:0]
 	for _, u := range items {
-		if !qualifies(u, before, fl) {
+		if !qualifies(u, scan.Before, fl) {
 			continue
 		}
+		scan.Summed = append(scan.Summed, u.id)
 		k := [4]string{strconv.FormatInt(u.hour.Unix(), 10), u.sub, u.dim, u.tag}
 		g := groups[k]
 		if g == nil {
@@ -421,7 +432,7 @@ func meterItem(r mpsaas.MeterRecord, id, upTo int64, now time.Time) (map[string]
 	}
 	item := map[string]types.AttributeValue{
 		"key": sv(meterKey(r.SubscriberKey, r.Dimension, r.Hour)), "id": nv(id), "subscriberKey": sv(r.SubscriberKey),
-		"dimension": sv(r.Dimension), "hour": nv(r.Hour.Unix()), "quantity": nv(r.Quantity), "maxUsageId": nv(upTo),
+		"dimension": sv(r.Dimension), "hour": nv(r.Hour.Unix()), "quantity": nv(r.Quantity), "usageQuantity": nv(r.UsageQuantity), "maxUsageId": nv(upTo),
 		"state": sv(state), "createdAt": nv(timeN(now)),
 	}
 	if state == mpsaas.UsageSealed {
@@ -488,10 +499,17 @@ func (s *Store) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecor
 
 // SealUsage seals the summed usage; usage of a conflicting key that its
 // record does not include moves to the first free hour from openHour on.
-func (s *Store) SealUsage(ctx context.Context, lo, hi int64, before time.Time, flush []string, conflicts []mpsaas.MeterKey, openHour time.Time) (int, error) {
-	items, err := s.pendingItems(ctx, lo, hi)
+func (s *Store) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts []mpsaas.MeterKey, openHour time.Time) (int, error) {
+	if len(scan.Summed) == 0 {
+		return 0, nil
+	}
+	items, err := s.pendingItems(ctx, scan.Lo, scan.Hi)
 	if err != nil {
 		return 0, err
+	}
+	summed := make(map[int64]bool, len(scan.Summed))
+	for _, id := range scan.Summed {
+		summed[id] = true
 	}
 	maxID := map[string]int64{}
 	for _, k := range conflicts {
@@ -502,11 +520,10 @@ func (s *Store) SealUsage(ctx context.Context, lo, hi int64, before time.Time, f
 		}
 		maxID[meterKey(k.SubscriberKey, k.Dimension, k.Hour)] = getN(out.Item, "maxUsageId")
 	}
-	fl := setOf(flush)
 	hours := s.placer(ctx, openHour)
 	moved := 0
 	for _, u := range items {
-		if !qualifies(u, before, fl) {
+		if !summed[u.id] {
 			continue
 		}
 		key := map[string]types.AttributeValue{"id": nv(u.id)}
@@ -908,13 +925,14 @@ func (s *Store) Replay(ctx context.Context, ids []int64, hour time.Time) (int, e
 		if err != nil {
 			return moved, err
 		}
-		left := 0
+		left, movedQ := 0, int64(0)
 		for _, u := range usage {
 			id := getN(u, "id")
 			if len(only) > 0 && !only[id] {
 				left++
 				continue
 			}
+			movedQ += getN(u, "quantity")
 			_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.Usage), Key: map[string]types.AttributeValue{"id": nv(id)},
 				UpdateExpression: aws.String("SET #s = :p, pending = :one, meterHour = :h, reason = :r"), ExpressionAttributeNames: map[string]string{"#s": "state"},
 				ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(mpsaas.UsagePending), ":one": sv("1"), ":h": nv(to.Unix()),
@@ -924,10 +942,16 @@ func (s *Store) Replay(ctx context.Context, ids []int64, hour time.Time) (int, e
 			}
 			moved++
 		}
-		if left == 0 && len(usage) > 0 {
+		if len(usage) > left {
+			// The record no longer includes the moved usage; one whose usage
+			// all moved is done with.
+			state := mpsaas.UsageFlagged
+			if left == 0 {
+				state = "replayed"
+			}
 			if _, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterRecords), Key: map[string]types.AttributeValue{"key": m["key"]},
-				UpdateExpression: aws.String("SET #s = :r"), ExpressionAttributeNames: map[string]string{"#s": "state"},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":r": sv("replayed")}}); err != nil {
+				UpdateExpression: aws.String("SET #s = :r ADD usageQuantity :q"), ExpressionAttributeNames: map[string]string{"#s": "state"},
+				ExpressionAttributeValues: map[string]types.AttributeValue{":r": sv(state), ":q": nv(-movedQ)}}); err != nil {
 				return moved, err
 			}
 		}
@@ -958,5 +982,133 @@ func (s *Store) ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status)
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, nil
+}
+
+// VerifyMetering checks the metering invariant in scope. It reads usage by
+// id from the table itself (strongly consistent, 100 ids a request) and
+// each touched meter record by its key; a whole-store check also scans the
+// meter records for ones whose usage is gone. Memory grows with the number
+// of (subscriber, dimension, hour) keys in scope.
+func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, limit int) ([]mpsaas.MeterViolation, error) {
+	last, err := s.counter(ctx, counterUsage)
+	if err != nil {
+		return nil, fmt.Errorf("verify metering: %w", err)
+	}
+	from, to := max(scope.UsageFrom, 1), last
+	if scope.UsageTo > 0 {
+		to = min(scope.UsageTo, last)
+	}
+	type keySum struct {
+		key             mpsaas.MeterKey
+		sealed          int64
+		sealedIDs       []int64
+		pendingIDs, pQs []int64
+	}
+	sums := map[string]*keySum{}
+	var order []string
+	for start := from; start <= to; start += 100 {
+		var keys []map[string]types.AttributeValue
+		for id := start; id <= min(start+99, to); id++ {
+			keys = append(keys, map[string]types.AttributeValue{"id": nv(id)})
+		}
+		for len(keys) > 0 {
+			out, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: map[string]types.KeysAndAttributes{
+				s.tables.Usage: {Keys: keys, ConsistentRead: aws.Bool(true)}}})
+			if err != nil {
+				return nil, fmt.Errorf("verify metering: %w", err)
+			}
+			for _, it := range out.Responses[s.tables.Usage] {
+				state := getS(it, "state")
+				if state != mpsaas.UsageSealed && state != mpsaas.UsagePending {
+					continue
+				}
+				sub, dim, h := getS(it, "subscriberKey"), getS(it, "dimension"), time.Unix(getN(it, "meterHour"), 0).UTC()
+				k := meterKey(sub, dim, h)
+				ks := sums[k]
+				if ks == nil {
+					ks = &keySum{key: mpsaas.MeterKey{SubscriberKey: sub, Dimension: dim, Hour: h}}
+					sums[k] = ks
+					order = append(order, k)
+				}
+				if state == mpsaas.UsageSealed {
+					ks.sealed += getN(it, "quantity")
+					ks.sealedIDs = append(ks.sealedIDs, getN(it, "id"))
+				} else {
+					ks.pendingIDs = append(ks.pendingIDs, getN(it, "id"))
+					ks.pQs = append(ks.pQs, getN(it, "quantity"))
+				}
+			}
+			keys = out.UnprocessedKeys[s.tables.Usage].Keys
+			if len(keys) > 0 {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	var out []mpsaas.MeterViolation
+	if limit <= 0 {
+		limit = int(^uint(0) >> 1)
+	}
+	seen := map[string]bool{}
+	check := func(ks *keySum, m map[string]types.AttributeValue) {
+		if m == nil {
+			if len(ks.sealedIDs) > 0 {
+				sort.Slice(ks.sealedIDs, func(i, j int) bool { return ks.sealedIDs[i] < ks.sealedIDs[j] })
+				out = append(out, mpsaas.MeterViolation{Kind: mpsaas.ViolationSealedWithoutRecord, MeterKey: ks.key, UsageIDs: ks.sealedIDs[:min(10, len(ks.sealedIDs))], Got: ks.sealed})
+			}
+			return
+		}
+		id := getN(m, "id")
+		if id <= scope.RecordsAfter {
+			return
+		}
+		v := mpsaas.MeterViolation{MeterKey: ks.key, MeterRecordID: id}
+		if _, ok := m["usageQuantity"]; ok {
+			v.Want, v.Got = getN(m, "usageQuantity"), ks.sealed
+			for i, pid := range ks.pendingIDs {
+				if pid <= getN(m, "maxUsageId") {
+					v.Got += ks.pQs[i]
+				}
+			}
+			if v.Want != v.Got {
+				v.Kind = mpsaas.ViolationSumMismatch
+				out = append(out, v)
+				return
+			}
+		}
+		if getS(m, "state") == mpsaas.UsageBilled && getS(m, "meteringRecordId") == "" {
+			v.Kind = mpsaas.ViolationBilledWithoutID
+			out = append(out, v)
+		}
+	}
+	for _, k := range order {
+		if len(out) >= limit {
+			break
+		}
+		seen[k] = true
+		res, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(s.tables.MeterRecords), ConsistentRead: aws.Bool(true),
+			Key: map[string]types.AttributeValue{"key": sv(k)}})
+		if err != nil {
+			return nil, fmt.Errorf("verify metering: %w", err)
+		}
+		check(sums[k], res.Item)
+	}
+	if scope == (mpsaas.VerifyScope{}) && len(out) < limit {
+		// Records whose usage is nowhere (every usage id was read above).
+		records, err := s.scan(ctx, s.tables.MeterRecords)
+		if err != nil {
+			return nil, fmt.Errorf("verify metering: %w", err)
+		}
+		for _, m := range records {
+			k := getS(m, "key")
+			if seen[k] || strings.HasPrefix(k, "\x00") {
+				continue
+			}
+			check(&keySum{key: mpsaas.MeterKey{SubscriberKey: getS(m, "subscriberKey"), Dimension: getS(m, "dimension"), Hour: time.Unix(getN(m, "hour"), 0).UTC()}}, m)
+		}
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
 	return out, nil
 }

@@ -90,18 +90,18 @@ func TestUsageRequestResumesAfterACrash(t *testing.T) {
 	if err := st.writeUsagePartial(ctx, "k", first, rows[:1], now); err != nil {
 		t.Fatal(err)
 	}
-	lo, hi, err := st.PendingRange(ctx)
-	if err != nil || hi >= first {
-		t.Fatalf("PendingRange = %d, %d, %v; want hi below the request being written (%d)", lo, hi, err, first)
+	scan, err := st.PendingRange(ctx)
+	if err != nil || scan.Hi >= first {
+		t.Fatalf("PendingRange = %+v, %v; want hi below the request being written (%d)", scan, err, first)
 	}
 	rec, err := st.AddUsage(ctx, "k", "h", rows, now.Truncate(time.Hour), now)
 	if err != nil || rec.FirstID != first || rec.Accepted != 2 {
 		t.Fatalf("retry = %+v, %v", rec, err)
 	}
-	_, hi, _ = st.PendingRange(ctx)
+	scan, _ = st.PendingRange(ctx)
 	entries, err := st.Ledger(ctx, mpsaas.LedgerFilter{})
-	if err != nil || len(entries) != 3 || hi != first+1 {
-		t.Errorf("after the retry: %d entries (%v), hi %d; want 3 entries and hi %d", len(entries), err, hi, first+1)
+	if err != nil || len(entries) != 3 || scan.Hi != first+1 {
+		t.Errorf("after the retry: %d entries (%v), hi %d; want 3 entries and hi %d", len(entries), err, scan.Hi, first+1)
 	}
 }
 

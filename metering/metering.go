@@ -148,51 +148,87 @@ type RunResult struct {
 	Flagged     int `json:"flagged"`     // records that need the seller
 	Retrying    int `json:"retrying"`    // batches waiting for a retry
 	Unprocessed int `json:"unprocessed"` // records AWS returned unprocessed
+	// Violations of the metering invariant found in what this run sealed
+	// (see mpsaas.MeterViolation); anything but 0 is a bug to report.
+	Violations int `json:"violations"`
 }
 
 // Run seals closed hours (and the usage of cancelling buyers), adds the
-// hourly zero records, creates batches and sends every due batch.
+// hourly zero records, creates batches, sends every due batch, and checks
+// the metering invariant on what it sealed. It reads the clock once for
+// all its decisions about which hours are closed.
 func (s *Service) Run(ctx context.Context) (RunResult, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	now := s.now()
 	var res RunResult
-	var err error
-	if res.Sealed, err = s.seal(ctx); err != nil {
+	scan, sealed, err := s.seal(ctx, now)
+	res.Sealed = sealed
+	if err != nil {
 		return res, err
 	}
-	if res.Heartbeats, err = s.heartbeats(ctx); err != nil {
+	if res.Heartbeats, err = s.heartbeats(ctx, now); err != nil {
 		return res, err
 	}
-	if res.Batches, err = s.Store.CreateBatches(ctx, s.now()); err != nil {
+	if res.Batches, err = s.Store.CreateBatches(ctx, now); err != nil {
 		return res, err
 	}
-	err = s.send(ctx, &res)
+	if err = s.send(ctx, &res); err != nil {
+		return res, err
+	}
+	if scan.Hi > 0 {
+		res.Violations, err = s.verify(ctx, mpsaas.VerifyScope{UsageFrom: scan.Lo, UsageTo: scan.Hi, RecordsAfter: scan.Records})
+	}
 	return res, err
 }
 
-func (s *Service) sealBefore() time.Time {
+// verify checks the invariant in scope and logs every violation.
+func (s *Service) verify(ctx context.Context, scope mpsaas.VerifyScope) (int, error) {
+	vs, err := s.Store.VerifyMetering(ctx, scope, 100)
+	if err != nil {
+		return 0, fmt.Errorf("verify metering: %w", err)
+	}
+	for _, v := range vs {
+		s.log().Error("metering invariant violated: usage may never be billed, or be billed wrongly; run 'mpsaas meter verify'", "violation", v.String())
+	}
+	return len(vs), nil
+}
+
+// Verify checks the metering invariant over the whole store.
+func (s *Service) Verify(ctx context.Context, limit int) ([]mpsaas.MeterViolation, error) {
+	return s.Store.VerifyMetering(ctx, mpsaas.VerifyScope{}, limit)
+}
+
+// DefaultSealGrace is how long usage for an hour is collected after the
+// hour ends, unless SealGrace says otherwise.
+const DefaultSealGrace = 5 * time.Minute
+
+// sealBefore is the first hour still open for usage at now: hours before
+// it are closed and sealed.
+func (s *Service) sealBefore(now time.Time) time.Time {
 	grace := s.SealGrace
 	if grace == 0 {
-		grace = 5 * time.Minute
+		grace = DefaultSealGrace
 	}
-	return mpsaas.Hour(s.now().Add(-grace))
+	return mpsaas.Hour(now.Add(-grace))
 }
 
 // seal aggregates pending usage into meter records. It streams the sums of
 // pending usage in key order, stores meter records a chunk at a time (each
-// remembering the highest usage id it sums), then marks the usage sealed in
-// one pass over the id range. A crash in between is safe: a record already
-// stored for a key keeps what it summed, and usage it does not include
-// moves on to a later open hour.
-func (s *Service) seal(ctx context.Context) (int, error) {
-	flush, err := s.flushing(ctx)
-	if err != nil {
-		return 0, err
+// remembering the highest usage id it sums), then marks the usage it summed
+// sealed. A crash in between is safe: a record already stored for a key
+// keeps what it summed, and usage it does not include moves on to a later
+// open hour. Every decision uses now: which hours are closed is decided
+// once for the scan and the seal.
+func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, int, error) {
+	scan, err := s.Store.PendingRange(ctx)
+	if err != nil || scan.Hi == 0 {
+		return scan, 0, err
 	}
-	lo, hi, err := s.Store.PendingRange(ctx)
-	if err != nil || hi == 0 {
-		return 0, err
+	if scan.Flush, err = s.flushing(ctx, now); err != nil {
+		return scan, 0, err
 	}
+	scan.Before = s.sealBefore(now)
 	const chunk = 10000
 	total := 0
 	var conflicts []mpsaas.MeterKey
@@ -210,7 +246,7 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 		for i, gs := range keys {
 			recs[i] = s.aggregate(gs, subs[gs[0].SubscriberKey])
 		}
-		c, err := s.Store.InsertMeterRecords(ctx, recs, hi)
+		c, err := s.Store.InsertMeterRecords(ctx, recs, scan.Hi)
 		if err != nil {
 			return err
 		}
@@ -220,7 +256,7 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 		return nil
 	}
 	start := 0
-	err = s.Store.ScanPending(ctx, lo, hi, s.sealBefore(), flush, func(g mpsaas.UsageGroup) error {
+	err = s.Store.ScanPending(ctx, &scan, func(g mpsaas.UsageGroup) error {
 		if len(groups) > start && !sameKey(groups[start], g) {
 			keys = append(keys, groups[start:len(groups):len(groups)])
 			start = len(groups)
@@ -241,13 +277,13 @@ func (s *Service) seal(ctx context.Context) (int, error) {
 		err = store()
 	}
 	if err != nil {
-		return total, err
+		return scan, total, err
 	}
-	moved, err := s.Store.SealUsage(ctx, lo, hi, s.sealBefore(), flush, conflicts, mpsaas.Hour(s.now()))
+	moved, err := s.Store.SealUsage(ctx, scan, conflicts, mpsaas.Hour(now))
 	if moved > 0 {
 		s.log().Info("usage for hours already metered moved to a later open hour", "records", moved)
 	}
-	return total, err
+	return scan, total, err
 }
 
 // subscribersOf loads the subscribers of the keys, in one query when the
@@ -283,14 +319,14 @@ func (s *Service) subscribersOf(ctx context.Context, keys [][]mpsaas.UsageGroup)
 // flushing returns buyers whose subscription is ending: their usage is sealed
 // and sent at once, even for the current hour, so the final usage reaches
 // AWS within the final metering window.
-func (s *Service) flushing(ctx context.Context) ([]string, error) {
+func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error) {
 	subs, err := s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed})
 	if err != nil {
 		return nil, err
 	}
 	var keys []string
 	for _, sub := range subs {
-		if sub.Status == mpsaas.StatusUnsubscribePending || s.now().Sub(sub.LastEventAt) < 2*mpsaas.FinalMeteringWindow {
+		if sub.Status == mpsaas.StatusUnsubscribePending || now.Sub(sub.LastEventAt) < 2*mpsaas.FinalMeteringWindow {
 			keys = append(keys, sub.Key)
 		}
 	}
@@ -307,6 +343,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber) mpsa
 	tagged := false
 	for _, x := range gs {
 		rec.Quantity += x.Quantity
+		rec.UsageQuantity += x.Quantity
 		alloc[x.TagSig] += x.Quantity
 		if x.TagSig != "" {
 			tagged = true
@@ -393,7 +430,7 @@ func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscri
 // heartbeats adds zero-quantity records for every subscribed buyer and
 // closed hour (within AWS's window) that has no record of the heartbeat
 // dimension.
-func (s *Service) heartbeats(ctx context.Context) (int, error) {
+func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	if s.HeartbeatDimension == "" {
 		return 0, nil
 	}
@@ -401,8 +438,7 @@ func (s *Service) heartbeats(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	now := s.now()
-	end := s.sealBefore()
+	end := s.sealBefore(now)
 	earliest := mpsaas.Hour(now.Add(-mpsaas.MeteringWindow + time.Hour))
 	var recs []mpsaas.MeterRecord
 	added := 0
@@ -602,12 +638,16 @@ func (s *Service) backoff(attempt int) time.Duration {
 // Outstanding reports whether sealed or batched records, or usage of closed
 // hours, are still waiting to be sent.
 func (s *Service) Outstanding(ctx context.Context) (bool, error) {
-	return s.Store.Outstanding(ctx, s.sealBefore())
+	return s.Store.Outstanding(ctx, s.sealBefore(s.now()))
 }
 
 // Replay moves flagged usage (all, or the given ledger ids) into the current
 // open hour so the next run sends it again.
+// It waits for a running metering pass: a replay in the middle of a pass
+// could move usage into what the pass is sealing.
 func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	return s.Store.Replay(ctx, ids, mpsaas.Hour(s.now()))
 }
 

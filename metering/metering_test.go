@@ -383,3 +383,49 @@ func TestIngestRejectsBadInput(t *testing.T) {
 		t.Errorf("bad requests stored %d records", len(l))
 	}
 }
+
+// TestSealStraddlingTheGraceBoundary: the clock moves on every call, so the
+// end of the grace period (HH:05:00) can fall between two steps of one
+// sealing pass. Whatever the step it falls between, usage of the hour that
+// just closed is billed once, in full: the pass decides with one time.
+func TestSealStraddlingTheGraceBoundary(t *testing.T) {
+	for calls := 1; calls <= 12; calls++ {
+		t.Run(fmt.Sprint(calls, "calls before the boundary"), func(t *testing.T) {
+			h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+			key, res := h.buyer(t, "p", nil)
+			closing := time.Date(2026, 11, 23, 12, 40, 0, 0, time.UTC) // in the hour that closes at 13:05
+			h.em.Clock.Set(closing.Add(10 * time.Minute))
+			h.ingest(t, "u", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 7, Time: closing})
+			// From 13:05:00 - calls seconds on, every Now() moves one second.
+			h.em.Clock.Set(time.Date(2026, 11, 23, 13, 5, 0, 0, time.UTC).Add(-time.Duration(calls) * time.Second))
+			h.meter.Clock = mpsaas.ClockFunc(func() time.Time { h.em.Clock.Advance(time.Second); return h.em.Clock.Now() })
+			r, err := h.meter.Run(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if r.Violations != 0 {
+				t.Errorf("the run found %d violations of the metering invariant", r.Violations)
+			}
+			h.em.Clock.Advance(10 * time.Minute)
+			h.runUntilDone(t)
+			want := map[string]int64{res.Subscription.BuyerAccountID + "/users/12h": 7}
+			if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("billed = %v, want %v", got, want)
+			}
+			for _, e := range ledgerOf(t, h) {
+				if e.State != mpsaas.UsageBilled {
+					t.Errorf("ledger entry %d is %s (%s), want billed", e.ID, e.State, e.Reason)
+				}
+			}
+		})
+	}
+}
+
+func ledgerOf(t *testing.T, h *harness) []mpsaas.LedgerEntry {
+	t.Helper()
+	l, err := h.db.Ledger(context.Background(), mpsaas.LedgerFilter{Limit: 10000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}

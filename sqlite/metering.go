@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"encoding/json"
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -114,32 +116,42 @@ func (p *hourPlacer) place(sub, dim string, h time.Time) (time.Time, error) {
 	return mpsaas.MeterHour(h, p.openHour, func(h time.Time) (bool, error) { return p.isSealed(sub, dim, h) })
 }
 
-// PendingRange returns the lowest pending usage id and the highest usage id.
-func (d *DB) PendingRange(ctx context.Context) (lo, hi int64, err error) {
-	err = d.db.QueryRowContext(ctx, `SELECT COALESCE((SELECT MIN(id) FROM usage WHERE state = 'pending'), 0), COALESCE((SELECT MAX(id) FROM usage), 0)`).Scan(&lo, &hi)
+// PendingRange returns the lowest pending usage id, the highest usage id
+// and the highest meter record id.
+func (d *DB) PendingRange(ctx context.Context) (mpsaas.PendingScan, error) {
+	var scan mpsaas.PendingScan
+	err := d.db.QueryRowContext(ctx, `SELECT COALESCE((SELECT MIN(id) FROM usage WHERE state = 'pending'), 0), COALESCE((SELECT MAX(id) FROM usage), 0),
+		COALESCE((SELECT MAX(id) FROM meter_records), 0)`).Scan(&scan.Lo, &scan.Hi, &scan.Records)
 	if err != nil {
-		return 0, 0, fmt.Errorf("pending range: %w", err)
+		return mpsaas.PendingScan{}, fmt.Errorf("pending range: %w", err)
 	}
-	if lo == 0 {
-		return 0, 0, nil
+	if scan.Lo == 0 {
+		return mpsaas.PendingScan{Records: scan.Records}, nil
 	}
-	return lo, hi, nil
+	return scan, nil
+}
+
+// pendingWhere is the condition that selects the usage of a scan. Usage
+// ids up to scan.Hi are committed and only a metering pass seals them, so
+// the condition selects the same rows in ScanPending and SealUsage.
+func pendingWhere(scan mpsaas.PendingScan) (string, []any) {
+	q := `id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
+	args := []any{scan.Lo, scan.Hi, scan.Before.Unix()}
+	if len(scan.Flush) > 0 {
+		q += ` OR subscriber_key IN (` + placeholders(len(scan.Flush)) + `)`
+		for _, k := range scan.Flush {
+			args = append(args, k)
+		}
+	}
+	return q + `)`, args
 }
 
 // ScanPending streams the sums of pending usage in [lo, hi] per key and tag
 // set. The scan reads the id range in order; SQLite sorts the groups.
-func (d *DB) ScanPending(ctx context.Context, lo, hi int64, before time.Time, flush []string, fn func(mpsaas.UsageGroup) error) error {
-	q := `SELECT meter_hour, subscriber_key, dimension, tag_sig, SUM(quantity), COUNT(*) FROM usage
-		WHERE id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
-	args := []any{lo, hi, before.Unix()}
-	if len(flush) > 0 {
-		q += ` OR subscriber_key IN (` + placeholders(len(flush)) + `)`
-		for _, k := range flush {
-			args = append(args, k)
-		}
-	}
-	q += `) GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig`
-	rows, err := d.db.QueryContext(ctx, q, args...)
+func (d *DB) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn func(mpsaas.UsageGroup) error) error {
+	where, args := pendingWhere(*scan)
+	rows, err := d.db.QueryContext(ctx, `SELECT meter_hour, subscriber_key, dimension, tag_sig, SUM(quantity), COUNT(*) FROM usage
+		WHERE `+where+` GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig`, args...)
 	if err != nil {
 		return fmt.Errorf("scan pending usage: %w", err)
 	}
@@ -177,9 +189,9 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 	var conflicts []mpsaas.MeterKey
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
 		conflicts = conflicts[:0]
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, max_usage_id, allocations,
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, max_usage_id, allocations,
 			customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
 		if err != nil {
 			return err
 		}
@@ -193,7 +205,7 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 			if state == "" {
 				state = mpsaas.UsageSealed
 			}
-			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, upTo, alloc, r.CustomerIdentifier,
+			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, r.UsageQuantity, upTo, alloc, r.CustomerIdentifier,
 				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now))
 			if err != nil {
 				return err
@@ -213,19 +225,13 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 // SealUsage marks summed pending usage sealed; then the usage of
 // conflicting keys that their existing record does not include goes back to
 // pending, in the first free hour from openHour on.
-func (d *DB) SealUsage(ctx context.Context, lo, hi int64, before time.Time, flush []string, conflicts []mpsaas.MeterKey, openHour time.Time) (int, error) {
+func (d *DB) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts []mpsaas.MeterKey, openHour time.Time) (int, error) {
+	lo, hi := scan.Lo, scan.Hi
 	moved := 0
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
 		moved = 0
-		q := `UPDATE usage SET state = 'sealed' WHERE id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
-		args := []any{lo, hi, before.Unix()}
-		if len(flush) > 0 {
-			q += ` OR subscriber_key IN (` + placeholders(len(flush)) + `)`
-			for _, k := range flush {
-				args = append(args, k)
-			}
-		}
-		if _, err := tx.ExecContext(ctx, q+`)`, args...); err != nil {
+		where, args := pendingWhere(scan)
+		if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'sealed' WHERE `+where, args...); err != nil {
 			return err
 		}
 		hours := newHourPlacer(tx, ctx, openHour)
@@ -264,9 +270,9 @@ func (d *DB) AddHeartbeats(ctx context.Context, records []mpsaas.MeterRecord) (i
 	now := d.Now()
 	added := 0
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, customer_identifier,
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, customer_identifier,
 			aws_account_id, license_arn, product_code, state, created_at, updated_at)
-			VALUES (?, ?, ?, 0, ?, ?, ?, ?, 'sealed', ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+			VALUES (?, ?, ?, 0, 0, ?, ?, ?, ?, 'sealed', ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
 		if err != nil {
 			return err
 		}
@@ -593,26 +599,31 @@ func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, erro
 			if err != nil {
 				return err
 			}
-			q := `UPDATE usage SET state = 'pending', meter_hour = ?, reason = ? WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`
-			args := []any{to.Unix(), fmt.Sprintf("replayed from flagged meter record %d", r.id), r.sub, r.dim, r.hour}
+			where := ` WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?`
+			args := []any{r.sub, r.dim, r.hour}
 			if len(ids) > 0 {
-				q += ` AND id IN (` + placeholders(len(ids)) + `)`
+				where += ` AND id IN (` + placeholders(len(ids)) + `)`
 				for _, id := range ids {
 					args = append(args, id)
 				}
 			}
-			res, err := tx.ExecContext(ctx, q, args...)
-			if err != nil {
+			var n, q int64
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(quantity), 0) FROM usage`+where, args...).Scan(&n, &q); err != nil {
 				return err
 			}
-			n, _ := res.RowsAffected()
 			if n == 0 {
 				continue
 			}
+			reason := fmt.Sprintf("replayed from flagged meter record %d", r.id)
+			if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'pending', meter_hour = ?, reason = ?`+where, append([]any{to.Unix(), reason}, args...)...); err != nil {
+				return err
+			}
 			moved += int(n)
-			// A flagged record whose usage all moved is done with.
-			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET state = 'replayed' WHERE id = ? AND NOT EXISTS
-				(SELECT 1 FROM usage WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?)`, r.id, r.sub, r.dim, r.hour); err != nil {
+			// The record no longer includes the moved usage; one whose usage
+			// all moved is done with.
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET usage_quantity = usage_quantity - ?,
+				state = CASE WHEN EXISTS (SELECT 1 FROM usage WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?) THEN state ELSE 'replayed' END
+				WHERE id = ?`, q, r.sub, r.dim, r.hour, r.id); err != nil {
 				return err
 			}
 		}
@@ -644,4 +655,85 @@ func (d *DB) ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status) ([
 		out = append(out, s)
 	}
 	return out, rows.Err()
+}
+
+// VerifyMetering checks the metering invariant in scope. It reads the usage
+// id range once in id order and finds meter records by their unique key, so
+// a check after a pass costs about as much as the pass's own scan.
+func (d *DB) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, limit int) ([]mpsaas.MeterViolation, error) {
+	from, to := scope.UsageFrom, scope.UsageTo
+	if to <= 0 {
+		to = math.MaxInt64
+	}
+	if limit <= 0 {
+		limit = math.MaxInt32
+	}
+	var out []mpsaas.MeterViolation
+	// Sealed usage whose key has no meter record: it would never be sent.
+	rows, err := d.db.QueryContext(ctx, `SELECT u.subscriber_key, u.dimension, u.meter_hour, SUM(u.quantity), GROUP_CONCAT(u.id)
+		FROM usage u WHERE u.id BETWEEN ? AND ? AND u.state = 'sealed' AND NOT EXISTS
+		(SELECT 1 FROM meter_records m WHERE m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour)
+		GROUP BY 1, 2, 3 LIMIT ?`, from, to, limit)
+	if err != nil {
+		return nil, fmt.Errorf("verify metering: %w", err)
+	}
+	for rows.Next() {
+		v := mpsaas.MeterViolation{Kind: mpsaas.ViolationSealedWithoutRecord}
+		var h int64
+		var ids string
+		if err := rows.Scan(&v.SubscriberKey, &v.Dimension, &h, &v.Got, &ids); err != nil {
+			rows.Close()
+			return nil, err
+		}
+		v.Hour = time.Unix(h, 0).UTC()
+		v.UsageIDs = firstIDs(ids)
+		out = append(out, v)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	// Meter records whose usage quantity is not the sum of what they include.
+	rows, err = d.db.QueryContext(ctx, `WITH sums AS (
+			SELECT m.id AS mid, SUM(u.quantity) AS q FROM usage u
+			JOIN meter_records m ON m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour
+			WHERE u.id BETWEEN ? AND ? AND m.id > ? AND (u.state = 'sealed' OR (u.state = 'pending' AND u.id <= m.max_usage_id))
+			GROUP BY m.id)
+		SELECT m.id, m.subscriber_key, m.dimension, m.hour, m.usage_quantity, COALESCE(s.q, 0), m.state, m.metering_record_id
+		FROM meter_records m LEFT JOIN sums s ON s.mid = m.id
+		WHERE m.id > ? AND ((m.usage_quantity IS NOT NULL AND m.usage_quantity != COALESCE(s.q, 0)) OR (m.state = 'billed' AND m.metering_record_id = ''))
+		ORDER BY m.id LIMIT ?`, from, to, scope.RecordsAfter, scope.RecordsAfter, limit)
+	if err != nil {
+		return nil, fmt.Errorf("verify metering: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var v mpsaas.MeterViolation
+		var h int64
+		var state, mrid string
+		if err := rows.Scan(&v.MeterRecordID, &v.SubscriberKey, &v.Dimension, &h, &v.Want, &v.Got, &state, &mrid); err != nil {
+			return nil, err
+		}
+		v.Hour = time.Unix(h, 0).UTC()
+		v.Kind = mpsaas.ViolationSumMismatch
+		if v.Want == v.Got {
+			v.Kind = mpsaas.ViolationBilledWithoutID
+		}
+		out = append(out, v)
+	}
+	if len(out) > limit {
+		out = out[:limit]
+	}
+	return out, rows.Err()
+}
+
+// firstIDs parses up to 10 ids of a GROUP_CONCAT list.
+func firstIDs(list string) []int64 {
+	var out []int64
+	for _, f := range strings.SplitN(list, ",", 11) {
+		if id, err := strconv.ParseInt(f, 10, 64); err == nil && len(out) < 10 {
+			out = append(out, id)
+		}
+	}
+	return out
 }

@@ -23,6 +23,54 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeterStore) {
 	t.Run("BatchesOfAtMost25", func(t *testing.T) { testBatches(t, newStore(t)) })
 	t.Run("ReplayFlagged", func(t *testing.T) { testReplay(t, newStore(t)) })
 	t.Run("Heartbeats", func(t *testing.T) { testHeartbeats(t, newStore(t)) })
+	t.Run("VerifyFindsViolations", func(t *testing.T) { testVerify(t, newStore(t)) })
+}
+
+// testVerify breaks the invariant on purpose through the store's own
+// methods: usage sealed without a record, and a record whose usage
+// quantity is not the sum of its usage. Verify must report both, by key.
+func testVerify(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(2 * time.Hour)
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 2, h10), row("B", "users", 3, h10), row("B", "users", 4, h10)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	scan, err := st.PendingRange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan.Before = open
+	recs := scanRecords(t, st, &scan)
+	if len(recs) != 2 || recs[0].SubscriberKey != "A" {
+		t.Fatalf("records = %+v", recs)
+	}
+	// A's record is lost; B's says 6 where its usage sums to 7.
+	recs[1].UsageQuantity = 6
+	if _, err := st.InsertMeterRecords(ctx, recs[1:], scan.Hi); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SealUsage(ctx, scan, nil, open); err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range []mpsaas.VerifyScope{{}, {UsageFrom: scan.Lo, UsageTo: scan.Hi, RecordsAfter: scan.Records}} {
+		vs, err := st.VerifyMetering(ctx, sc, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, v := range vs {
+			got[v.Kind] = fmt.Sprintf("%s/%s/%d/%d", v.SubscriberKey, v.Dimension, v.Want, v.Got)
+		}
+		want := map[string]string{mpsaas.ViolationSealedWithoutRecord: "A/users/0/2", mpsaas.ViolationSumMismatch: "B/users/6/7"}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("scope %+v: violations %v\nwant %v", sc, vs, want)
+		}
+	}
+	// A later scope sees neither.
+	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{UsageFrom: scan.Hi + 1, RecordsAfter: scan.Records + 10}, 0); err != nil || len(vs) != 0 {
+		t.Errorf("verify after the broken range = %v, %v; want nothing", vs, err)
+	}
 }
 
 var h10 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
@@ -55,32 +103,57 @@ func testUsageIdempotency(t *testing.T, st MeterStore) {
 func seal(t *testing.T, st MeterStore, before, openHour time.Time) {
 	t.Helper()
 	ctx := context.Background()
-	lo, hi, err := st.PendingRange(ctx)
+	scan, err := st.PendingRange(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if hi == 0 {
+	if scan.Hi == 0 {
 		return
 	}
+	scan.Before = before
+	recs := scanRecords(t, st, &scan)
+	conflicts, err := st.InsertMeterRecords(ctx, recs, scan.Hi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SealUsage(ctx, scan, conflicts, openHour); err != nil {
+		t.Fatal(err)
+	}
+	verify(t, st, mpsaas.VerifyScope{UsageFrom: scan.Lo, UsageTo: scan.Hi, RecordsAfter: scan.Records})
+}
+
+// scanRecords sums the pending usage of scan into meter records.
+func scanRecords(t *testing.T, st MeterStore, scan *mpsaas.PendingScan) []mpsaas.MeterRecord {
+	t.Helper()
 	var recs []mpsaas.MeterRecord
-	err = st.ScanPending(ctx, lo, hi, before, nil, func(g mpsaas.UsageGroup) error {
+	err := st.ScanPending(context.Background(), scan, func(g mpsaas.UsageGroup) error {
 		if n := len(recs); n > 0 && recs[n-1].SubscriberKey == g.SubscriberKey && recs[n-1].Dimension == g.Dimension && recs[n-1].Hour.Equal(g.Hour) {
 			recs[n-1].Quantity += g.Quantity
+			recs[n-1].UsageQuantity += g.Quantity
 			return nil
 		}
-		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity,
+		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity, UsageQuantity: g.Quantity,
 			CustomerAWSAccountID: "111122223333", LicenseArn: "arn:aws:license-manager::1:license:l-" + g.SubscriberKey, ProductCode: "p"})
 		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	conflicts, err := st.InsertMeterRecords(ctx, recs, hi)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := st.SealUsage(ctx, lo, hi, before, nil, conflicts, openHour); err != nil {
-		t.Fatal(err)
+	return recs
+}
+
+// verify fails the test on any violation of the metering invariant, in
+// scope and over the whole store.
+func verify(t *testing.T, st MeterStore, scope mpsaas.VerifyScope) {
+	t.Helper()
+	for _, sc := range []mpsaas.VerifyScope{scope, {}} {
+		vs, err := st.VerifyMetering(context.Background(), sc, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			t.Errorf("metering invariant (scope %+v): %s", sc, v)
+		}
 	}
 }
 
@@ -140,15 +213,16 @@ func testInterruptedSeal(t *testing.T, st MeterStore) {
 	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 2, h10), row("A", "users", 3, h10)}, open, now); err != nil {
 		t.Fatal(err)
 	}
-	lo, hi, err := st.PendingRange(ctx)
+	scan, err := st.PendingRange(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
-	if c, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, hi); err != nil || len(c) != 0 {
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, UsageQuantity: 5, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	if c, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, scan.Hi); err != nil || len(c) != 0 {
 		t.Fatalf("InsertMeterRecords = %v, %v", c, err)
 	}
-	_ = lo // crash here: SealUsage never ran
+	// Crash here: SealUsage never ran. The record includes the pending usage.
+	verify(t, st, mpsaas.VerifyScope{})
 	// Usage for hour 10 that arrives now finds the record and goes to the open hour.
 	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "users", 7, h10)}, open, now); err != nil {
 		t.Fatal(err)
@@ -250,6 +324,7 @@ func testReplay(t *testing.T, st MeterStore) {
 	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("after replay: %v, want %v", got, want)
 	}
+	verify(t, st, mpsaas.VerifyScope{})
 }
 
 func testHeartbeats(t *testing.T, st MeterStore) {
@@ -272,4 +347,5 @@ func testHeartbeats(t *testing.T, st MeterStore) {
 	if got := quantities(t, st); got["A/users/13h/pending"] != 3 {
 		t.Errorf("usage after heartbeat: %v, want it pending in 13h", got)
 	}
+	verify(t, st, mpsaas.VerifyScope{})
 }

@@ -83,7 +83,7 @@ var envVars = []string{
 var awsActions = map[string][]string{
 	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
-	"meter":    {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "aws-marketplace:BatchMeterUsage"},
+	"meter":    {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage"},
 	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
 	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "ses:SendEmail"},
 }
