@@ -47,7 +47,9 @@ type Service struct {
 	// records for every subscription customer).
 	HeartbeatDimension string
 	// SealGrace is how long after an hour ends usage for it is still
-	// collected before it is sealed (default 5 minutes).
+	// collected before it is sealed (default 5 minutes). Longer lets late
+	// pipelines bill usage in the hour it happened; it delays every bill
+	// by as much and leaves less of AWS's 24-hour window for retries.
 	SealGrace time.Duration
 	// Concurrency is how many BatchMeterUsage calls run at once (default 4).
 	Concurrency int
@@ -202,6 +204,25 @@ func (s *Service) Verify(ctx context.Context, limit int) ([]mpsaas.MeterViolatio
 // DefaultSealGrace is how long usage for an hour is collected after the
 // hour ends, unless SealGrace says otherwise.
 const DefaultSealGrace = 5 * time.Minute
+
+// MaxSealGrace bounds the grace period: the last hour of a month must still
+// reach AWS before 06:00 UTC on the 1st (mpsaas.MonthEndGrace), with time
+// left for retries.
+const MaxSealGrace = 4 * time.Hour
+
+// ParseSealGrace reads the grace period setting (MPSAAS_METER_GRACE): a
+// duration from 1s to 4h; "" is the default of 5 minutes. Both runtimes
+// use it, so the setting means the same on either.
+func ParseSealGrace(v string) (time.Duration, error) {
+	if v == "" {
+		return DefaultSealGrace, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second || d > MaxSealGrace {
+		return 0, fmt.Errorf("MPSAAS_METER_GRACE %q: want a duration from 1s to %s, such as 5m or 2h", v, MaxSealGrace)
+	}
+	return d, nil
+}
 
 // sealBefore is the first hour still open for usage at now: hours before
 // it are closed and sealed.

@@ -429,3 +429,21 @@ func ledgerOf(t *testing.T, h *harness) []mpsaas.LedgerEntry {
 	}
 	return l
 }
+
+// TestLongerGraceBillsLateUsageInItsHour: with a 30-minute grace period,
+// usage for 12:50 that arrives at 13:20 is billed in hour 12, not moved.
+func TestLongerGraceBillsLateUsageInItsHour(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	h.meter.SealGrace = 30 * time.Minute
+	key, res := h.buyer(t, "p", nil)
+	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 2, Time: time.Date(2026, 11, 23, 12, 40, 0, 0, time.UTC)})
+	h.em.Clock.Set(time.Date(2026, 11, 23, 13, 20, 0, 0, time.UTC))
+	h.runUntilDone(t) // 13:20: hour 12 is still open
+	h.ingest(t, "b", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 3, Time: time.Date(2026, 11, 23, 12, 50, 0, 0, time.UTC)})
+	h.em.Clock.Set(time.Date(2026, 11, 23, 13, 31, 0, 0, time.UTC))
+	h.runUntilDone(t)
+	want := map[string]int64{res.Subscription.BuyerAccountID + "/users/12h": 5}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want %v", got, want)
+	}
+}

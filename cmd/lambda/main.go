@@ -73,7 +73,7 @@ var envVars = []string{
 	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
-	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
+	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_METER_GRACE", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
 	"MPSAAS_SAMPLE_METERING_TABLE",
 }
 
@@ -163,8 +163,12 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	if t := getenv("MPSAAS_SAMPLE_METERING_TABLE"); t != "" {
 		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: t}
 	}
+	grace, err := metering.ParseSealGrace(getenv("MPSAAS_METER_GRACE"))
+	if err != nil {
+		return nil, err
+	}
 	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
-		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION")}
+		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION"), SealGrace: grace}
 	app.svc = &subscription.Service{
 		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
 		Marketplace: mp,

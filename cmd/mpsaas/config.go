@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/metering"
 )
 
 // Config is the whole configuration of `mpsaas serve`. It is read from
@@ -49,6 +50,7 @@ type Config struct {
 	MeterIntervalText   string
 	HeartbeatDimension  string
 	MeterConcurrencyTxt string
+	MeterGraceText      string
 
 	EmulatorURL    string
 	SQSQueueURL    string
@@ -58,6 +60,7 @@ type Config struct {
 
 	meterInterval    time.Duration
 	meterConcurrency int
+	meterGrace       time.Duration
 }
 
 // setting describes one configuration value for flags, env and --help.
@@ -95,6 +98,7 @@ func (c *Config) settings() []setting {
 		{name: "region", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
 		{name: "usage-api-keys", env: "MPSAAS_USAGE_API_KEYS", usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", secret: true, list: &c.UsageAPIKeys},
 		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
+		{name: "meter-grace", env: "MPSAAS_METER_GRACE", def: "5m", usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
 		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
 		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
 		{name: "sqs-queue-url", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
@@ -188,6 +192,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("MPSAAS_METER_CONCURRENCY %q: want 1 to 64", c.MeterConcurrencyTxt))
 	} else {
 		c.meterConcurrency = n
+	}
+	if d, err := metering.ParseSealGrace(c.MeterGraceText); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.meterGrace = d
 	}
 	for _, k := range c.UsageAPIKeys {
 		if len(k) < 16 {

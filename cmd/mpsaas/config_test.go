@@ -99,3 +99,17 @@ func TestCommandLine(t *testing.T) {
 		t.Errorf("bad listing: %v", err)
 	}
 }
+
+func TestConfigMeterGrace(t *testing.T) {
+	for v, want := range map[string]string{"": "5m0s", "30m": "30m0s", "4h": "4h0m0s", "1s": "1s"} {
+		c, err := loadConfig(t, map[string]string{"MPSAAS_METER_GRACE": v})
+		if err != nil || c.meterGrace.String() != want {
+			t.Errorf("MPSAAS_METER_GRACE=%q: %v, %v; want %s", v, c.meterGrace, err, want)
+		}
+	}
+	for _, v := range []string{"0s", "-5m", "5h", "soon", "10"} {
+		if _, err := loadConfig(t, map[string]string{"MPSAAS_METER_GRACE": v}); err == nil || !strings.Contains(err.Error(), "MPSAAS_METER_GRACE") || !strings.Contains(err.Error(), "4h") {
+			t.Errorf("MPSAAS_METER_GRACE=%q: error %v, want one naming the variable and the range", v, err)
+		}
+	}
+}

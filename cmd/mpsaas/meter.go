@@ -26,6 +26,7 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/client"
 	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/sqlite"
 )
 
@@ -33,6 +34,8 @@ const meterUsage = `Usage:
   mpsaas meter run [flags]      seal closed hours and send usage to AWS until nothing is left to send
   mpsaas meter status [flags]   usage records by state; with --state or --customer, the records
   mpsaas meter replay [flags]   move flagged records (or --id ...) into the current hour to resend them
+  mpsaas meter verify [flags]   check that every usage record is pending or in exactly one meter record
+                                whose quantity is its usage's sum; exits 1 with the offending keys
 
 They work on the database directly (MPSAAS_DB). "meter run" needs AWS
 credentials or MPSAAS_METERING_ENDPOINT (e.g. a running "mpsaas emulator").
@@ -53,6 +56,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	var once, asJSON bool
 	var state, customer string
 	var ids idList
+	var limit int
 	switch sub {
 	case "run":
 		fs.BoolVar(&once, "once", false, "make one pass instead of running until nothing is left to send")
@@ -62,6 +66,9 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 		fs.BoolVar(&asJSON, "json", false, "print JSON")
 	case "replay":
 		fs.Var(&ids, "id", "ledger id of a flagged record to replay (repeatable; default: all flagged)")
+	case "verify":
+		fs.BoolVar(&asJSON, "json", false, "print the violations as JSON")
+		fs.IntVar(&limit, "limit", 100, "report at most this many violations (0: all)")
 	default:
 		fmt.Fprint(stderr, meterUsage)
 		return fmt.Errorf("meter: unknown subcommand %q", sub)
@@ -84,6 +91,8 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	switch sub {
 	case "status":
 		return meterStatus(ctx, db, state, customer, asJSON, stdout)
+	case "verify":
+		return meterVerify(ctx, newMeteringService(cfg, db, nil, logger), limit, asJSON, stdout)
 	case "replay":
 		m := newMeteringService(cfg, db, nil, logger)
 		n, err := m.Replay(ctx, ids)
@@ -137,6 +146,9 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 		}
 		fmt.Fprintf(stdout, "pass %d: sealed %d, zero records %d, calls %d, billed %d, rejected %d, flagged %d, retrying %d\n",
 			pass, res.Sealed, res.Heartbeats, res.Calls, res.Billed, res.Rejected, res.Flagged, res.Retrying)
+		if res.Violations > 0 {
+			return fmt.Errorf("metering run: %d violations of the metering invariant (see the log; run 'mpsaas meter verify')", res.Violations)
+		}
 		more, err := m.Outstanding(ctx)
 		if err != nil {
 			return err
@@ -153,6 +165,41 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// errViolations is the error of a verify that found violations.
+var errViolations = errors.New("the metering invariant does not hold")
+
+// meterVerify checks the whole database and prints what it found.
+func meterVerify(ctx context.Context, m *metering.Service, limit int, asJSON bool, w io.Writer) error {
+	vs, err := m.Verify(ctx, limit)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		if vs == nil {
+			vs = []mpsaas.MeterViolation{}
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(map[string]any{"violations": vs}); err != nil {
+			return err
+		}
+	} else if len(vs) == 0 {
+		fmt.Fprintln(w, "ok: every usage record is pending or in exactly one meter record, and every meter record sums its usage")
+	} else {
+		for _, v := range vs {
+			fmt.Fprintln(w, v.String())
+		}
+	}
+	if len(vs) > 0 {
+		more := ""
+		if limit > 0 && len(vs) == limit {
+			more = " (the first; --limit 0 lists all)"
+		}
+		return fmt.Errorf("%w: %d violations%s", errViolations, len(vs), more)
+	}
+	return nil
 }
 
 // meteringClient builds the SDK client for metering: AWS, or the endpoint

@@ -65,7 +65,7 @@ type App struct {
 func newMeteringService(cfg Config, db *sqlite.DB, m mpsaas.Meterer, logger *slog.Logger) *metering.Service {
 	return &metering.Service{
 		Store: db, Subscribers: db, Meterer: m, Logger: logger.With("component", "metering"),
-		Listing: cfg.Listing, HeartbeatDimension: cfg.HeartbeatDimension, Concurrency: cfg.meterConcurrency,
+		Listing: cfg.Listing, HeartbeatDimension: cfg.HeartbeatDimension, Concurrency: cfg.meterConcurrency, SealGrace: cfg.meterGrace,
 	}
 }
 

@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -190,6 +193,34 @@ func TestMeterCLI(t *testing.T) {
 	out.Reset()
 	if err := run(ctx, []string{"meter", "replay"}, getenv, &out, &errOut); err != nil || !strings.Contains(out.String(), "replayed 1") {
 		t.Errorf("meter replay: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	if err := run(ctx, []string{"meter", "verify"}, getenv, &out, &errOut); err != nil || !strings.HasPrefix(out.String(), "ok:") {
+		t.Errorf("meter verify on a sound database: %v\n%s", err, out.String())
+	}
+	// Break the invariant the way the sealing race did: a usage record
+	// sealed with no meter record for its hour.
+	if _, err := c.RecordUsage(ctx, "k2", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 4, Time: time.Now().Add(-3 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := sql.Open("sqlite", db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if _, err := raw.ExecContext(ctx, `UPDATE usage SET state = 'sealed' WHERE state = 'pending' AND quantity = 4`); err != nil {
+		t.Fatal(err)
+	}
+	out.Reset()
+	err = run(ctx, []string{"meter", "verify"}, getenv, &out, &errOut)
+	if !errors.Is(err, errViolations) || !strings.Contains(out.String(), "sealed-without-record") || !strings.Contains(out.String(), key+"/users/") {
+		t.Errorf("meter verify on a broken database: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	err = run(ctx, []string{"meter", "verify", "--json"}, getenv, &out, &errOut)
+	var report struct{ Violations []mpsaas.MeterViolation }
+	if jerr := json.Unmarshal(out.Bytes(), &report); jerr != nil || err == nil || len(report.Violations) != 1 || report.Violations[0].SubscriberKey != key || report.Violations[0].Got != 4 {
+		t.Errorf("meter verify --json: %v, %v\n%s", err, jerr, out.String())
 	}
 	if err := run(ctx, []string{"meter", "run"}, envMap{"MPSAAS_DB": filepath.Join(t.TempDir(), "none.db")}.get, &out, &errOut); err == nil {
 		t.Error("meter run on a missing database succeeded")
