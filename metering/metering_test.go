@@ -436,6 +436,7 @@ func TestLongerGraceBillsLateUsageInItsHour(t *testing.T) {
 	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
 	h.meter.SealGrace = 30 * time.Minute
 	key, res := h.buyer(t, "p", nil)
+	h.em.Clock.Set(time.Date(2026, 11, 23, 12, 45, 0, 0, time.UTC))
 	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 2, Time: time.Date(2026, 11, 23, 12, 40, 0, 0, time.UTC)})
 	h.em.Clock.Set(time.Date(2026, 11, 23, 13, 20, 0, 0, time.UTC))
 	h.runUntilDone(t) // 13:20: hour 12 is still open
