@@ -258,7 +258,7 @@ type MeterStore interface {
 	// PendingRange starts a sealing pass: the lowest id of pending usage,
 	// the highest usage id that is committed, and the highest meter record
 	// id so far (a zero Hi: nothing is pending). The caller sets Before and
-	// Flush once for the whole pass.
+	// Flush (and FlushUntil) once for the whole pass.
 	PendingRange(ctx context.Context) (PendingScan, error)
 	// ScanPending calls fn, in (hour, subscriber, dimension, tag set) order,
 	// with the sum of the pending usage scan selects. A store that cannot
@@ -306,16 +306,19 @@ type MeterStore interface {
 }
 
 // PendingScan is one sealing pass: it selects the pending usage with id in
-// [Lo, Hi] whose meter hour is before Before or whose subscriber is in
-// Flush. Before and Flush are decided once, from one reading of the clock,
-// so the usage a pass sums and the usage it seals are the same.
+// [Lo, Hi] whose meter hour is before Before, or whose subscriber is in
+// Flush and whose meter hour is not after FlushUntil (the current hour: an
+// hour that has not begun cannot be sent). Before, Flush and FlushUntil
+// are decided once, from one reading of the clock, so the usage a pass
+// sums and the usage it seals are the same.
 type PendingScan struct {
 	Lo, Hi int64
 	// Records is the highest meter record id before the pass: records it
 	// creates have higher ids.
-	Records int64
-	Before  time.Time
-	Flush   []string
+	Records    int64
+	Before     time.Time
+	Flush      []string
+	FlushUntil time.Time
 	// Summed holds the ids ScanPending summed, for stores whose second
 	// reading could differ from the first (an eventually consistent index).
 	Summed []int64

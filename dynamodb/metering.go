@@ -362,8 +362,8 @@ func (s *Store) pendingItems(ctx context.Context, lo, hi int64) ([]usageItem, er
 	return out, nil
 }
 
-func qualifies(u usageItem, before time.Time, flush map[string]bool) bool {
-	return u.hour.Before(before) || flush[u.sub]
+func qualifies(u usageItem, scan *mpsaas.PendingScan, flush map[string]bool) bool {
+	return u.hour.Before(scan.Before) || (flush[u.sub] && !u.hour.After(scan.FlushUntil))
 }
 
 func setOf(keys []string) map[string]bool {
@@ -387,7 +387,7 @@ func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn fu
 	groups := map[[4]string]*mpsaas.UsageGroup{}
 	scan.Summed = scan.Summed[:0]
 	for _, u := range items {
-		if !qualifies(u, scan.Before, fl) {
+		if !qualifies(u, scan, fl) {
 			continue
 		}
 		scan.Summed = append(scan.Summed, u.id)

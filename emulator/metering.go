@@ -205,6 +205,13 @@ func (s *Server) batchMeterUsage(c call, body []byte) (any, *apiError) {
 		}
 		res := usageRecordResult{UsageRecord: r.raw}
 		switch {
+		case r.sub != nil && s.resendLocked(r):
+			// Assumption (undocumented order): an identical resend of a
+			// record AWS already billed is answered idempotently, even
+			// after the subscription ended ("identical requests are
+			// idempotent and can be retried"), so a client whose first
+			// answer was lost learns the record was billed.
+			res.Status, res.MeteringRecordId = s.billLocked(r, now)
 		case r.sub == nil || !r.sub.meteringAllowed(now, s.cfg.FinalMeteringWindow):
 			res.Status = "CustomerNotSubscribed"
 		default:
@@ -368,6 +375,12 @@ func tagSignature(tags []Tag) string {
 		b.WriteByte(0)
 	}
 	return b.String()
+}
+
+// resendLocked reports whether r is identical to a record already billed.
+func (s *Server) resendLocked(r checked) bool {
+	prev, ok := s.billed[billKey{agreementID: r.sub.AgreementID, mode: r.mode, dimension: str(r.raw.Dimension), hour: r.hour.Unix()}]
+	return ok && prev.Quantity == r.quantity && sameAllocations(prev.Allocations, r.allocations)
 }
 
 // billLocked applies AWS's per-hour dedupe: the first record for a key is

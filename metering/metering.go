@@ -249,7 +249,7 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 	if scan.Flush, err = s.flushing(ctx, now); err != nil {
 		return scan, 0, err
 	}
-	scan.Before = s.sealBefore(now)
+	scan.Before, scan.FlushUntil = s.sealBefore(now), mpsaas.Hour(now)
 	const chunk = 10000
 	total := 0
 	var conflicts []mpsaas.MeterKey

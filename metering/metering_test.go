@@ -73,11 +73,22 @@ func (h *harness) runUntilDone(t *testing.T) metering.RunResult {
 		total.Billed += r.Billed
 		total.Rejected += r.Rejected
 		total.Flagged += r.Flagged
+		total.Violations += r.Violations
 		more, err := h.meter.Outstanding(context.Background())
 		if err != nil {
 			t.Fatal(err)
 		}
 		if !more {
+			vs, err := h.meter.Verify(context.Background(), 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range vs {
+				t.Errorf("metering invariant: %s", v)
+			}
+			if total.Violations != 0 {
+				t.Errorf("runs reported %d invariant violations", total.Violations)
+			}
 			return total
 		}
 		h.em.Clock.Advance(time.Second) // let retry backoffs pass

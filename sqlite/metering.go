@@ -138,7 +138,8 @@ func pendingWhere(scan mpsaas.PendingScan) (string, []any) {
 	q := `id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
 	args := []any{scan.Lo, scan.Hi, scan.Before.Unix()}
 	if len(scan.Flush) > 0 {
-		q += ` OR subscriber_key IN (` + placeholders(len(scan.Flush)) + `)`
+		q += ` OR (meter_hour <= ? AND subscriber_key IN (` + placeholders(len(scan.Flush)) + `))`
+		args = append(args, scan.FlushUntil.Unix())
 		for _, k := range scan.Flush {
 			args = append(args, k)
 		}

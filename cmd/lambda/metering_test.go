@@ -105,6 +105,13 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	vs, err := app.meter.Verify(ctx, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range vs {
+		t.Errorf("metering invariant: %s", v)
+	}
 	got := map[string]int64{}
 	resent := 0
 	for _, b := range em.Billed("") {

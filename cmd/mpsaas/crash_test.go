@@ -239,4 +239,10 @@ func TestMeteringSurvivesKillsAndFaults(t *testing.T) {
 	if !strings.Contains(out, "pass") {
 		t.Errorf("final run printed no progress: %s", out)
 	}
+	// The invariant holds over the whole database after all the kills.
+	verify, err := exec.Command(bin, "meter", "verify", "--db", dbPath, "--limit", "0").CombinedOutput()
+	if err != nil || !strings.HasPrefix(string(verify), "ok:") {
+		t.Errorf("meter verify: %v\n%s", err, verify)
+	}
+	fmt.Println("crash and fault test: mpsaas meter verify:", strings.TrimSpace(string(verify)))
 }

@@ -1,0 +1,20 @@
+package dynamodb_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas/internal/metermodel"
+)
+
+// TestModelDynamoDB runs the model-based metering test (see
+// internal/metermodel) on the DynamoDB store: random interleavings of
+// ingestion, late usage, cancellations, runs cut short by failing store
+// calls, AWS faults and a clock that steps on every reading.
+func TestModelDynamoDB(t *testing.T) {
+	for seed := range 2 {
+		st := MustOpen(t)
+		metermodel.Run(t, metermodel.Config{Seed: uint64(100 + seed), Steps: 200, CheckEvery: 10, Store: st,
+			SetClock: func(f func() time.Time) { st.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1})
+	}
+}

@@ -1,0 +1,33 @@
+package metering_test
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas/internal/metermodel"
+	"github.com/mpsaas/mpsaas/sqlite"
+)
+
+// TestModelSQLite runs the model-based metering test on SQLite: random
+// interleavings of ingestion, late usage, cancellations, runs, crashes at
+// store calls, AWS faults and a clock that steps on every reading.
+func TestModelSQLite(t *testing.T) {
+	seeds := 6
+	if testing.Short() {
+		seeds = 2
+	}
+	for seed := range seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "model.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			metermodel.Run(t, metermodel.Config{Seed: uint64(seed), Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f },
+				StoreFaultRate: 0.1, AWSFaultRate: 0.1})
+		})
+	}
+}
