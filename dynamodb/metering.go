@@ -949,9 +949,15 @@ func (s *Store) Replay(ctx context.Context, ids []int64, hour time.Time) (int, e
 			if left == 0 {
 				state = "replayed"
 			}
-			if _, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterRecords), Key: map[string]types.AttributeValue{"key": m["key"]},
-				UpdateExpression: aws.String("SET #s = :r ADD usageQuantity :q"), ExpressionAttributeNames: map[string]string{"#s": "state"},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":r": sv(state), ":q": nv(-movedQ)}}); err != nil {
+			// Records stored before usageQuantity existed get none.
+			in := &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterRecords), Key: map[string]types.AttributeValue{"key": m["key"]},
+				UpdateExpression: aws.String("SET #s = :r"), ExpressionAttributeNames: map[string]string{"#s": "state"},
+				ExpressionAttributeValues: map[string]types.AttributeValue{":r": sv(state)}}
+			if _, ok := m["usageQuantity"]; ok {
+				in.UpdateExpression = aws.String("SET #s = :r ADD usageQuantity :q")
+				in.ExpressionAttributeValues[":q"] = nv(-movedQ)
+			}
+			if _, err := s.client.UpdateItem(ctx, in); err != nil {
 				return moved, err
 			}
 		}
@@ -1101,7 +1107,7 @@ func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, li
 		}
 		for _, m := range records {
 			k := getS(m, "key")
-			if seen[k] || strings.HasPrefix(k, "\x00") {
+			if seen[k] {
 				continue
 			}
 			check(&keySum{key: mpsaas.MeterKey{SubscriberKey: getS(m, "subscriberKey"), Dimension: getS(m, "dimension"), Hour: time.Unix(getN(m, "hour"), 0).UTC()}}, m)
