@@ -16,59 +16,170 @@ import (
 var _ mpsaas.MeterStore = (*DB)(nil)
 
 // AddUsage stores a request's rows atomically under its idempotency key.
+// Concurrent requests are group-committed: one writer goroutine stores all
+// the requests waiting for it in one transaction, each in its own
+// savepoint, so a request that fails (a reused idempotency key) changes
+// nothing and the others still commit. A request is answered only after
+// the transaction holding it committed.
 func (d *DB) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.UsageRow, openHour, now time.Time) (mpsaas.UsageReceipt, error) {
-	var rec mpsaas.UsageReceipt
-	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		var prevHash string
-		var accepted int
-		var firstID, received int64
-		err := tx.QueryRowContext(ctx, `SELECT hash, accepted, first_id, received_at FROM usage_requests WHERE key = ?`, key).Scan(&prevHash, &accepted, &firstID, &received)
-		switch {
-		case err == nil:
-			if prevHash != hash {
-				return mpsaas.Errorf(mpsaas.ECONFLICT, "idempotency key %q was already used for different usage records", key)
+	req := &usageWrite{key: key, hash: hash, rows: rows, openHour: openHour, now: now, done: make(chan usageWriteResult, 1)}
+	d.startUsageWriter()
+	select {
+	case d.usageWrites <- req:
+	case <-ctx.Done():
+		return mpsaas.UsageReceipt{}, ctx.Err()
+	case <-d.closing:
+		return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EUNAVAILABLE, "the database is closing")
+	}
+	select {
+	case r := <-req.done:
+		if r.err != nil && mpsaas.ErrorCode(r.err) == mpsaas.EINTERNAL {
+			return r.rec, fmt.Errorf("add usage %s: %w", key, r.err)
+		}
+		return r.rec, r.err
+	case <-ctx.Done():
+		// The request may still commit; a retry with the same key then
+		// answers with its receipt.
+		return mpsaas.UsageReceipt{}, ctx.Err()
+	}
+}
+
+// usageWrite is one AddUsage call waiting for the writer.
+type usageWrite struct {
+	key, hash     string
+	rows          []mpsaas.UsageRow
+	openHour, now time.Time
+	done          chan usageWriteResult
+}
+
+type usageWriteResult struct {
+	rec mpsaas.UsageReceipt
+	err error
+}
+
+// maxGroupRows bounds the usage rows of one group commit.
+const maxGroupRows = 50000
+
+// usageWriteTimeout bounds one group transaction.
+const usageWriteTimeout = 30 * time.Second
+
+func (d *DB) startUsageWriter() {
+	d.writerOnce.Do(func() {
+		d.writerDone = make(chan struct{})
+		go d.usageWriter()
+	})
+}
+
+// usageWriter takes the first waiting request, then every other one already
+// waiting (up to maxGroupRows rows), and stores them in one transaction.
+func (d *DB) usageWriter() {
+	defer close(d.writerDone)
+	var group []*usageWrite
+	for {
+		group = group[:0]
+		select {
+		case req := <-d.usageWrites:
+			group = append(group, req)
+		case <-d.closing:
+			return
+		}
+		n := len(group[0].rows)
+	more:
+		for n < maxGroupRows {
+			select {
+			case req := <-d.usageWrites:
+				group = append(group, req)
+				n += len(req.rows)
+			default:
+				break more
 			}
-			rec = mpsaas.UsageReceipt{IdempotencyKey: key, Accepted: accepted, FirstID: firstID, ReceivedAt: fromUnixNano(received), Replayed: true}
-			return nil
-		case !isNoRows(err):
-			return err
 		}
-		res, err := tx.ExecContext(ctx, `INSERT INTO usage_requests (key, hash, accepted, first_id, received_at) VALUES (?, ?, ?, 0, ?)`,
-			key, hash, len(rows), unixNano(now))
-		if err != nil {
-			return err
-		}
-		reqID, _ := res.LastInsertId()
-		stmt, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_id, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
+		d.writeUsageGroup(group)
+	}
+}
+
+func (d *DB) writeUsageGroup(group []*usageWrite) {
+	ctx, cancel := context.WithTimeout(context.Background(), usageWriteTimeout)
+	defer cancel()
+	results := make([]usageWriteResult, len(group))
+	err := d.withTx(ctx, func(tx *sql.Tx) error {
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_id, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
 			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
-		hours := newHourPlacer(tx, ctx, openHour)
-		for i, r := range rows {
-			h, err := hours.place(r.SubscriberKey, r.Dimension, mpsaas.Hour(r.Time))
-			if err != nil {
+		defer ins.Close()
+		var hours *hourPlacer
+		for i, req := range group {
+			if hours == nil || !hours.openHour.Equal(req.openHour) {
+				hours = newHourPlacer(tx, ctx, req.openHour)
+			}
+			if _, err := tx.ExecContext(ctx, `SAVEPOINT usage_request`); err != nil {
 				return err
 			}
-			res, err := stmt.ExecContext(ctx, reqID, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(now))
+			rec, err := addUsage(ctx, tx, ins, hours, req)
 			if err != nil {
+				if _, rerr := tx.ExecContext(ctx, `ROLLBACK TO usage_request`); rerr != nil {
+					return rerr
+				}
+				if mpsaas.ErrorCode(err) == mpsaas.EINTERNAL {
+					// The placer's cache may hold what was rolled back.
+					hours = nil
+				}
+			}
+			if _, err := tx.ExecContext(ctx, `RELEASE usage_request`); err != nil {
 				return err
 			}
-			if i == 0 {
-				firstID, _ = res.LastInsertId()
-			}
+			results[i] = usageWriteResult{rec: rec, err: err}
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE usage_requests SET first_id = ? WHERE id = ?`, firstID, reqID); err != nil {
-			return err
-		}
-		rec = mpsaas.UsageReceipt{IdempotencyKey: key, Accepted: len(rows), FirstID: firstID, ReceivedAt: now}
 		return nil
 	})
-	if err != nil && mpsaas.ErrorCode(err) == mpsaas.EINTERNAL {
-		return rec, fmt.Errorf("add usage %s: %w", key, err)
+	for i, req := range group {
+		if err != nil {
+			results[i] = usageWriteResult{err: err}
+		}
+		req.done <- results[i]
 	}
-	return rec, err
+}
+
+// addUsage stores one request inside the group transaction.
+func addUsage(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, hours *hourPlacer, req *usageWrite) (mpsaas.UsageReceipt, error) {
+	var prevHash string
+	var accepted int
+	var firstID, received int64
+	err := tx.QueryRowContext(ctx, `SELECT hash, accepted, first_id, received_at FROM usage_requests WHERE key = ?`, req.key).Scan(&prevHash, &accepted, &firstID, &received)
+	switch {
+	case err == nil:
+		if prevHash != req.hash {
+			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.ECONFLICT, "idempotency key %q was already used for different usage records", req.key)
+		}
+		return mpsaas.UsageReceipt{IdempotencyKey: req.key, Accepted: accepted, FirstID: firstID, ReceivedAt: fromUnixNano(received), Replayed: true}, nil
+	case !isNoRows(err):
+		return mpsaas.UsageReceipt{}, err
+	}
+	res, err := tx.ExecContext(ctx, `INSERT INTO usage_requests (key, hash, accepted, first_id, received_at) VALUES (?, ?, ?, 0, ?)`,
+		req.key, req.hash, len(req.rows), unixNano(req.now))
+	if err != nil {
+		return mpsaas.UsageReceipt{}, err
+	}
+	reqID, _ := res.LastInsertId()
+	for i, r := range req.rows {
+		h, err := hours.place(r.SubscriberKey, r.Dimension, mpsaas.Hour(r.Time))
+		if err != nil {
+			return mpsaas.UsageReceipt{}, err
+		}
+		res, err := ins.ExecContext(ctx, reqID, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(req.now))
+		if err != nil {
+			return mpsaas.UsageReceipt{}, err
+		}
+		if i == 0 {
+			firstID, _ = res.LastInsertId()
+		}
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE usage_requests SET first_id = ? WHERE id = ?`, firstID, reqID); err != nil {
+		return mpsaas.UsageReceipt{}, err
+	}
+	return mpsaas.UsageReceipt{IdempotencyKey: req.key, Accepted: len(req.rows), FirstID: firstID, ReceivedAt: req.now}, nil
 }
 
 // hourPlacer decides the meter hour of a usage record: its own hour, unless

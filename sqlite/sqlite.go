@@ -11,6 +11,7 @@ import (
 	"io/fs"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -25,6 +26,13 @@ var migrationFS embed.FS
 type DB struct {
 	db  *sql.DB
 	Now func() time.Time
+
+	// The usage writer group-commits AddUsage calls (see AddUsage).
+	usageWrites chan *usageWrite
+	writerOnce  sync.Once
+	writerDone  chan struct{}
+	closing     chan struct{}
+	closeOnce   sync.Once
 }
 
 // Open opens (creating if needed) the database at path and applies
@@ -51,7 +59,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	// memory bounded while a long read (a metering scan) runs beside writes.
 	db.SetMaxOpenConns(4)
 	db.SetMaxIdleConns(4)
-	d := &DB{db: db, Now: func() time.Time { return time.Now().UTC() }}
+	d := &DB{db: db, Now: func() time.Time { return time.Now().UTC() }, usageWrites: make(chan *usageWrite), closing: make(chan struct{})}
 	if err := d.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
@@ -59,8 +67,15 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	return d, nil
 }
 
-// Close closes the database.
-func (d *DB) Close() error { return d.db.Close() }
+// Close closes the database. Usage being written is committed first.
+func (d *DB) Close() error {
+	d.closeOnce.Do(func() { close(d.closing) })
+	d.writerOnce.Do(func() {}) // no writer starts after this
+	if d.writerDone != nil {
+		<-d.writerDone
+	}
+	return d.db.Close()
+}
 
 func (d *DB) migrate(ctx context.Context) error {
 	if _, err := d.db.ExecContext(ctx, `CREATE TABLE IF NOT EXISTS migrations (name TEXT PRIMARY KEY)`); err != nil {

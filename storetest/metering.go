@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,80 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeterStore) {
 	t.Run("ReplayFlagged", func(t *testing.T) { testReplay(t, newStore(t)) })
 	t.Run("Heartbeats", func(t *testing.T) { testHeartbeats(t, newStore(t)) })
 	t.Run("VerifyFindsViolations", func(t *testing.T) { testVerify(t, newStore(t)) })
+	t.Run("ConcurrentIngestion", func(t *testing.T) { testConcurrentIngestion(t, newStore(t)) })
+}
+
+// testConcurrentIngestion sends many requests at once, as the usage API
+// does under load: distinct keys, the same key twice with the same records
+// (one stored, one replayed) and a key reused for other records (refused).
+// Every request is answered, nothing is stored twice, and a refused request
+// leaves no row behind.
+func testConcurrentIngestion(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(10 * time.Minute)
+	const n = 40
+	type answer struct {
+		i   int
+		rec mpsaas.UsageReceipt
+		err error
+	}
+	answers := make(chan answer, 3*n)
+	var wg sync.WaitGroup
+	for i := range n {
+		key := fmt.Sprintf("k%d", i%(n/2)) // every key twice
+		hash := key
+		q := int64(i%(n/2) + 1)
+		if i >= n/2 && i%4 == 0 {
+			hash, q = key+"-other", 1000 // the same key for other records
+		}
+		wg.Go(func() {
+			rec, err := st.AddUsage(ctx, key, hash, []mpsaas.UsageRow{row("A", "users", q, h10), row("B", "users", q, h10)}, mpsaas.Hour(now), now)
+			answers <- answer{i, rec, err}
+		})
+	}
+	wg.Wait()
+	close(answers)
+	stored, replayed, conflicts := map[string]int{}, 0, 0
+	for a := range answers {
+		switch {
+		case mpsaas.ErrorCode(a.err) == mpsaas.ECONFLICT:
+			conflicts++
+		case a.err != nil:
+			t.Errorf("request %d: %v", a.i, a.err)
+		case a.rec.Replayed:
+			replayed++
+		default:
+			stored[a.rec.IdempotencyKey]++
+		}
+	}
+	if len(stored) != n/2 {
+		t.Errorf("%d keys stored, want %d (each once): %v", len(stored), n/2, stored)
+	}
+	for k, c := range stored {
+		if c != 1 {
+			t.Errorf("key %s stored %d times", k, c)
+		}
+	}
+	if replayed+conflicts != n/2 {
+		t.Errorf("replayed %d + refused %d, want %d", replayed, conflicts, n/2)
+	}
+	// Whichever of a key's two requests came first was stored: the total is
+	// the sum of what the stored requests carried, two rows each.
+	entries := ledger(t, st)
+	if len(entries) != n {
+		t.Fatalf("%d usage rows, want %d", len(entries), n)
+	}
+	perKey := map[string]int64{}
+	for _, e := range entries {
+		perKey[e.RequestKey] += e.Quantity
+	}
+	for k, q := range perKey {
+		var i int
+		fmt.Sscanf(k, "k%d", &i)
+		if want := 2 * int64(i+1); q != want && q != 2000 {
+			t.Errorf("key %s: quantity %d, want %d (or 2000 for its other records)", k, q, want)
+		}
+	}
 }
 
 // testVerify breaks the invariant on purpose through the store's own

@@ -6,7 +6,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // BenchmarkMeter1M is `mpsaas bench` as a Go benchmark: it ingests 1,000,000
@@ -47,5 +49,36 @@ func BenchmarkMeter1M(b *testing.B) {
 		b.ReportMetric(float64(res.MeterCalls), "BatchMeterUsage-calls")
 		b.ReportMetric(float64(res.MeterMaxRSSBytes)/(1<<20), "meter-peak-RSS-MB")
 		b.Logf("\n%s", res)
+	}
+}
+
+// TestBenchHTTP runs `mpsaas bench http` small: a real serve child, clients
+// over HTTP, status and idle measurement. Slow (builds the binary): runs
+// when MPSAAS_SLOW_TESTS=1.
+func TestBenchHTTP(t *testing.T) {
+	if os.Getenv("MPSAAS_SLOW_TESTS") != "1" {
+		t.Skip("set MPSAAS_SLOW_TESTS=1 to run the HTTP benchmark test")
+	}
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "mpsaas")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	o := HTTPBenchOptions{Buyers: 7, Preload: 500, Clients: 3, RequestRecords: 4, Duration: time.Second, StatusRequests: 3, Idle: time.Second, MeterInterval: time.Second}
+	res, err := benchHTTP(context.Background(), bin, dir, o, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", res)
+	if res.Failed != 0 || res.Requests == 0 || res.Records != 4*res.Requests || res.StatusRows != int64(500+res.Records) {
+		t.Errorf("result %+v", res)
+	}
+	if res.P99 <= 0 || res.StatusP99 <= 0 || res.ServeMaxRSSBytes <= 0 {
+		t.Errorf("missing measurements: %+v", res)
+	}
+	// The CLI validates its flags.
+	var stderr strings.Builder
+	if err := run(context.Background(), []string{"bench", "http", "--request-records", "0"}, os.Getenv, io.Discard, &stderr); err == nil || !strings.Contains(err.Error(), "--request-records") {
+		t.Errorf("bench http --request-records 0: %v", err)
 	}
 }

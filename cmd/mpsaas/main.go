@@ -50,6 +50,8 @@ Usage:
   mpsaas usage record ...   send usage records to a running mpsaas
   mpsaas meter run          send pending usage to AWS now (also: meter status, meter replay)
   mpsaas bench [flags]      measure ingestion and metering of 1,000,000 records for 100,000 buyers
+  mpsaas bench http [flags] measure a running serve over HTTP: ingestion by N clients,
+                            status latency, idle CPU
   mpsaas version            print the version
 
 Run "mpsaas <command> -h" for the flags of a command. Every flag can also be
@@ -71,6 +73,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "usage":
 		return runUsage(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":
+		if len(args) > 1 && args[1] == "http" {
+			return runBenchHTTP(ctx, args[2:], stdout, stderr)
+		}
 		return runBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "mpsaas", version)
