@@ -171,6 +171,8 @@ type MeterRecord struct {
 	// UsageQuantity is the sum of the usage the record includes, before a
 	// contract's entitlement is deducted (Quantity is what is billed).
 	UsageQuantity int64
+	// UsageRecords is how many usage records the record includes.
+	UsageRecords int64
 	// Allocations by tag signature; nil when no usage was tagged.
 	Allocations map[string]int64
 	// Buyer identity sent to AWS: CustomerIdentifier + ProductCode, or
@@ -378,6 +380,11 @@ func (v MeterViolation) String() string {
 type StateCount struct {
 	Records  int64 `json:"records"`
 	Quantity int64 `json:"quantity"`
+	// For the states of sealed usage: the hourly meter records the usage is
+	// in, and the quantity they carry to AWS, which is the usage less what a
+	// contract's entitlement covers (for billed: what AWS billed).
+	MeterRecords  int64 `json:"meterRecords,omitempty"`
+	MeterQuantity int64 `json:"meterQuantity,omitempty"`
 }
 
 // UsageGroup is pending usage summed per subscriber, dimension, hour and tag set.

@@ -365,6 +365,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber) mpsa
 	for _, x := range gs {
 		rec.Quantity += x.Quantity
 		rec.UsageQuantity += x.Quantity
+		rec.UsageRecords += int64(x.Records)
 		alloc[x.TagSig] += x.Quantity
 		if x.TagSig != "" {
 			tagged = true

@@ -179,6 +179,13 @@ func addUsage(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, hours *hourPlacer,
 	if _, err := tx.ExecContext(ctx, `UPDATE usage_requests SET first_id = ? WHERE id = ?`, firstID, reqID); err != nil {
 		return mpsaas.UsageReceipt{}, err
 	}
+	var total int64
+	for _, r := range req.rows {
+		total += r.Quantity
+	}
+	if _, err := tx.ExecContext(ctx, `UPDATE usage_totals SET records = records + ?, quantity = quantity + ? WHERE id = 1`, len(req.rows), total); err != nil {
+		return mpsaas.UsageReceipt{}, err
+	}
 	return mpsaas.UsageReceipt{IdempotencyKey: req.key, Accepted: len(req.rows), FirstID: firstID, ReceivedAt: req.now}, nil
 }
 
@@ -301,9 +308,10 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 	var conflicts []mpsaas.MeterKey
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
 		conflicts = conflicts[:0]
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, max_usage_id, allocations,
-			customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+		// Uncounted until SealUsage seals the usage (see 0004_totals.sql).
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, usage_records, counted,
+			max_usage_id, allocations, customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
 		if err != nil {
 			return err
 		}
@@ -317,7 +325,7 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 			if state == "" {
 				state = mpsaas.UsageSealed
 			}
-			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, r.UsageQuantity, upTo, alloc, r.CustomerIdentifier,
+			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, r.UsageQuantity, r.UsageRecords, upTo, alloc, r.CustomerIdentifier,
 				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now))
 			if err != nil {
 				return err
@@ -344,6 +352,11 @@ func (d *DB) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts [
 		moved = 0
 		where, args := pendingWhere(scan)
 		if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'sealed' WHERE `+where, args...); err != nil {
+			return err
+		}
+		// The records of this pass (and of an interrupted one) now hold
+		// sealed usage: they count in the totals from here on.
+		if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET counted = 1 WHERE counted = 0`); err != nil {
 			return err
 		}
 		hours := newHourPlacer(tx, ctx, openHour)
@@ -660,24 +673,42 @@ func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.Ledger
 	return out, rows.Err()
 }
 
-// MeterSummary counts usage by ledger state.
+// MeterSummary counts usage by ledger state. It reads running totals (see
+// 0004_totals.sql), so it costs the same at any size.
 func (d *DB) MeterSummary(ctx context.Context) (map[string]mpsaas.StateCount, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+ledgerState+`, COUNT(*), COALESCE(SUM(u.quantity), 0)
-		FROM usage u `+ledgerJoin+` GROUP BY 1`)
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("meter summary: %w", err)
+	}
+	defer tx.Rollback()
+	var ingested mpsaas.StateCount
+	if err := tx.QueryRowContext(ctx, `SELECT records, quantity FROM usage_totals WHERE id = 1`).Scan(&ingested.Records, &ingested.Quantity); err != nil {
+		return nil, fmt.Errorf("meter summary: %w", err)
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT state, records, usage_records, usage_quantity, quantity FROM meter_totals WHERE records != 0 OR usage_records != 0`)
 	if err != nil {
 		return nil, fmt.Errorf("meter summary: %w", err)
 	}
 	defer rows.Close()
 	out := map[string]mpsaas.StateCount{}
+	pending := ingested
 	for rows.Next() {
 		var s string
 		var c mpsaas.StateCount
-		if err := rows.Scan(&s, &c.Records, &c.Quantity); err != nil {
+		if err := rows.Scan(&s, &c.MeterRecords, &c.Records, &c.Quantity, &c.MeterQuantity); err != nil {
 			return nil, err
 		}
 		out[s] = c
+		pending.Records -= c.Records
+		pending.Quantity -= c.Quantity
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if pending.Records != 0 || pending.Quantity != 0 {
+		out[mpsaas.UsagePending] = pending
+	}
+	return out, nil
 }
 
 // Replay moves the usage of flagged meter records (all, or the given usage
@@ -733,9 +764,9 @@ func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, erro
 			moved += int(n)
 			// The record no longer includes the moved usage; one whose usage
 			// all moved is done with.
-			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET usage_quantity = usage_quantity - ?,
+			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET usage_quantity = usage_quantity - ?, usage_records = usage_records - ?,
 				state = CASE WHEN EXISTS (SELECT 1 FROM usage WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?) THEN state ELSE 'replayed' END
-				WHERE id = ?`, q, r.sub, r.dim, r.hour, r.id); err != nil {
+				WHERE id = ?`, q, n, r.sub, r.dim, r.hour, r.id); err != nil {
 				return err
 			}
 		}

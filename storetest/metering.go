@@ -3,6 +3,8 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -205,9 +207,10 @@ func scanRecords(t *testing.T, st MeterStore, scan *mpsaas.PendingScan) []mpsaas
 		if n := len(recs); n > 0 && recs[n-1].SubscriberKey == g.SubscriberKey && recs[n-1].Dimension == g.Dimension && recs[n-1].Hour.Equal(g.Hour) {
 			recs[n-1].Quantity += g.Quantity
 			recs[n-1].UsageQuantity += g.Quantity
+			recs[n-1].UsageRecords += int64(g.Records)
 			return nil
 		}
-		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity, UsageQuantity: g.Quantity,
+		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity, UsageQuantity: g.Quantity, UsageRecords: int64(g.Records),
 			CustomerAWSAccountID: "111122223333", LicenseArn: "arn:aws:license-manager::1:license:l-" + g.SubscriberKey, ProductCode: "p"})
 		return nil
 	})
@@ -292,12 +295,14 @@ func testInterruptedSeal(t *testing.T, st MeterStore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, UsageQuantity: 5, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, UsageQuantity: 5, UsageRecords: 2, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
 	if c, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, scan.Hi); err != nil || len(c) != 0 {
 		t.Fatalf("InsertMeterRecords = %v, %v", c, err)
 	}
-	// Crash here: SealUsage never ran. The record includes the pending usage.
+	// Crash here: SealUsage never ran. The record includes the pending usage,
+	// which the status still counts once, as pending.
 	verify(t, st, mpsaas.VerifyScope{})
+	summary(t, st, "pending:2/5")
 	// Usage for hour 10 that arrives now finds the record and goes to the open hour.
 	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "users", 7, h10)}, open, now); err != nil {
 		t.Fatal(err)
@@ -306,6 +311,27 @@ func testInterruptedSeal(t *testing.T, st MeterStore) {
 	want := map[string]int64{"A/users/10h/sealed": 5, "A/users/11h/pending": 7}
 	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("after the interrupted seal: %v\nwant %v", got, want)
+	}
+	summary(t, st, "pending:1/7 sealed:2/5")
+}
+
+// summary checks the usage records and quantity per state of MeterSummary,
+// written "state:records/quantity" in state order.
+func summary(t *testing.T, st MeterStore, want string) {
+	t.Helper()
+	sum, err := st.MeterSummary(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for s, c := range sum {
+		if c.Records != 0 || c.Quantity != 0 {
+			got = append(got, fmt.Sprintf("%s:%d/%d", s, c.Records, c.Quantity))
+		}
+	}
+	sort.Strings(got)
+	if g := strings.Join(got, " "); g != want {
+		t.Errorf("MeterSummary = %s, want %s", g, want)
 	}
 }
 
@@ -391,10 +417,19 @@ func testReplay(t *testing.T, st MeterStore) {
 	if got := quantities(t, st); got["A/users/10h/flagged"] != 5 {
 		t.Fatalf("before replay: %v", got)
 	}
-	n, err := st.Replay(ctx, nil, open)
-	if err != nil || n != 2 {
-		t.Fatalf("Replay = %d, %v; want 2 records", n, err)
+	summary(t, st, "flagged:2/5")
+	// One record first, then the rest.
+	first := ledger(t, st)[0]
+	if n, err := st.Replay(ctx, []int64{first.ID}, open); err != nil || n != 1 {
+		t.Fatalf("Replay(%d) = %d, %v; want 1 record", first.ID, n, err)
 	}
+	summary(t, st, "flagged:1/1 pending:1/4")
+	verify(t, st, mpsaas.VerifyScope{})
+	n, err := st.Replay(ctx, nil, open)
+	if err != nil || n != 1 {
+		t.Fatalf("Replay = %d, %v; want the other record", n, err)
+	}
+	summary(t, st, "pending:2/5")
 	want := map[string]int64{"A/users/12h/pending": 5}
 	if got := quantities(t, st); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("after replay: %v, want %v", got, want)

@@ -255,9 +255,14 @@ func meterStatus(ctx context.Context, db *sqlite.DB, state, customer string, asJ
 	}
 	sort.Strings(states)
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "STATE\tRECORDS\tQUANTITY")
+	fmt.Fprintln(tw, "STATE\tRECORDS\tQUANTITY\tHOURLY RECORDS\tSENT TO AWS")
 	for _, s := range states {
-		fmt.Fprintf(tw, "%s\t%d\t%d\n", s, sum[s].Records, sum[s].Quantity)
+		c := sum[s]
+		if s == mpsaas.UsagePending {
+			fmt.Fprintf(tw, "%s\t%d\t%d\t-\t-\n", s, c.Records, c.Quantity)
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", s, c.Records, c.Quantity, c.MeterRecords, c.MeterQuantity)
 	}
 	if len(states) == 0 {
 		fmt.Fprintln(tw, "(no usage recorded)")
@@ -265,6 +270,7 @@ func meterStatus(ctx context.Context, db *sqlite.DB, state, customer string, asJ
 	if err := tw.Flush(); err != nil {
 		return err
 	}
+	fmt.Fprintln(w, "\nQUANTITY is usage; SENT TO AWS is what the hourly records carry (usage less contract entitlements): for billed, what AWS billed.")
 	if sum[mpsaas.UsageFlagged].Records > 0 {
 		fmt.Fprintln(w, "\nFlagged records need you: see them with --state flagged, fix the cause, then \"mpsaas meter replay\".")
 	}

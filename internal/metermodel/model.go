@@ -332,6 +332,19 @@ func Run(t *testing.T, cfg Config) {
 			}
 		}
 	}
+	// The status's billed meter quantity is what AWS billed (stores that
+	// report meter quantities).
+	if sum, err := cfg.Store.MeterSummary(ctx); err != nil {
+		t.Error(err)
+	} else if b := sum[mpsaas.UsageBilled]; b.MeterRecords > 0 {
+		var total int64
+		for _, q := range billed {
+			total += q
+		}
+		if b.MeterQuantity != total {
+			problems = append(problems, fmt.Sprintf("status: billed meter quantity %d, AWS billed %d", b.MeterQuantity, total))
+		}
+	}
 	sort.Strings(problems)
 	if len(problems) > 0 {
 		t.Errorf("billing differs from the model:\n%s", strings.Join(problems, "\n"))
@@ -349,6 +362,38 @@ func check(t *testing.T, ctx context.Context, st Store, when string) {
 	}
 	for _, v := range vs {
 		t.Errorf("%s: %s", when, v)
+	}
+	// The status (running totals on SQLite) agrees with the ledger.
+	sum, err := st.MeterSummary(ctx)
+	if err != nil {
+		t.Fatalf("meter summary %s: %v", when, err)
+	}
+	want := map[string]mpsaas.StateCount{}
+	for after := int64(0); ; {
+		page, err := st.Ledger(ctx, mpsaas.LedgerFilter{AfterID: after, Limit: 10000})
+		if err != nil {
+			t.Fatalf("ledger %s: %v", when, err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		for _, e := range page {
+			c := want[e.State]
+			c.Records++
+			c.Quantity += e.Quantity
+			want[e.State] = c
+		}
+		after = page[len(page)-1].ID
+	}
+	for s, c := range sum {
+		if w := want[s]; c.Records != w.Records || c.Quantity != w.Quantity {
+			t.Errorf("%s: status says %s %d records of quantity %d, the ledger %d of %d", when, s, c.Records, c.Quantity, w.Records, w.Quantity)
+		}
+	}
+	for s, w := range want {
+		if _, ok := sum[s]; !ok {
+			t.Errorf("%s: status has no %s, the ledger %d records of quantity %d", when, s, w.Records, w.Quantity)
+		}
 	}
 }
 
