@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,6 +58,11 @@ type Service struct {
 	MaxBackoff time.Duration
 
 	mu sync.Mutex // one metering run at a time
+	// lastSeal is the last seal pass that completed (nil: none to rely on)
+	// and heartbeatsTo the end of the last heartbeat pass; both let an idle
+	// run skip work an earlier run already did. Guarded by mu.
+	lastSeal     *sealMark
+	heartbeatsTo time.Time
 
 	// customers caches customer → subscriber key: the mapping never changes.
 	customers sync.Map
@@ -224,6 +230,25 @@ func ParseSealGrace(v string) (time.Duration, error) {
 	return d, nil
 }
 
+// sealMark is what a completed seal pass decided: after it, no pending
+// usage with an id up to hi is selected by the same before, flush keys and
+// flushUntil.
+type sealMark struct {
+	before, flushUntil time.Time
+	flush              string
+	hi                 int64
+}
+
+// ConsistentScanner is implemented by stores whose ScanPending sees every
+// committed usage row (SQLite). With such a store a pass skips the usage an
+// earlier pass with the same decision already looked at, so an idle run
+// reads nothing however much usage is pending in the open hour. A store
+// whose pending index is eventually consistent (DynamoDB's GSI) could have
+// missed a row, so every pass scans all pending usage there.
+type ConsistentScanner interface {
+	ConsistentPendingScan() bool
+}
+
 // sealBefore is the first hour still open for usage at now: hours before
 // it are closed and sealed.
 func (s *Service) sealBefore(now time.Time) time.Time {
@@ -250,6 +275,17 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 		return scan, 0, err
 	}
 	scan.Before, scan.FlushUntil = s.sealBefore(now), mpsaas.Hour(now)
+	sort.Strings(scan.Flush)
+	mark := sealMark{before: scan.Before, flushUntil: scan.FlushUntil, flush: strings.Join(scan.Flush, "\x00"), hi: scan.Hi}
+	if c, ok := s.Store.(ConsistentScanner); ok && c.ConsistentPendingScan() && s.lastSeal != nil {
+		if last := *s.lastSeal; last.before.Equal(mark.before) && last.flushUntil.Equal(mark.flushUntil) && last.flush == mark.flush && last.hi >= scan.Lo {
+			if last.hi >= scan.Hi {
+				return mpsaas.PendingScan{}, 0, nil // nothing new since the last pass
+			}
+			scan.Lo = last.hi + 1
+		}
+	}
+	s.lastSeal = nil
 	const chunk = 10000
 	total := 0
 	var conflicts []mpsaas.MeterKey
@@ -303,6 +339,10 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 	moved, err := s.Store.SealUsage(ctx, scan, conflicts, mpsaas.Hour(now))
 	if moved > 0 {
 		s.log().Info("usage for hours already metered moved to a later open hour", "records", moved)
+	}
+	if err == nil && moved == 0 {
+		// Usage moved to another hour may match this decision again.
+		s.lastSeal = &mark
 	}
 	return scan, total, err
 }
@@ -456,11 +496,19 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	if s.HeartbeatDimension == "" {
 		return 0, nil
 	}
+	end := s.sealBefore(now)
+	if end.Equal(s.heartbeatsTo) {
+		// The last pass covered every hour before end for every buyer then
+		// subscribed; a buyer created since starts in an hour >= end. (A
+		// buyer stored with an earlier creation time, e.g. imported, gets
+		// the hours it lacks when end moves on, within the hour.)
+		return 0, nil
+	}
+	s.heartbeatsTo = time.Time{}
 	subs, err := s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusActive, mpsaas.StatusUnsubscribePending})
 	if err != nil {
 		return 0, err
 	}
-	end := s.sealBefore(now)
 	earliest := mpsaas.Hour(now.Add(-mpsaas.MeteringWindow + time.Hour))
 	var recs []mpsaas.MeterRecord
 	added := 0
@@ -487,6 +535,9 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 		}
 	}
 	n, err := s.Store.AddHeartbeats(ctx, recs)
+	if err == nil {
+		s.heartbeatsTo = end
+	}
 	return added + n, err
 }
 
@@ -670,6 +721,7 @@ func (s *Service) Outstanding(ctx context.Context) (bool, error) {
 func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.lastSeal = nil // replayed usage is pending again below the last mark
 	return s.Store.Replay(ctx, ids, mpsaas.Hour(s.now()))
 }
 

@@ -459,3 +459,66 @@ func TestLongerGraceBillsLateUsageInItsHour(t *testing.T) {
 		t.Errorf("billed = %v, want %v", got, want)
 	}
 }
+
+// scanCounter counts the usage ids the metering service's scans span (the
+// rows a scan may walk, whether or not they are sealed).
+type scanCounter struct {
+	*sqlite.DB
+	rows           int64
+	heartbeatCalls int
+}
+
+func (c *scanCounter) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn func(mpsaas.UsageGroup) error) error {
+	c.rows += scan.Hi - scan.Lo + 1
+	return c.DB.ScanPending(ctx, scan, fn)
+}
+
+func (c *scanCounter) AddHeartbeats(ctx context.Context, recs []mpsaas.MeterRecord) (int, error) {
+	c.heartbeatCalls++
+	return c.DB.AddHeartbeats(ctx, recs)
+}
+
+// TestIdleRunReadsNothing: a run with nothing new to seal reads no usage
+// and writes no heartbeats, however much usage waits in the open hour; new
+// late usage, a replay and the next closed hour are still metered.
+func TestIdleRunReadsNothing(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	h.meter.HeartbeatDimension = "requests"
+	counter := &scanCounter{DB: h.db}
+	h.meter.Store = counter
+	key, res := h.buyer(t, "p", nil)
+	acct := res.Subscription.BuyerAccountID
+	h.em.Clock.Set(time.Date(2026, 11, 23, 13, 30, 0, 0, time.UTC))
+	for i := range 50 {
+		h.ingest(t, fmt.Sprint("open-", i), mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: time.Date(2026, 11, 23, 13, 1, i, 0, time.UTC)})
+	}
+	h.runUntilDone(t)
+	first, hb := counter.rows, counter.heartbeatCalls
+	for range 3 {
+		h.em.Clock.Advance(time.Minute)
+		h.runUntilDone(t)
+	}
+	if counter.rows != first || counter.heartbeatCalls != hb {
+		t.Errorf("idle runs read %d usage rows and made %d heartbeat passes", counter.rows-first, counter.heartbeatCalls-hb)
+	}
+	// Late usage for closed hour 12 is read (only it) and billed.
+	h.ingest(t, "late", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 7, Time: time.Date(2026, 11, 23, 12, 59, 0, 0, time.UTC)})
+	h.runUntilDone(t)
+	if got := counter.rows - first; got != 1 {
+		t.Errorf("the run after late usage read %d rows, want 1", got)
+	}
+	if got := h.billed()[acct+"/users/12h"]; got != 7 {
+		t.Errorf("late usage billed %d, want 7", got)
+	}
+	// Hour 13 closes at 14:05: its 50 records are sealed and billed, and the
+	// heartbeat pass runs again for the new closed hour.
+	h.em.Clock.Set(time.Date(2026, 11, 23, 14, 6, 0, 0, time.UTC))
+	h.runUntilDone(t)
+	want := map[string]int64{acct + "/users/12h": 7, acct + "/users/13h": 50, acct + "/requests/12h": 0, acct + "/requests/13h": 0}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v\nwant %v", got, want)
+	}
+	if counter.heartbeatCalls == hb {
+		t.Error("no heartbeat pass after hour 13 closed")
+	}
+}

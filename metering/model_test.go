@@ -3,7 +3,9 @@ package metering_test
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
+	"strconv"
 	"testing"
 	"time"
 
@@ -18,6 +20,10 @@ func TestModelSQLite(t *testing.T) {
 	seeds := 6
 	if testing.Short() {
 		seeds = 2
+	}
+	// MPSAAS_MODEL_SEEDS=n runs n seeds (e.g. 200 to hunt for a rare case).
+	if n, err := strconv.Atoi(os.Getenv("MPSAAS_MODEL_SEEDS")); err == nil && n > 0 {
+		seeds = n
 	}
 	for seed := range seeds {
 		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {

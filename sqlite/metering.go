@@ -354,9 +354,20 @@ func (d *DB) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts [
 		if _, err := tx.ExecContext(ctx, `UPDATE usage SET state = 'sealed' WHERE `+where, args...); err != nil {
 			return err
 		}
-		// The records of this pass (and of an interrupted one) now hold
-		// sealed usage: they count in the totals from here on.
-		if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET counted = 1 WHERE counted = 0`); err != nil {
+		// The records of this pass's keys (stored by it or by an interrupted
+		// pass) now hold sealed usage: they count in the totals from here on.
+		// A record of an interrupted pass for an hour this pass leaves open
+		// (the clock read earlier) waits, uncounted, with its usage.
+		cond := `hour < ?`
+		cargs := []any{scan.Before.Unix()}
+		if len(scan.Flush) > 0 {
+			cond += ` OR (hour <= ? AND subscriber_key IN (` + placeholders(len(scan.Flush)) + `))`
+			cargs = append(cargs, scan.FlushUntil.Unix())
+			for _, k := range scan.Flush {
+				cargs = append(cargs, k)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET counted = 1 WHERE counted = 0 AND (`+cond+`)`, cargs...); err != nil {
 			return err
 		}
 		hours := newHourPlacer(tx, ctx, openHour)
@@ -880,3 +891,8 @@ func firstIDs(list string) []int64 {
 	}
 	return out
 }
+
+// ConsistentPendingScan reports that ScanPending sees every committed usage
+// row: SQLite reads are transactionally consistent (see
+// metering.ConsistentScanner).
+func (d *DB) ConsistentPendingScan() bool { return true }

@@ -49,7 +49,9 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	}
 	dsn += sep + "_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)&_txlock=immediate"
 	if path != ":memory:" {
-		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-8192)&_pragma=temp_store(1)"
+		// journal_size_limit: a WAL that grew while a long read held back
+		// checkpoints is cut back to 64 MB after the next one.
+		dsn += "&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=cache_size(-8192)&_pragma=temp_store(1)&_pragma=journal_size_limit(67108864)"
 	}
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
@@ -65,6 +67,18 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
 	}
 	return d, nil
+}
+
+// Checkpoint copies the write-ahead log into the database and truncates
+// it, so the WAL file does not stay large after a burst of writes. serve
+// calls it after every metering run. It reports whether readers or
+// writers kept it from finishing (then the next call does the rest).
+func (d *DB) Checkpoint(ctx context.Context) (busy bool, err error) {
+	var b, logPages, done int
+	if err := d.db.QueryRowContext(ctx, `PRAGMA wal_checkpoint(TRUNCATE)`).Scan(&b, &logPages, &done); err != nil {
+		return false, fmt.Errorf("checkpoint: %w", err)
+	}
+	return b != 0, nil
 }
 
 // Close closes the database. Usage being written is committed first.

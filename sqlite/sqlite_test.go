@@ -3,10 +3,13 @@ package sqlite_test
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"os"
 	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/sqlite"
 	"github.com/mpsaas/mpsaas/storetest"
 )
@@ -95,4 +98,37 @@ func TestReopenKeepsData(t *testing.T) {
 
 func TestMeterStore(t *testing.T) {
 	storetest.RunMetering(t, func(t *testing.T) storetest.MeterStore { return MustOpen(t) })
+}
+
+// TestCheckpointTruncatesTheWAL: after a burst of usage the WAL holds
+// megabytes; a checkpoint empties it.
+func TestCheckpointTruncatesTheWAL(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "wal.db")
+	db, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	now := time.Date(2026, 11, 23, 10, 30, 0, 0, time.UTC)
+	rows := make([]mpsaas.UsageRow, 5000)
+	for i := range rows {
+		rows[i] = mpsaas.UsageRow{SubscriberKey: "A", Dimension: "users", Quantity: 1, Time: now}
+	}
+	for i := range 10 {
+		if _, err := db.AddUsage(ctx, fmt.Sprint("k", i), "h", rows, mpsaas.Hour(now), now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before, err := os.Stat(path + "-wal")
+	if err != nil || before.Size() < 1<<20 {
+		t.Fatalf("WAL after the burst: %v, %v; want over 1 MB", before, err)
+	}
+	if busy, err := db.Checkpoint(ctx); err != nil || busy {
+		t.Fatalf("Checkpoint = busy %v, %v", busy, err)
+	}
+	after, err := os.Stat(path + "-wal")
+	if err != nil || after.Size() != 0 {
+		t.Errorf("WAL after the checkpoint: %d bytes, %v; want 0", after.Size(), err)
+	}
 }

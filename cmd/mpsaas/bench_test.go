@@ -76,6 +76,10 @@ func TestBenchHTTP(t *testing.T) {
 	if res.P99 <= 0 || res.StatusP99 <= 0 || res.ServeMaxRSSBytes <= 0 {
 		t.Errorf("missing measurements: %+v", res)
 	}
+	// Idle, serve has checkpointed and truncated its WAL.
+	if res.WALBytes != 0 {
+		t.Errorf("WAL after idle: %d bytes, want 0", res.WALBytes)
+	}
 	// The CLI validates its flags.
 	var stderr strings.Builder
 	if err := run(context.Background(), []string{"bench", "http", "--request-records", "0"}, os.Getenv, io.Discard, &stderr); err == nil || !strings.Contains(err.Error(), "--request-records") {

@@ -413,6 +413,12 @@ func (a *App) meterLoop(ctx context.Context) {
 			a.log.Info("metering run", "sealed", res.Sealed, "heartbeats", res.Heartbeats, "calls", res.Calls,
 				"billed", res.Billed, "rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying)
 		}
+		// Keep the WAL small: a burst of usage leaves it large otherwise.
+		if busy, err := a.db.Checkpoint(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("SQLite checkpoint failed", "err", err)
+		} else if busy {
+			a.log.Debug("SQLite checkpoint postponed by readers or writers")
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -409,6 +409,13 @@ type faultStore struct {
 	injected int
 }
 
+// ConsistentPendingScan passes the store's answer on, so the model runs
+// the metering service the way the store is really used.
+func (f *faultStore) ConsistentPendingScan() bool {
+	c, ok := f.MeterStore.(metering.ConsistentScanner)
+	return ok && c.ConsistentPendingScan()
+}
+
 func (f *faultStore) fault(call func() error) error {
 	f.mu.Lock()
 	fail, before := f.rate > 0 && f.rng.Float64() < f.rate, f.rng.IntN(2) == 0
