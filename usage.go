@@ -346,6 +346,10 @@ const (
 	ViolationSumMismatch = "sum-mismatch"
 	// ViolationBilledWithoutID: a record AWS billed has no MeteringRecordId.
 	ViolationBilledWithoutID = "billed-without-id"
+	// ViolationTotalsDrift: the running totals the status reads differ from
+	// the records they sum (checked by a whole-store verify). Nothing is
+	// billed wrongly, but the status misreports.
+	ViolationTotalsDrift = "totals-drift"
 )
 
 // MeterViolation is one breach of the metering invariant: every
@@ -362,6 +366,8 @@ type MeterViolation struct {
 	UsageIDs      []int64 `json:"usageIds,omitempty"` // up to 10 of them
 	Want          int64   `json:"want"`               // the record's usage quantity
 	Got           int64   `json:"got"`                // the sum of the usage
+	// Total names the running total that drifted (ViolationTotalsDrift).
+	Total string `json:"total,omitempty"`
 }
 
 func (v MeterViolation) String() string {
@@ -371,6 +377,8 @@ func (v MeterViolation) String() string {
 		return fmt.Sprintf("%s: usage %v (quantity %d) is sealed but %s has no meter record", v.Kind, v.UsageIDs, v.Got, k)
 	case ViolationSumMismatch:
 		return fmt.Sprintf("%s: meter record %d of %s holds usage quantity %d, its usage sums to %d", v.Kind, v.MeterRecordID, k, v.Want, v.Got)
+	case ViolationTotalsDrift:
+		return fmt.Sprintf("%s: the running total %s is %d, the records sum to %d", v.Kind, v.Total, v.Want, v.Got)
 	default:
 		return fmt.Sprintf("%s: meter record %d of %s", v.Kind, v.MeterRecordID, k)
 	}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 
@@ -117,5 +118,17 @@ func TestEventBridgeAndScheduledHandlers(t *testing.T) {
 	fail := awslambda.ScheduledHandler(func(context.Context) error { return errors.New("boom") })
 	if err := fail(context.Background(), sched); err == nil {
 		t.Error("scheduled handler swallowed an error")
+	}
+}
+
+func TestMetricsEMF(t *testing.T) {
+	var buf strings.Builder
+	m := &awslambda.Metrics{W: &buf, Namespace: "mpsaas", Dimensions: map[string]string{"Function": "meter"}, Now: func() time.Time { return time.UnixMilli(1764000000000) }}
+	if err := m.Put(map[string]int64{"MeteringInvariantViolations": 0, "MeterRecordsBilled": 25}); err != nil {
+		t.Fatal(err)
+	}
+	want := `{"Function":"meter","MeterRecordsBilled":25,"MeteringInvariantViolations":0,"_aws":{"CloudWatchMetrics":[{"Dimensions":[["Function"]],"Metrics":[{"Name":"MeterRecordsBilled","Unit":"Count"},{"Name":"MeteringInvariantViolations","Unit":"Count"}],"Namespace":"mpsaas"}],"Timestamp":1764000000000}}` + "\n"
+	if buf.String() != want {
+		t.Errorf("EMF line\n%s\nwant\n%s", buf.String(), want)
 	}
 }

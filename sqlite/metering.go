@@ -367,6 +367,13 @@ func (d *DB) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts [
 				cargs = append(cargs, k)
 			}
 		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO meter_totals (state, records, usage_records, usage_quantity, quantity)
+			SELECT state, COUNT(*), SUM(usage_records), SUM(COALESCE(usage_quantity, 0)), SUM(quantity) FROM meter_records
+			WHERE counted = 0 AND (`+cond+`) GROUP BY state
+			ON CONFLICT (state) DO UPDATE SET records = records + excluded.records, usage_records = usage_records + excluded.usage_records,
+				usage_quantity = usage_quantity + excluded.usage_quantity, quantity = quantity + excluded.quantity`, cargs...); err != nil {
+			return err
+		}
 		if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET counted = 1 WHERE counted = 0 AND (`+cond+`)`, cargs...); err != nil {
 			return err
 		}
@@ -421,7 +428,10 @@ func (d *DB) AddHeartbeats(ctx context.Context, records []mpsaas.MeterRecord) (i
 			n, _ := res.RowsAffected()
 			added += int(n)
 		}
-		return nil
+		// Heartbeats are stored counted: they hold no usage to seal.
+		t := totals{}
+		t.add(mpsaas.UsageSealed, 1, meterSums{int64(added)})
+		return t.apply(ctx, tx)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("add heartbeats: %w", err)
@@ -448,6 +458,7 @@ func (d *DB) CreateBatches(ctx context.Context, now time.Time) (int, error) {
 
 func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (created int, more bool, err error) {
 	err = d.withTx(ctx, func(tx *sql.Tx) error {
+		t := totals{}
 		rows, err := tx.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE state = 'sealed'
 			ORDER BY CASE WHEN customer_identifier = '' THEN '' ELSE product_code END, id LIMIT ?`, chunk)
 		if err != nil {
@@ -463,7 +474,7 @@ func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (cr
 			if len(batch) == 0 {
 				return nil
 			}
-			if err := insertBatch(ctx, tx, batch, now); err != nil {
+			if err := insertBatch(ctx, tx, batch, now, t); err != nil {
 				return err
 			}
 			created++
@@ -484,12 +495,17 @@ func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (cr
 			}
 			batch = append(batch, r)
 		}
-		return flush()
+		if err := flush(); err != nil {
+			return err
+		}
+		return t.apply(ctx, tx)
 	})
 	return created, more, err
 }
 
-func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now time.Time) error {
+// insertBatch stores a batch of records. Sealed records become batched,
+// which t records; records already batched (t nil) just move.
+func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now time.Time, t totals) error {
 	product := ""
 	if !recs[0].LicenseMode() {
 		product = recs[0].ProductCode
@@ -505,8 +521,21 @@ func insertBatch(ctx context.Context, tx *sql.Tx, recs []mpsaas.MeterRecord, now
 	for _, r := range recs {
 		args = append(args, r.ID)
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE meter_records SET state = 'batched', batch_id = ?, updated_at = ? WHERE id IN (`+placeholders(len(recs))+`)`, args...)
-	return err
+	q := `UPDATE meter_records SET state = 'batched', batch_id = ?, updated_at = ? WHERE id IN (` + placeholders(len(recs)) + `)`
+	if t == nil {
+		_, err = tx.ExecContext(ctx, q, args...)
+		return err
+	}
+	rows, err := tx.QueryContext(ctx, q+returningSums, args...)
+	if err != nil {
+		return err
+	}
+	sums, err := scanSums(rows)
+	if err != nil {
+		return err
+	}
+	t.move(mpsaas.UsageSealed, sums, mpsaas.UsageBatched, sums)
+	return nil
 }
 
 const meterColumns = `id, subscriber_key, dimension, hour, quantity, allocations, customer_identifier, aws_account_id, license_arn,
@@ -574,16 +603,23 @@ func (d *DB) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome) e
 	now := d.Now()
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
 		upd, err := tx.PrepareContext(ctx, `UPDATE meter_records SET state = ?, metering_record_id = ?, reason = ?, response = ?, updated_at = ?
-			WHERE id = ? AND batch_id = ? AND state = 'batched'`)
+			WHERE id = ? AND batch_id = ? AND state = 'batched'`+returningSums)
 		if err != nil {
 			return err
 		}
 		defer upd.Close()
+		t := totals{}
 		for _, b := range results {
 			for _, o := range b.Outcomes {
-				if _, err := upd.ExecContext(ctx, o.State, o.MeteringRecordID, o.Reason, o.Response, unixNano(now), o.MeterRecordID, b.BatchID); err != nil {
+				rows, err := upd.QueryContext(ctx, o.State, o.MeteringRecordID, o.Reason, o.Response, unixNano(now), o.MeterRecordID, b.BatchID)
+				if err != nil {
 					return err
 				}
+				sums, err := scanSums(rows)
+				if err != nil {
+					return err
+				}
+				t.move(mpsaas.UsageBatched, sums, o.State, sums)
 			}
 			if !b.Retry.IsZero() {
 				if _, err := tx.ExecContext(ctx, `UPDATE meter_batches SET attempts = attempts + 1, next_attempt_at = ?, last_error = ? WHERE id = ?`,
@@ -597,7 +633,7 @@ func (d *DB) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome) e
 				return err
 			}
 		}
-		return nil
+		return t.apply(ctx, tx)
 	})
 	if err != nil {
 		return fmt.Errorf("finish batches: %w", err)
@@ -629,7 +665,7 @@ func (d *DB) SplitBatch(ctx context.Context, batchID int64, now time.Time) error
 			return err
 		}
 		for _, r := range recs {
-			if err := insertBatch(ctx, tx, []mpsaas.MeterRecord{r}, now); err != nil {
+			if err := insertBatch(ctx, tx, []mpsaas.MeterRecord{r}, now, nil); err != nil {
 				return err
 			}
 		}
@@ -748,6 +784,7 @@ func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, erro
 		}
 		rows.Close()
 		hours := newHourPlacer(tx, ctx, hour)
+		t := totals{}
 		for _, r := range flagged {
 			to, err := hours.place(r.sub, r.dim, hour)
 			if err != nil {
@@ -775,13 +812,20 @@ func (d *DB) Replay(ctx context.Context, ids []int64, hour time.Time) (int, erro
 			moved += int(n)
 			// The record no longer includes the moved usage; one whose usage
 			// all moved is done with.
-			if _, err := tx.ExecContext(ctx, `UPDATE meter_records SET usage_quantity = usage_quantity - ?, usage_records = usage_records - ?,
+			var state string
+			var counted int
+			var now meterSums
+			if err := tx.QueryRowContext(ctx, `UPDATE meter_records SET usage_quantity = usage_quantity - ?, usage_records = usage_records - ?,
 				state = CASE WHEN EXISTS (SELECT 1 FROM usage WHERE state = 'sealed' AND subscriber_key = ? AND dimension = ? AND meter_hour = ?) THEN state ELSE 'replayed' END
-				WHERE id = ?`, q, n, r.sub, r.dim, r.hour, r.id); err != nil {
+				WHERE id = ? RETURNING state, counted, usage_records, COALESCE(usage_quantity, 0), quantity`, q, n, r.sub, r.dim, r.hour, r.id).Scan(&state, &counted, &now[1], &now[2], &now[3]); err != nil {
 				return err
 			}
+			if counted == 1 {
+				now[0] = 1
+				t.move(mpsaas.UsageFlagged, meterSums{1, now[1] + n, now[2] + q, now[3]}, state, now)
+			}
 		}
-		return nil
+		return t.apply(ctx, tx)
 	})
 	if err != nil {
 		return 0, fmt.Errorf("replay: %w", err)
@@ -847,15 +891,17 @@ func (d *DB) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, limit
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
-	// Meter records whose usage quantity is not the sum of what they include.
+	// Meter records whose usage quantity (or count) is not the sum (count)
+	// of what they include.
 	rows, err = d.db.QueryContext(ctx, `WITH sums AS (
-			SELECT m.id AS mid, SUM(u.quantity) AS q FROM usage u
+			SELECT m.id AS mid, SUM(u.quantity) AS q, COUNT(*) AS n FROM usage u
 			JOIN meter_records m ON m.subscriber_key = u.subscriber_key AND m.dimension = u.dimension AND m.hour = u.meter_hour
 			WHERE u.id BETWEEN ? AND ? AND m.id > ? AND (u.state = 'sealed' OR (u.state = 'pending' AND u.id <= m.max_usage_id))
 			GROUP BY m.id)
-		SELECT m.id, m.subscriber_key, m.dimension, m.hour, m.usage_quantity, COALESCE(s.q, 0), m.state, m.metering_record_id
+		SELECT m.id, m.subscriber_key, m.dimension, m.hour, m.usage_quantity, COALESCE(s.q, 0), m.usage_records, COALESCE(s.n, 0), m.state, m.metering_record_id
 		FROM meter_records m LEFT JOIN sums s ON s.mid = m.id
-		WHERE m.id > ? AND ((m.usage_quantity IS NOT NULL AND m.usage_quantity != COALESCE(s.q, 0)) OR (m.state = 'billed' AND m.metering_record_id = ''))
+		WHERE m.id > ? AND ((m.usage_quantity IS NOT NULL AND m.usage_quantity != COALESCE(s.q, 0)) OR m.usage_records != COALESCE(s.n, 0)
+			OR (m.state = 'billed' AND m.metering_record_id = ''))
 		ORDER BY m.id LIMIT ?`, from, to, scope.RecordsAfter, scope.RecordsAfter, limit)
 	if err != nil {
 		return nil, fmt.Errorf("verify metering: %w", err)
@@ -865,18 +911,80 @@ func (d *DB) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, limit
 		var v mpsaas.MeterViolation
 		var h int64
 		var state, mrid string
-		if err := rows.Scan(&v.MeterRecordID, &v.SubscriberKey, &v.Dimension, &h, &v.Want, &v.Got, &state, &mrid); err != nil {
+		var n, gotN int64
+		if err := rows.Scan(&v.MeterRecordID, &v.SubscriberKey, &v.Dimension, &h, &v.Want, &v.Got, &n, &gotN, &state, &mrid); err != nil {
 			return nil, err
 		}
 		v.Hour = time.Unix(h, 0).UTC()
-		v.Kind = mpsaas.ViolationSumMismatch
-		if v.Want == v.Got {
+		switch {
+		case v.Want != v.Got:
+			v.Kind = mpsaas.ViolationSumMismatch
+		case n != gotN:
+			// The quantities agree but not the number of usage records.
+			v.Kind, v.Want, v.Got = mpsaas.ViolationSumMismatch, n, gotN
+			v.Total = "usage records"
+		default:
 			v.Kind = mpsaas.ViolationBilledWithoutID
 		}
 		out = append(out, v)
 	}
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	if scope == (mpsaas.VerifyScope{}) {
+		drift, err := d.verifyTotals(ctx)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, drift...)
+	}
 	if len(out) > limit {
 		out = out[:limit]
+	}
+	return out, nil
+}
+
+// verifyTotals recomputes the running totals the status reads from the
+// rows they sum (a full scan: only a whole-store verify does it).
+func (d *DB) verifyTotals(ctx context.Context) ([]mpsaas.MeterViolation, error) {
+	tx, err := d.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, fmt.Errorf("verify totals: %w", err)
+	}
+	defer tx.Rollback()
+	var out []mpsaas.MeterViolation
+	drift := func(total string, want, got int64) {
+		if want != got {
+			out = append(out, mpsaas.MeterViolation{Kind: mpsaas.ViolationTotalsDrift, Total: total, Want: want, Got: got})
+		}
+	}
+	var tr, tq, ur, uq int64
+	if err := tx.QueryRowContext(ctx, `SELECT records, quantity FROM usage_totals WHERE id = 1`).Scan(&tr, &tq); err != nil {
+		return nil, fmt.Errorf("verify totals: %w", err)
+	}
+	if err := tx.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(quantity), 0) FROM usage`).Scan(&ur, &uq); err != nil {
+		return nil, fmt.Errorf("verify totals: %w", err)
+	}
+	drift("usage records", tr, ur)
+	drift("usage quantity", tq, uq)
+	rows, err := tx.QueryContext(ctx, `SELECT COALESCE(t.state, m.state), COALESCE(t.records, 0), COALESCE(t.usage_records, 0), COALESCE(t.usage_quantity, 0), COALESCE(t.quantity, 0),
+			COALESCE(m.records, 0), COALESCE(m.usage_records, 0), COALESCE(m.usage_quantity, 0), COALESCE(m.quantity, 0)
+		FROM meter_totals t FULL OUTER JOIN (SELECT state, COUNT(*) AS records, SUM(usage_records) AS usage_records,
+			SUM(COALESCE(usage_quantity, 0)) AS usage_quantity, SUM(quantity) AS quantity FROM meter_records WHERE counted = 1 GROUP BY state) m
+		ON m.state = t.state`)
+	if err != nil {
+		return nil, fmt.Errorf("verify totals: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var state string
+		var a, b [4]int64
+		if err := rows.Scan(&state, &a[0], &a[1], &a[2], &a[3], &b[0], &b[1], &b[2], &b[3]); err != nil {
+			return nil, err
+		}
+		for i, name := range []string{"meter records", "usage records", "usage quantity", "meter quantity"} {
+			drift(state+" "+name, a[i], b[i])
+		}
 	}
 	return out, rows.Err()
 }

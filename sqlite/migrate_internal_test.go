@@ -49,7 +49,8 @@ func TestTotalsMigration(t *testing.T) {
 			u.sub, u.q, u.hour*1e9+int64(i), u.hour, u.state)
 	}
 	exec(`INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, state, metering_record_id, created_at, updated_at) VALUES ('A', 'users', ?, 5, NULL, 'billed', 'mr-1', 1, 1)`, h)
-	exec(`INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, state, created_at, updated_at) VALUES ('B', 'users', ?, 4, 4, 'batched', 1, 1)`, h)
+	exec(`INSERT INTO meter_batches (id, product_code, next_attempt_at, created_at) VALUES (1, '', 1, 1)`)
+	exec(`INSERT INTO meter_records (id, subscriber_key, dimension, hour, quantity, usage_quantity, state, batch_id, created_at, updated_at) VALUES (2, 'B', 'users', ?, 4, 4, 'batched', 1, 1, 1)`, h)
 	exec(`INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, state, created_at, updated_at) VALUES ('C', 'users', ?, 0, 0, 'billed', 1, 1)`, h)
 	exec(`UPDATE meter_records SET metering_record_id = 'mr-3' WHERE subscriber_key = 'C'`)
 	raw.Close()
@@ -80,7 +81,7 @@ func TestTotalsMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	check("after new usage", "map[batched:{1 4 1 4} billed:{2 5 2 5} pending:{4 28 0 0}]")
-	if _, err := db.db.ExecContext(ctx, `UPDATE meter_records SET state = 'billed', metering_record_id = 'mr-2' WHERE state = 'batched'`); err != nil {
+	if err := db.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: 1, Outcomes: []mpsaas.RecordOutcome{{MeterRecordID: 2, State: mpsaas.UsageBilled, MeteringRecordID: "mr-2"}}}}); err != nil {
 		t.Fatal(err)
 	}
 	check("after the batch is billed", "map[billed:{3 9 3 9} pending:{4 28 0 0}]")

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http/httptest"
 	"testing"
@@ -68,5 +69,6 @@ func (f *fixture) build(t *testing.T, role string, opts ...func(*awsconfig.LoadO
 	if err != nil {
 		t.Fatal(err)
 	}
+	app.metrics.W = io.Discard // tests that check metrics set their own
 	return app
 }

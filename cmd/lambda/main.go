@@ -63,6 +63,8 @@ type App struct {
 	meter      *metering.Service
 	sample     *dynamodb.SampleMeteringTable
 	logger     *slog.Logger
+	// metrics are CloudWatch metrics written to the log stream (EMF).
+	metrics *awslambda.Metrics
 }
 
 // Environment variables the functions read (the SAM template sets them).
@@ -158,7 +160,8 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 			})}
 	}
 	codes := list(getenv("MPSAAS_PRODUCT_CODES"))
-	app := &App{role: role, logger: logger}
+	app := &App{role: role, logger: logger,
+		metrics: &awslambda.Metrics{W: os.Stdout, Namespace: "mpsaas", Dimensions: map[string]string{"Function": role}}}
 	mp := marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")})
 	if t := getenv("MPSAAS_SAMPLE_METERING_TABLE"); t != "" {
 		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: t}
@@ -244,7 +247,13 @@ func (a *App) meterRun(ctx context.Context) error {
 			return err
 		}
 		a.logger.InfoContext(ctx, "metering run", "sealed", res.Sealed, "calls", res.Calls, "billed", res.Billed,
-			"rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying)
+			"rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying, "violations", res.Violations)
+		// Alarm on MeteringInvariantViolations > 0 (and on Flagged).
+		if err := a.metrics.Put(map[string]int64{"MeteringInvariantViolations": int64(res.Violations), "MeterRecordsSealed": int64(res.Sealed),
+			"MeterRecordsBilled": int64(res.Billed), "MeterRecordsRejected": int64(res.Rejected), "MeterRecordsFlagged": int64(res.Flagged),
+			"BatchMeterUsageCalls": int64(res.Calls)}); err != nil {
+			a.logger.WarnContext(ctx, "writing metrics", "err", err)
+		}
 		if res.Calls == 0 || res.Retrying > 0 {
 			return nil
 		}

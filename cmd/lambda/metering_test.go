@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -31,6 +34,8 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 	em, store := f.em, f.store
 	app := f.build(t, "meter")
 	app.meter.MaxBackoff = time.Millisecond // retries are due by the next invocation
+	var emf lockedBuffer
+	app.metrics.W = &emf
 
 	// 30 buyers, registered through the subscription workflow on DynamoDB.
 	subs := &subscription.Service{Store: store, Marketplace: app.svc.Marketplace, Listing: mpsaas.ListingSubscriptions}
@@ -127,6 +132,45 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("billed %d keys, ingested %d keys; they differ:\n got %v\nwant %v", len(got), len(want), got, want)
 	}
+	// Every run reported its metrics in EMF; none found a violation, and
+	// what they say was billed adds up.
+	var runs, billedRecords int64
+	for _, line := range strings.Split(strings.TrimSpace(emf.String()), "\n") {
+		var m struct {
+			Function                    string
+			MeteringInvariantViolations *int64
+			MeterRecordsBilled          int64
+		}
+		if err := json.Unmarshal([]byte(line), &m); err != nil || m.Function != "meter" || m.MeteringInvariantViolations == nil {
+			t.Fatalf("EMF line %q: %v", line, err)
+		}
+		if *m.MeteringInvariantViolations != 0 {
+			t.Errorf("a run reported %d violations", *m.MeteringInvariantViolations)
+		}
+		runs++
+		billedRecords += m.MeterRecordsBilled
+	}
+	if runs == 0 || billedRecords > int64(len(got)) {
+		t.Errorf("EMF: %d runs reported %d billed records; %d keys were billed", runs, billedRecords, len(got))
+	}
 	t.Logf("lambda metering under faults: %d usage records, %d keys billed exactly, %d invocations cut off, %d BatchMeterUsage calls, %d keys resent and deduplicated",
 		len(recs), len(got), cutoffs, em.Calls()["BatchMeterUsage"], resent)
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent writers.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -110,6 +110,11 @@ func Run(t *testing.T, cfg Config) {
 	subs := &subscription.Service{Store: cfg.Store, Marketplace: mp, Clock: clock, Listing: mpsaas.ListingSubscriptions}
 	faulty := &faultStore{MeterStore: cfg.Store, rng: rng, mu: &mu}
 	meter := &metering.Service{Store: faulty, Subscribers: cfg.Store, Meterer: mp, Clock: clock, Listing: mpsaas.ListingSubscriptions, MaxBackoff: time.Millisecond}
+	if cfg.Seed%2 == 1 {
+		// Hourly zero records for every buyer: AWS bills them as 0, so the
+		// totals below do not change, but they go through every store call.
+		meter.HeartbeatDimension = "requests"
+	}
 
 	seen := 0
 	deliver := func() {
