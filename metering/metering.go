@@ -63,6 +63,7 @@ type Service struct {
 	// run skip work an earlier run already did. Guarded by mu.
 	lastSeal     *sealMark
 	heartbeatsTo time.Time
+	epoch        int64 // of the store's metering lock when this process last took it
 
 	// customers caches customer → subscriber key: the mapping never changes.
 	customers sync.Map
@@ -166,8 +167,11 @@ type RunResult struct {
 // the metering invariant on what it sealed. It reads the clock once for
 // all its decisions about which hours are closed.
 func (s *Service) Run(ctx context.Context) (RunResult, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return RunResult{}, err
+	}
+	defer unlock()
 	now := s.now()
 	var res RunResult
 	scan, sealed, err := s.seal(ctx, now)
@@ -247,6 +251,37 @@ type sealMark struct {
 // missed a row, so every pass scans all pending usage there.
 type ConsistentScanner interface {
 	ConsistentPendingScan() bool
+}
+
+// Locker is implemented by stores several processes can meter at once
+// (SQLite: serve, "mpsaas meter run" and "mpsaas meter replay" on one
+// file). A run or replay holds the lock, so a replay in one process cannot
+// move usage into what a pass in another is sealing.
+type Locker interface {
+	// LockMetering waits for the lock (until ctx is done). epoch counts
+	// every taking of the lock, by any process.
+	LockMetering(ctx context.Context) (unlock func(), epoch int64, err error)
+}
+
+// lock takes the in-process lock, then the store's, if it has one.
+func (s *Service) lock(ctx context.Context) (unlock func(), err error) {
+	s.mu.Lock()
+	l, ok := s.Store.(Locker)
+	if !ok {
+		return s.mu.Unlock, nil
+	}
+	release, epoch, err := l.LockMetering(ctx)
+	if err != nil {
+		s.mu.Unlock()
+		return nil, err
+	}
+	if epoch != s.epoch+1 {
+		// Another process held the lock since this one did: it may have
+		// replayed usage below the last seal mark, so start afresh.
+		s.lastSeal, s.heartbeatsTo = nil, time.Time{}
+	}
+	s.epoch = epoch
+	return func() { release(); s.mu.Unlock() }, nil
 }
 
 // sealBefore is the first hour still open for usage at now: hours before
@@ -719,8 +754,11 @@ func (s *Service) Outstanding(ctx context.Context) (bool, error) {
 // It waits for a running metering pass: a replay in the middle of a pass
 // could move usage into what the pass is sealing.
 func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+	unlock, err := s.lock(ctx)
+	if err != nil {
+		return 0, err
+	}
+	defer unlock()
 	s.lastSeal = nil // replayed usage is pending again below the last mark
 	return s.Store.Replay(ctx, ids, mpsaas.Hour(s.now()))
 }

@@ -522,3 +522,40 @@ func TestIdleRunReadsNothing(t *testing.T) {
 		t.Error("no heartbeat pass after hour 13 closed")
 	}
 }
+
+// TestAnotherProcessResetsTheIdleSkip: after a run or replay by another
+// process on the same database file (e.g. "mpsaas meter replay" beside
+// serve), a run scans all pending usage again instead of trusting what it
+// remembers from its own last pass.
+func TestAnotherProcessResetsTheIdleSkip(t *testing.T) {
+	ctx := context.Background()
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	counter := &scanCounter{DB: h.db}
+	h.meter.Store = counter
+	key, _ := h.buyer(t, "p", nil)
+	h.em.Clock.Set(time.Date(2026, 11, 23, 13, 30, 0, 0, time.UTC))
+	for i := range 20 {
+		h.ingest(t, fmt.Sprint("open-", i), mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: time.Date(2026, 11, 23, 13, 1, i, 0, time.UTC)})
+	}
+	h.runUntilDone(t)
+	h.runUntilDone(t)
+	idle := counter.rows
+	other, err := sqlite.Open(ctx, h.db.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	b := &metering.Service{Store: other, Subscribers: other, Meterer: h.meter.Meterer, Clock: h.meter.Clock, Listing: mpsaas.ListingSubscriptions}
+	if _, err := b.Replay(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	h.runUntilDone(t)
+	if counter.rows == idle {
+		t.Error("the run after another process's replay scanned nothing: it trusted its stale mark")
+	}
+	after := counter.rows
+	h.runUntilDone(t)
+	if counter.rows != after {
+		t.Errorf("the next run scanned %d rows again; it was the last holder", counter.rows-after)
+	}
+}

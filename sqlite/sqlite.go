@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	_ "modernc.org/sqlite" // database/sql driver "sqlite"
@@ -24,8 +25,12 @@ var migrationFS embed.FS
 
 // DB is an open database. Use Open to create one.
 type DB struct {
-	db  *sql.DB
-	Now func() time.Time
+	db   *sql.DB
+	path string
+	Now  func() time.Time
+	// memEpoch stands in for the lock file's counter where there is none
+	// (guarded by the caller's lock, see LockMetering).
+	memEpoch atomic.Int64
 
 	// The usage writer group-commits AddUsage calls (see AddUsage).
 	usageWrites chan *usageWrite
@@ -61,7 +66,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	// memory bounded while a long read (a metering scan) runs beside writes.
 	db.SetMaxOpenConns(4)
 	db.SetMaxIdleConns(4)
-	d := &DB{db: db, Now: func() time.Time { return time.Now().UTC() }, usageWrites: make(chan *usageWrite), closing: make(chan struct{})}
+	d := &DB{db: db, path: path, Now: func() time.Time { return time.Now().UTC() }, usageWrites: make(chan *usageWrite), closing: make(chan struct{})}
 	if err := d.migrate(ctx); err != nil {
 		db.Close()
 		return nil, fmt.Errorf("migrate sqlite %s: %w", path, err)
@@ -80,6 +85,9 @@ func (d *DB) Checkpoint(ctx context.Context) (busy bool, err error) {
 	}
 	return b != 0, nil
 }
+
+// Path is the file the database was opened at (":memory:" for none).
+func (d *DB) Path() string { return d.path }
 
 // Close closes the database. Usage being written is committed first.
 func (d *DB) Close() error {

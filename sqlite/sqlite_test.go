@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -130,5 +131,48 @@ func TestCheckpointTruncatesTheWAL(t *testing.T) {
 	after, err := os.Stat(path + "-wal")
 	if err != nil || after.Size() != 0 {
 		t.Errorf("WAL after the checkpoint: %d bytes, %v; want 0", after.Size(), err)
+	}
+}
+
+// TestMeteringLock: the lock of one handle (as of another process) keeps
+// another handle of the same file waiting; the epoch counts every holder.
+func TestMeteringLock(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "lock.db")
+	a, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	b, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	unlockA, e1, err := a.LockMetering(ctx)
+	if err != nil || e1 != 1 {
+		t.Fatalf("first lock: epoch %d, %v", e1, err)
+	}
+	short, cancel := context.WithTimeout(ctx, 150*time.Millisecond)
+	defer cancel()
+	if _, _, err := b.LockMetering(short); err == nil || !strings.Contains(err.Error(), "another process is metering") {
+		t.Fatalf("second lock while held: %v, want a wait that ends with ctx", err)
+	}
+	got := make(chan int64)
+	go func() {
+		unlock, e, err := b.LockMetering(ctx)
+		if err != nil {
+			t.Error(err)
+		}
+		unlock()
+		got <- e
+	}()
+	time.Sleep(50 * time.Millisecond)
+	unlockA()
+	if e := <-got; e != 2 {
+		t.Errorf("epoch of the second holder = %d, want 2", e)
+	}
+	if _, e3, err := a.LockMetering(ctx); err != nil || e3 != 3 {
+		t.Errorf("third lock: epoch %d, %v", e3, err)
 	}
 }
