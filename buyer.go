@@ -177,6 +177,11 @@ type Subscriber struct {
 	// stack's `entitlement` attribute).
 	EntitlementsRaw       string    `json:"-"`
 	EntitlementsCheckedAt time.Time `json:"entitlementsCheckedAt,omitzero"`
+	// EntitlementHistory is every entitlement the buyer had with when it
+	// was in force, so usage is measured against the entitlement of its
+	// hour, not against whatever is stored when it is sealed (after a
+	// cancellation, nothing). Kept by RecordEntitlements.
+	EntitlementHistory []EntitlementPeriod `json:"entitlementHistory,omitempty"`
 
 	// Access is the last access decision delivered to the seller, and
 	// AccessVersion counts its changes (the idempotency key's suffix).
@@ -225,4 +230,122 @@ func fingerprint(parts ...string) string {
 		h.Write([]byte{0})
 	}
 	return hex.EncodeToString(h.Sum(nil))[:16]
+}
+
+// EntitlementPeriod is an entitlement and when it was in force: from when
+// it was first seen (zero: since the subscription began) until it was seen
+// to change or end (zero: still in force), and never after its
+// ExpirationDate.
+type EntitlementPeriod struct {
+	Entitlement
+	From time.Time `json:"from,omitzero"`
+	To   time.Time `json:"to,omitzero"`
+}
+
+// end is when the period stopped being in force (zero: it has not).
+func (p EntitlementPeriod) end() time.Time {
+	switch {
+	case p.ExpirationDate.IsZero():
+		return p.To
+	case p.To.IsZero() || p.ExpirationDate.Before(p.To):
+		return p.ExpirationDate
+	}
+	return p.To
+}
+
+// Entitlement history bounds: periods that ended this long ago can no
+// longer decide a bill (AWS takes usage up to MeteringWindow old), and at
+// most this many periods are kept.
+const (
+	entitlementHistoryKeep = 8 * 24 * time.Hour
+	maxEntitlementPeriods  = 64
+)
+
+// RecordEntitlements returns history updated with the entitlements read
+// at now: periods no longer read end at now, new ones begin at now. The
+// first entitlements ever recorded count from the beginning of the
+// subscription: the contract was in force before mpsaas first read it.
+func RecordEntitlements(history []EntitlementPeriod, ents []Entitlement, now time.Time) []EntitlementPeriod {
+	same := func(a, b Entitlement) bool {
+		return a.Dimension == b.Dimension && fmt.Sprint(a.Value) == fmt.Sprint(b.Value) && a.ExpirationDate.Equal(b.ExpirationDate)
+	}
+	first := len(history) == 0
+	out := make([]EntitlementPeriod, 0, len(history)+len(ents))
+	seen := make([]bool, len(ents))
+	for _, p := range history {
+		if p.To.IsZero() {
+			kept := false
+			for i, e := range ents {
+				if !seen[i] && same(p.Entitlement, e) {
+					seen[i], kept = true, true
+					break
+				}
+			}
+			if !kept {
+				p.To = now
+			}
+		}
+		out = append(out, p)
+	}
+	for i, e := range ents {
+		if !seen[i] {
+			p := EntitlementPeriod{Entitlement: e, From: now}
+			if first {
+				p.From = time.Time{}
+			}
+			out = append(out, p)
+		}
+	}
+	// Forget periods too old to matter, the oldest first past the cap.
+	kept := out[:0]
+	for _, p := range out {
+		if e := p.end(); e.IsZero() || now.Sub(e) < entitlementHistoryKeep {
+			kept = append(kept, p)
+		}
+	}
+	if len(kept) > maxEntitlementPeriods {
+		kept = kept[len(kept)-maxEntitlementPeriods:]
+	}
+	return kept
+}
+
+// EntitledQuantity is the whole-number entitlement for dimension during the
+// hour that starts at hour: the largest in force at any moment of it (a
+// buyer who had it for part of the hour is not billed for it). Without a
+// history it is the current entitlement.
+func EntitledQuantity(history []EntitlementPeriod, current []Entitlement, dimension string, hour time.Time) int64 {
+	var best int64
+	if len(history) == 0 {
+		for _, e := range current {
+			if e.Dimension == dimension {
+				best = max(best, wholeNumber(e.Value))
+			}
+		}
+		return best
+	}
+	hourEnd := hour.Add(time.Hour)
+	for _, p := range history {
+		if p.Dimension != dimension || !p.From.Before(hourEnd) {
+			continue
+		}
+		if e := p.end(); !e.IsZero() && !e.After(hour) {
+			continue
+		}
+		best = max(best, wholeNumber(p.Value))
+	}
+	return best
+}
+
+func wholeNumber(v any) int64 {
+	switch x := v.(type) {
+	case int64:
+		return x
+	case int32:
+		return int64(x)
+	case int:
+		return int64(x)
+	case float64:
+		return int64(x)
+	}
+	return 0
 }

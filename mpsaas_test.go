@@ -142,3 +142,49 @@ func FuzzContactValidate(f *testing.F) {
 		}
 	})
 }
+
+func TestEntitlementHistory(t *testing.T) {
+	h := func(hh, mm int) time.Time { return time.Date(2026, 11, 23, hh, mm, 0, 0, time.UTC) }
+	users := func(n int64) []mpsaas.Entitlement { return []mpsaas.Entitlement{{Dimension: "users", Value: n}} }
+	var hist []mpsaas.EntitlementPeriod
+	hist = mpsaas.RecordEntitlements(hist, users(5), h(10, 20))  // first read: in force since the start
+	hist = mpsaas.RecordEntitlements(hist, users(5), h(11, 0))   // unchanged
+	hist = mpsaas.RecordEntitlements(hist, users(10), h(12, 30)) // upgrade
+	hist = mpsaas.RecordEntitlements(hist, nil, h(14, 15))       // cancelled
+	if len(hist) != 2 || !hist[0].From.IsZero() || !hist[0].To.Equal(h(12, 30)) || !hist[1].From.Equal(h(12, 30)) || !hist[1].To.Equal(h(14, 15)) {
+		t.Fatalf("history = %+v", hist)
+	}
+	for _, c := range []struct {
+		hour time.Time
+		want int64
+	}{
+		{h(9, 0), 5},   // before the first read: the contract was already in force
+		{h(11, 0), 5},  // before the upgrade
+		{h(12, 0), 10}, // the upgrade's hour: the larger
+		{h(13, 0), 10},
+		{h(14, 0), 10}, // cancelled during the hour: it still covers it
+		{h(15, 0), 0},  // after the cancellation
+	} {
+		if got := mpsaas.EntitledQuantity(hist, nil, "users", c.hour); got != c.want {
+			t.Errorf("entitled at %s = %d, want %d", c.hour.Format("15h"), got, c.want)
+		}
+	}
+	if got := mpsaas.EntitledQuantity(hist, nil, "requests", h(13, 0)); got != 0 {
+		t.Errorf("another dimension: %d", got)
+	}
+	// Without a history (stored before it existed): the current entitlement.
+	if got := mpsaas.EntitledQuantity(nil, []mpsaas.Entitlement{{Dimension: "users", Value: float64(7)}}, "users", h(13, 0)); got != 7 {
+		t.Errorf("no history: %d, want 7", got)
+	}
+	// An expiration date ends a period even if it is still read.
+	exp := []mpsaas.Entitlement{{Dimension: "users", Value: int64(3), ExpirationDate: h(16, 30)}}
+	hx := mpsaas.RecordEntitlements(nil, exp, h(10, 0))
+	if a, b := mpsaas.EntitledQuantity(hx, nil, "users", h(16, 0)), mpsaas.EntitledQuantity(hx, nil, "users", h(17, 0)); a != 3 || b != 0 {
+		t.Errorf("around the expiration: %d, %d; want 3, 0", a, b)
+	}
+	// Old closed periods are forgotten; the open one stays however old.
+	long := mpsaas.RecordEntitlements(hist, users(2), h(14, 15).AddDate(0, 0, 30))
+	if len(long) != 1 || long[0].Value != int64(2) {
+		t.Errorf("a month later: %+v, want only the current period", long)
+	}
+}

@@ -54,6 +54,14 @@ func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.Attri
 	putS(item, "offerType", s.OfferType)
 	putS(item, "access", string(s.Access))
 	putS(item, "accessFingerprint", s.AccessFingerprint)
+	if len(s.EntitlementHistory) > 0 {
+		// At most 64 periods of ~150 bytes: well under the 400 KB item limit.
+		h, err := json.Marshal(s.EntitlementHistory)
+		if err != nil {
+			return nil, err
+		}
+		item["entitlementHistory"] = sv(string(h))
+	}
 	if !s.CreatedAt.IsZero() {
 		item["created"] = sv(s.CreatedAt.Format(time.RFC3339))
 	}
@@ -105,6 +113,11 @@ func subscriberFrom(item map[string]types.AttributeValue) (*mpsaas.Subscriber, e
 	if e := getS(item, "entitlements"); e != "" {
 		if err := json.Unmarshal([]byte(e), &s.Entitlements); err != nil {
 			return nil, fmt.Errorf("subscriber %s: decoding entitlements: %w", key, err)
+		}
+	}
+	if h := getS(item, "entitlementHistory"); h != "" {
+		if err := json.Unmarshal([]byte(h), &s.EntitlementHistory); err != nil {
+			return nil, fmt.Errorf("subscriber %s: decoding entitlement history: %w", key, err)
 		}
 	}
 	return s, nil

@@ -484,18 +484,9 @@ func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscri
 	if !mpsaas.IsContract(s.Listing) || rec.State != mpsaas.UsageSealed {
 		return
 	}
-	var entitled int64
-	for _, e := range sub.Entitlements {
-		if e.Dimension != rec.Dimension {
-			continue
-		}
-		switch v := e.Value.(type) {
-		case int64:
-			entitled = v
-		case float64:
-			entitled = int64(v)
-		}
-	}
+	// The entitlement of the usage's hour: a contract cancelled or expired
+	// since still covers the hours it was in force.
+	entitled := mpsaas.EntitledQuantity(sub.EntitlementHistory, sub.Entitlements, rec.Dimension, rec.Hour)
 	if entitled <= 0 {
 		return
 	}

@@ -15,7 +15,7 @@ var _ mpsaas.SubscriberStore = (*DB)(nil)
 const subscriberColumns = `key, customer_identifier, aws_account_id, license_arn, license_id, product_code,
 	company_name, contact_person, contact_phone, contact_email, registered_at, offer_type,
 	status, free_trial, offer_id, last_event_at, entitlements, entitlements_raw, entitlements_checked_at,
-	access, access_version, access_fingerprint, created_at, updated_at, version`
+	access, access_version, access_fingerprint, entitlement_history, created_at, updated_at, version`
 
 type rowScanner interface{ Scan(...any) error }
 
@@ -23,11 +23,11 @@ func scanSubscriber(row rowScanner) (*mpsaas.Subscriber, error) {
 	var s mpsaas.Subscriber
 	var registered, lastEvent, entChecked, created, updated int64
 	var freeTrial int
-	var ents string
+	var ents, history string
 	err := row.Scan(&s.Key, &s.CustomerIdentifier, &s.CustomerAWSAccountID, &s.LicenseArn, &s.LicenseID, &s.ProductCode,
 		&s.CompanyName, &s.ContactPerson, &s.ContactPhone, &s.ContactEmail, &registered, &s.OfferType,
 		&s.Status, &freeTrial, &s.OfferID, &lastEvent, &ents, &s.EntitlementsRaw, &entChecked,
-		&s.Access, &s.AccessVersion, &s.AccessFingerprint, &created, &updated, &s.Version)
+		&s.Access, &s.AccessVersion, &s.AccessFingerprint, &history, &created, &updated, &s.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -36,6 +36,11 @@ func scanSubscriber(row rowScanner) (*mpsaas.Subscriber, error) {
 	s.FreeTrial = freeTrial != 0
 	if err := json.Unmarshal([]byte(ents), &s.Entitlements); err != nil {
 		return nil, fmt.Errorf("subscriber %s: decoding entitlements: %w", s.Key, err)
+	}
+	if history != "" {
+		if err := json.Unmarshal([]byte(history), &s.EntitlementHistory); err != nil {
+			return nil, fmt.Errorf("subscriber %s: decoding entitlement history: %w", s.Key, err)
+		}
 	}
 	return &s, nil
 }
@@ -77,6 +82,12 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 	if s.Entitlements == nil {
 		ents = []byte("[]")
 	}
+	var history []byte
+	if len(s.EntitlementHistory) > 0 {
+		if history, err = json.Marshal(s.EntitlementHistory); err != nil {
+			return fmt.Errorf("encode entitlement history: %w", err)
+		}
+	}
 	now := d.Now()
 	var payload []byte
 	if change != nil {
@@ -88,14 +99,14 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 		args := []any{s.Key, s.CustomerIdentifier, s.CustomerAWSAccountID, s.LicenseArn, s.LicenseID, s.ProductCode,
 			s.CompanyName, s.ContactPerson, s.ContactPhone, s.ContactEmail, unixNano(s.RegisteredAt), s.OfferType,
 			string(s.Status), boolInt(s.FreeTrial), s.OfferID, unixNano(s.LastEventAt), string(ents), s.EntitlementsRaw, unixNano(s.EntitlementsCheckedAt),
-			string(s.Access), s.AccessVersion, s.AccessFingerprint}
+			string(s.Access), s.AccessVersion, s.AccessFingerprint, string(history)}
 		if s.Version == 0 {
 			created := s.CreatedAt
 			if created.IsZero() {
 				created = now
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO subscribers (`+subscriberColumns+`)
-				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
 			if err != nil {
 				if strings.Contains(err.Error(), "UNIQUE constraint failed") {
 					return mpsaas.Errorf(mpsaas.ECONFLICT, "subscriber %s already exists", s.Key)
@@ -107,8 +118,8 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 			res, err := tx.ExecContext(ctx, `UPDATE subscribers SET customer_identifier=?2, aws_account_id=?3, license_arn=?4, license_id=?5, product_code=?6,
 				company_name=?7, contact_person=?8, contact_phone=?9, contact_email=?10, registered_at=?11, offer_type=?12,
 				status=?13, free_trial=?14, offer_id=?15, last_event_at=?16, entitlements=?17, entitlements_raw=?18, entitlements_checked_at=?19,
-				access=?20, access_version=?21, access_fingerprint=?22, updated_at=?23, version=version+1
-				WHERE key=?1 AND version=?24`, append(args, unixNano(now), s.Version)...)
+				access=?20, access_version=?21, access_fingerprint=?22, entitlement_history=?23, updated_at=?24, version=version+1
+				WHERE key=?1 AND version=?25`, append(args, unixNano(now), s.Version)...)
 			if err != nil {
 				return fmt.Errorf("update subscriber %s: %w", s.Key, err)
 			}

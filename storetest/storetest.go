@@ -38,7 +38,11 @@ func testSubscriber(t *testing.T, st Store) {
 		State:           mpsaas.State{Status: mpsaas.StatusActive, FreeTrial: true, OfferID: "offer-1", LastEventAt: t0},
 		Entitlements:    []mpsaas.Entitlement{{Dimension: "seats", Value: int64(10), ExpirationDate: t0.AddDate(1, 0, 0)}},
 		EntitlementsRaw: `{"Entitlements":[]}`,
-		Access:          mpsaas.AccessGranted, AccessVersion: 1, AccessFingerprint: "fp",
+		EntitlementHistory: []mpsaas.EntitlementPeriod{
+			{Entitlement: mpsaas.Entitlement{Dimension: "seats", Value: float64(5)}, To: t0},
+			{Entitlement: mpsaas.Entitlement{Dimension: "seats", Value: float64(10), ExpirationDate: t0.AddDate(1, 0, 0)}, From: t0},
+		},
+		Access: mpsaas.AccessGranted, AccessVersion: 1, AccessFingerprint: "fp",
 	}
 	if err := st.SaveSubscriber(ctx, s, nil, nil); err != nil {
 		t.Fatalf("insert: %v", err)

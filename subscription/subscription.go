@@ -201,6 +201,7 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 				return nil, fmt.Errorf("entitlements of %s: %w", sub.Key, err)
 			}
 			sub.Entitlements, sub.EntitlementsRaw, sub.EntitlementsCheckedAt = ents, raw, s.now()
+			sub.EntitlementHistory = mpsaas.RecordEntitlements(sub.EntitlementHistory, ents, s.now())
 		}
 		change := s.decide(sub)
 		err = s.Store.SaveSubscriber(ctx, sub, change, s.Channels)

@@ -1,0 +1,99 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/client"
+	"github.com/mpsaas/mpsaas/emulator"
+)
+
+// contractBuyer subscribes a buyer to the demo contract product with the
+// given entitlements and registers them through serve's HTTP API.
+func contractBuyer(t *testing.T, app *testApp, account string, ents map[string]int32) (string, emulator.Subscription) {
+	t.Helper()
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: account, Entitlements: ents})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := fmt.Sprintf(`{"regToken":%q,"companyName":"Acme","contactPerson":"Ann","contactPhone":"+1 555 0100","contactEmail":"ann@acme.example"}`, res.Token)
+	resp, err := http.Post(app.URL()+"/subscriber", "application/json", strings.NewReader(body))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("register: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	c := app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessGranted)
+	return c.Subscriber.Key, res.Subscription
+}
+
+// emulatorControl calls the emulator's control API over HTTP.
+func emulatorControl(t *testing.T, app *testApp, path string) {
+	t.Helper()
+	resp, err := http.Post(app.EmulatorURL()+"/emulator/api/"+path, "application/json", strings.NewReader("{}"))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("POST %s: %v %v", path, resp, err)
+	}
+	resp.Body.Close()
+}
+
+// waitFinal waits until every ledger entry of key is in a final state and
+// returns the entries.
+func waitFinal(t *testing.T, app *testApp, c *client.Client, key string, n int) []mpsaas.LedgerEntry {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		entries, err := c.Ledger(context.Background(), mpsaas.LedgerFilter{SubscriberKey: key})
+		if err != nil {
+			t.Fatal(err)
+		}
+		final := 0
+		for _, e := range entries {
+			switch e.State {
+			case mpsaas.UsageBilled, mpsaas.UsageCovered, mpsaas.UsageRejected, mpsaas.UsageFlagged:
+				final++
+			}
+		}
+		if final == n && len(entries) == n {
+			return entries
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ledger = %+v, want %d final entries\nlogs:\n%s", entries, n, app.logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestContractCancelDoesNotBillCoveredUsage (issue 14, item 1): a buyer
+// entitled to 5 users reports 3 in the open hour, then cancels. The hour is
+// sealed at once (the final metering window) with the entitlement the
+// buyer had in that hour: nothing is billed, the usage is covered.
+func TestContractCancelDoesNotBillCoveredUsage(t *testing.T) {
+	app := startApp(t, mpsaas.ListingContracts, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
+	key, agreement := contractBuyer(t, app, "123456789012", map[string]int32{"users": 5})
+	c := client.New(app.URL(), testUsageKey)
+	if _, err := c.RecordUsage(context.Background(), "u1", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 3, Time: time.Now().UTC()}}); err != nil {
+		t.Fatal(err)
+	}
+	emulatorControl(t, app, "subscriptions/"+agreement.AgreementID+"/cancel")
+	app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessPendingCancellation)
+	entries := waitFinal(t, app, c, key, 1)
+	if entries[0].State != mpsaas.UsageCovered {
+		t.Errorf("usage within the entitlement ended %s (%s), want covered", entries[0].State, entries[0].Reason)
+	}
+	var billed int64
+	for _, b := range app.em.Billed("123456789012") {
+		billed += b.Quantity
+	}
+	if billed != 0 {
+		t.Errorf("AWS billed %d for usage the contract covered", billed)
+	}
+	st, err := c.Status(context.Background())
+	if err != nil || st[mpsaas.UsageBilled].MeterQuantity != 0 || st[mpsaas.UsageCovered].Quantity != 3 {
+		t.Errorf("status = %+v, %v; want 3 covered, nothing billed", st, err)
+	}
+}
