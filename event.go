@@ -93,6 +93,10 @@ type State struct {
 	OfferID        string `json:"offerId,omitempty"`
 	// LastEventAt is the time of the newest event folded in.
 	LastEventAt time.Time `json:"lastEventAt,omitzero"`
+	// FinalWindowFrom is when the final metering window of a cancellation
+	// began (unsubscribe-pending, or License Deprovisioned): access ends
+	// FinalMeteringWindow later, or when AWS says the subscription ended.
+	FinalWindowFrom time.Time `json:"finalWindowFrom,omitzero"`
 }
 
 // SortEvents orders events by time, then by kind rank, then by id, so the
@@ -124,17 +128,43 @@ func Fold(events []Event) State {
 	}
 	SortEvents(evs)
 	st := State{Status: StatusPending}
+	ended := func() bool { return st.Status == StatusCancelled || st.Status == StatusFailed }
+	// cancelling starts (or continues) the final metering window: the SNS
+	// and EventBridge paths give the same timeline. The window counts from
+	// its first start (unsubscribe-pending, or License Deprovisioned, which
+	// AWS documents as "the start of a 1-hour final reporting window").
+	cancelling := func(windowStarts bool, at time.Time) {
+		if ended() {
+			return
+		}
+		st.Status = StatusUnsubscribePending
+		if windowStarts && st.FinalWindowFrom.IsZero() {
+			st.FinalWindowFrom = at
+		}
+	}
 	for _, e := range evs {
 		switch e.Kind {
 		case EventSubscribeSuccess, EventAgreementCreated, EventAgreementAmended:
-			st.Status = StatusActive
+			st.Status, st.FinalWindowFrom = StatusActive, time.Time{}
 		case EventSubscribeFail:
 			st.Status = StatusFailed
-		case EventUnsubscribePending, EventAgreementEnded:
-			if st.Status != StatusCancelled && st.Status != StatusFailed {
-				st.Status = StatusUnsubscribePending
+		case EventUnsubscribePending, EventLicenseDeprovisioned:
+			cancelling(true, e.Time)
+		case EventAgreementEnded:
+			switch e.AgreementStatus {
+			case "EXPIRED":
+				// A contract that ran out ends at once: one change, revoked.
+				if !ended() {
+					st.Status = StatusCancelled
+				}
+			case "TERMINATED":
+				if !ended() {
+					st.Status = StatusFailed
+				}
+			default: // CANCELLED (or replaced): the window starts at Deprovisioned
+				cancelling(false, e.Time)
 			}
-		case EventUnsubscribeSuccess, EventLicenseDeprovisioned:
+		case EventUnsubscribeSuccess:
 			if st.Status != StatusFailed {
 				st.Status = StatusCancelled
 			}
@@ -161,14 +191,30 @@ const (
 	AccessRevoked             Access = "revoked"              // take access away
 )
 
+// AccessPolicy is what the access decision depends on besides the
+// subscriber.
+type AccessPolicy struct {
+	// Listing is the TypeOfSaaSListing; contracts need valid entitlements.
+	Listing string
+	// RevokeOnCancel revokes access as soon as a buyer cancels, instead of
+	// keeping it (pending-cancellation) through the final metering window.
+	RevokeOnCancel bool
+}
+
+// FinalWindowEnded reports whether the final metering window of a
+// cancelling subscription has passed at now.
+func (s *Subscriber) FinalWindowEnded(now time.Time) bool {
+	return s.Status == StatusUnsubscribePending && !s.FinalWindowFrom.IsZero() && !now.Before(s.FinalWindowFrom.Add(FinalMeteringWindow))
+}
+
 // DecideAccess returns the access a subscriber should have at now, and a
 // fingerprint of everything the decision depends on (so an entitlement
 // change under unchanged access still counts as a change).
-func DecideAccess(s *Subscriber, listing string, now time.Time) (Access, string) {
+func DecideAccess(s *Subscriber, p AccessPolicy, now time.Time) (Access, string) {
 	if !s.Registered() {
 		return AccessNone, ""
 	}
-	contract := IsContract(listing)
+	contract := IsContract(p.Listing)
 	valid := ValidEntitlements(s.Entitlements, now)
 	var a Access
 	switch s.Status {
@@ -184,11 +230,14 @@ func DecideAccess(s *Subscriber, listing string, now time.Time) (Access, string)
 		}
 	case StatusUnsubscribePending:
 		a = AccessPendingCancellation
+		if p.RevokeOnCancel || s.FinalWindowEnded(now) {
+			a = AccessRevoked
+		}
 	case StatusCancelled, StatusFailed:
 		a = AccessRevoked
 	}
-	if a == AccessRevoked && s.Access == AccessNone {
-		// Never granted: nothing to revoke.
+	if (a == AccessRevoked || a == AccessPendingCancellation) && s.Access == AccessNone {
+		// Never granted: nothing to revoke, nor to warn of.
 		return AccessNone, ""
 	}
 	if a == AccessNone {

@@ -15,6 +15,12 @@ func ev(id string, kind mpsaas.EventKind, at time.Duration) mpsaas.Event {
 	return mpsaas.Event{ID: id, Kind: kind, Time: t0.Add(at)}
 }
 
+func endedAs(id, status string, at time.Duration) mpsaas.Event {
+	e := ev(id, mpsaas.EventAgreementEnded, at)
+	e.AgreementStatus = status
+	return e
+}
+
 func TestFold(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -29,7 +35,11 @@ func TestFold(t *testing.T) {
 		{"pending after success is still cancelled", []mpsaas.Event{ev("c", mpsaas.EventUnsubscribeSuccess, time.Hour), ev("b", mpsaas.EventUnsubscribePending, 2*time.Hour)}, mpsaas.StatusCancelled},
 		{"failed payment", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("b", mpsaas.EventSubscribeFail, time.Minute)}, mpsaas.StatusFailed},
 		{"resubscribed after cancel", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("c", mpsaas.EventUnsubscribeSuccess, time.Hour), ev("d", mpsaas.EventSubscribeSuccess, 2*time.Hour)}, mpsaas.StatusActive},
-		{"same-second tie: end after start", []mpsaas.Event{ev("z", mpsaas.EventLicenseDeprovisioned, 0), ev("a", mpsaas.EventAgreementCreated, 0)}, mpsaas.StatusCancelled},
+		{"same-second tie: end after start", []mpsaas.Event{ev("z", mpsaas.EventLicenseDeprovisioned, 0), ev("a", mpsaas.EventAgreementCreated, 0)}, mpsaas.StatusUnsubscribePending},
+		{"EventBridge cancel: the final window, like SNS", []mpsaas.Event{ev("a", mpsaas.EventAgreementCreated, 0), endedAs("b", "CANCELLED", time.Hour), ev("c", mpsaas.EventLicenseDeprovisioned, time.Hour)}, mpsaas.StatusUnsubscribePending},
+		{"EventBridge expiry ends at once", []mpsaas.Event{ev("a", mpsaas.EventAgreementCreated, 0), endedAs("b", "EXPIRED", time.Hour), ev("c", mpsaas.EventLicenseDeprovisioned, time.Hour)}, mpsaas.StatusCancelled},
+		{"EventBridge termination fails", []mpsaas.Event{ev("a", mpsaas.EventAgreementCreated, 0), endedAs("b", "TERMINATED", time.Hour), ev("c", mpsaas.EventLicenseDeprovisioned, time.Hour)}, mpsaas.StatusFailed},
+		{"both feeds: cancel then success", []mpsaas.Event{ev("a", mpsaas.EventSubscribeSuccess, 0), ev("b", mpsaas.EventUnsubscribePending, time.Hour), endedAs("c", "CANCELLED", time.Hour), ev("d", mpsaas.EventLicenseDeprovisioned, time.Hour), ev("e", mpsaas.EventUnsubscribeSuccess, 2*time.Hour)}, mpsaas.StatusCancelled},
 		{"EventBridge lifecycle", []mpsaas.Event{ev("a", mpsaas.EventAgreementCreated, 0), ev("b", mpsaas.EventAgreementAmended, time.Hour), ev("c", mpsaas.EventAgreementEnded, 2*time.Hour)}, mpsaas.StatusUnsubscribePending},
 	}
 	for _, tt := range tests {
@@ -65,23 +75,30 @@ func TestDecideAccess(t *testing.T) {
 		{"pending contract with entitlements", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusPending}, Entitlements: valid, EntitlementsCheckedAt: t0}, mpsaas.ListingContracts, mpsaas.AccessGranted},
 		{"active contract expired", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusActive}, Entitlements: expired, EntitlementsCheckedAt: t0, Access: mpsaas.AccessGranted}, mpsaas.ListingContracts, mpsaas.AccessRevoked},
 		{"cancelling", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusUnsubscribePending}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessPendingCancellation},
+		{"cancelling within the final window", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusUnsubscribePending, FinalWindowFrom: t0.Add(-59 * time.Minute)}, Access: mpsaas.AccessPendingCancellation}, mpsaas.ListingSubscriptions, mpsaas.AccessPendingCancellation},
+		{"cancelling after the final window", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusUnsubscribePending, FinalWindowFrom: t0.Add(-time.Hour)}, Access: mpsaas.AccessPendingCancellation}, mpsaas.ListingSubscriptions, mpsaas.AccessRevoked},
 		{"cancelled after grant", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusCancelled}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessRevoked},
 		{"cancelled never granted", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusCancelled}}, mpsaas.ListingSubscriptions, mpsaas.AccessNone},
 		{"failed after grant", mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusFailed}, Access: mpsaas.AccessGranted}, mpsaas.ListingSubscriptions, mpsaas.AccessRevoked},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got, _ := mpsaas.DecideAccess(&tt.sub, tt.listing, t0); got != tt.want {
+			if got, _ := mpsaas.DecideAccess(&tt.sub, mpsaas.AccessPolicy{Listing: tt.listing}, t0); got != tt.want {
 				t.Errorf("DecideAccess = %q, want %q", got, tt.want)
 			}
 		})
+	}
+	// RevokeOnCancel: a cancelling buyer loses access at once.
+	cancelling := mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusUnsubscribePending, FinalWindowFrom: t0}, Access: mpsaas.AccessGranted}
+	if got, _ := mpsaas.DecideAccess(&cancelling, mpsaas.AccessPolicy{Listing: mpsaas.ListingSubscriptions, RevokeOnCancel: true}, t0); got != mpsaas.AccessRevoked {
+		t.Errorf("RevokeOnCancel: %q, want revoked", got)
 	}
 	// An entitlement change under unchanged access changes the fingerprint.
 	a := mpsaas.Subscriber{RegisteredAt: t0, State: mpsaas.State{Status: mpsaas.StatusActive}, Entitlements: valid}
 	b := a
 	b.Entitlements = []mpsaas.Entitlement{{Dimension: "seats", Value: int64(9), ExpirationDate: t0.Add(24 * time.Hour)}}
-	_, fa := mpsaas.DecideAccess(&a, mpsaas.ListingContracts, t0)
-	_, fb := mpsaas.DecideAccess(&b, mpsaas.ListingContracts, t0)
+	_, fa := mpsaas.DecideAccess(&a, mpsaas.AccessPolicy{Listing: mpsaas.ListingContracts}, t0)
+	_, fb := mpsaas.DecideAccess(&b, mpsaas.AccessPolicy{Listing: mpsaas.ListingContracts}, t0)
 	if fa == fb {
 		t.Error("fingerprint did not change with the entitlements")
 	}

@@ -36,6 +36,7 @@ func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.Attri
 		"entitlementsCheckedAt": nv(timeN(s.EntitlementsCheckedAt)),
 		"registeredAt":          nv(timeN(s.RegisteredAt)),
 		"lastEventAt":           nv(timeN(s.LastEventAt)),
+		"finalWindowFrom":       nv(timeN(s.FinalWindowFrom)),
 		"accessVersion":         nv(int64(s.AccessVersion)),
 		"version":               nv(int64(s.Version + 1)),
 		"createdAt":             nv(timeN(s.CreatedAt)),
@@ -87,6 +88,7 @@ func subscriberFrom(item map[string]types.AttributeValue) (*mpsaas.Subscriber, e
 		State: mpsaas.State{
 			Status: mpsaas.Status(getS(item, "status")), FreeTrial: getB(item, "is_free_trial_term_present"),
 			OfferID: getS(item, "offerId"), LastEventAt: fromN(getN(item, "lastEventAt")),
+			FinalWindowFrom: fromN(getN(item, "finalWindowFrom")),
 		},
 		EntitlementsRaw:       getS(item, "entitlement"),
 		EntitlementsCheckedAt: fromN(getN(item, "entitlementsCheckedAt")),

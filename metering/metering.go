@@ -422,7 +422,14 @@ func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error)
 	}
 	var keys []string
 	for _, sub := range subs {
-		if sub.Status == mpsaas.StatusUnsubscribePending || now.Sub(sub.LastEventAt) < 2*mpsaas.FinalMeteringWindow {
+		switch {
+		case sub.Status == mpsaas.StatusUnsubscribePending && !sub.FinalWindowFrom.IsZero():
+			// EventBridge-only buyers stay unsubscribe-pending after their
+			// window: flush them only around it.
+			if now.Sub(sub.FinalWindowFrom) < 2*mpsaas.FinalMeteringWindow {
+				keys = append(keys, sub.Key)
+			}
+		case sub.Status == mpsaas.StatusUnsubscribePending || now.Sub(sub.LastEventAt) < 2*mpsaas.FinalMeteringWindow:
 			keys = append(keys, sub.Key)
 		}
 	}

@@ -35,7 +35,7 @@ func testSubscriber(t *testing.T, st Store) {
 		LicenseArn:      "arn:aws:license-manager::111122223333:license:l-abc",
 		Contact:         mpsaas.Contact{CompanyName: "Acme", ContactPerson: "Ann", ContactPhone: "+1 555 0100", ContactEmail: "ann@acme.test"},
 		RegisteredAt:    t0,
-		State:           mpsaas.State{Status: mpsaas.StatusActive, FreeTrial: true, OfferID: "offer-1", LastEventAt: t0},
+		State:           mpsaas.State{Status: mpsaas.StatusActive, FreeTrial: true, OfferID: "offer-1", LastEventAt: t0, FinalWindowFrom: t0.Add(-time.Hour)},
 		Entitlements:    []mpsaas.Entitlement{{Dimension: "seats", Value: int64(10), ExpirationDate: t0.AddDate(1, 0, 0)}},
 		EntitlementsRaw: `{"Entitlements":[]}`,
 		EntitlementHistory: []mpsaas.EntitlementPeriod{

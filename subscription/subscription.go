@@ -32,6 +32,9 @@ type Service struct {
 	ProductCodes []string
 	// Channels are the outbox channels every access change is queued on.
 	Channels []string
+	// RevokeOnCancel revokes access when a buyer cancels rather than at the
+	// end of the final metering window (MPSAAS_REVOKE_ON_CANCEL).
+	RevokeOnCancel bool
 }
 
 func (s *Service) now() time.Time {
@@ -257,7 +260,7 @@ func (s *Service) load(ctx context.Context, cust mpsaas.Customer, key string) (*
 // decide sets the subscriber's access and returns the change to deliver, or
 // nil when nothing the seller's system sees has changed.
 func (s *Service) decide(sub *mpsaas.Subscriber) *mpsaas.AccessChange {
-	a, fp := mpsaas.DecideAccess(sub, s.Listing, s.now())
+	a, fp := mpsaas.DecideAccess(sub, mpsaas.AccessPolicy{Listing: s.Listing, RevokeOnCancel: s.RevokeOnCancel}, s.now())
 	if a == mpsaas.AccessNone || fp == sub.AccessFingerprint {
 		return nil
 	}
@@ -265,4 +268,51 @@ func (s *Service) decide(sub *mpsaas.Subscriber) *mpsaas.AccessChange {
 	sub.AccessVersion++
 	ch := mpsaas.NewAccessChange(sub, s.now())
 	return &ch
+}
+
+// statusLister lists subscribers by status (both stores have it).
+type statusLister interface {
+	ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status) ([]*mpsaas.Subscriber, error)
+}
+
+// EndFinalWindows revokes the access of cancelling buyers whose final
+// metering window has passed. AWS sends no event then on the EventBridge
+// path (SNS sends unsubscribe-success), so both runtimes call this on a
+// schedule: serve every minute, the meter function on every run. It
+// returns how many buyers lost access.
+func (s *Service) EndFinalWindows(ctx context.Context) (int, error) {
+	l, ok := s.Store.(statusLister)
+	if !ok {
+		return 0, nil
+	}
+	subs, err := l.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusUnsubscribePending})
+	if err != nil {
+		return 0, fmt.Errorf("end final windows: %w", err)
+	}
+	now, n := s.now(), 0
+	for _, sub := range subs {
+		if sub.Access == mpsaas.AccessRevoked || sub.Access == mpsaas.AccessNone || !sub.FinalWindowEnded(now) {
+			continue
+		}
+		saved, err := s.update(ctx, customerOf(sub), sub.Key, func(*mpsaas.Subscriber) error { return nil })
+		if err != nil {
+			return n, fmt.Errorf("end final window of %s: %w", sub.Key, err)
+		}
+		if saved.Access == mpsaas.AccessRevoked {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ParseRevokeOnCancel reads MPSAAS_REVOKE_ON_CANCEL: "true" or "false"
+// ("" is false). Both runtimes use it.
+func ParseRevokeOnCancel(v string) (bool, error) {
+	switch v {
+	case "", "false", "0":
+		return false, nil
+	case "true", "1":
+		return true, nil
+	}
+	return false, fmt.Errorf("MPSAAS_REVOKE_ON_CANCEL %q: want true or false", v)
 }

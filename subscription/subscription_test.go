@@ -3,6 +3,7 @@ package subscription_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"slices"
 	"testing"
 	"time"
@@ -144,12 +145,24 @@ func TestEventOrderDoesNotMatter(t *testing.T) {
 					h.deliver(t, all)
 					register()
 				}
+				// The final metering window (an hour) has passed: on the
+				// EventBridge path no event says so, the scheduled sweep does.
+				h.em.Clock.Advance(time.Minute)
+				if _, err := h.svc.EndFinalWindows(ctx); err != nil {
+					t.Fatal(err)
+				}
 				sub, err := h.svc.Get(ctx, key)
 				if err != nil {
 					t.Fatal(err)
 				}
-				if sub.Status != mpsaas.StatusCancelled || !sub.FreeTrial {
-					t.Errorf("final state = %s (free trial %v), want cancelled with free trial", sub.Status, sub.FreeTrial)
+				// SNS says unsubscribe-success; EventBridge only starts the
+				// window (License Deprovisioned), so the status stays.
+				wantStatus := mpsaas.StatusCancelled
+				if licenseBased {
+					wantStatus = mpsaas.StatusUnsubscribePending
+				}
+				if sub.Status != wantStatus || !sub.FreeTrial {
+					t.Errorf("final state = %s (free trial %v), want %s with free trial", sub.Status, sub.FreeTrial, wantStatus)
 				}
 				if licenseBased && sub.CustomerIdentifier != "" {
 					t.Errorf("license-based subscriber has CustomerIdentifier %q", sub.CustomerIdentifier)
@@ -300,5 +313,94 @@ func TestMalformedMessagesChangeNothing(t *testing.T) {
 	evs, _ := h.db.EventsFor(context.Background(), mpsaas.Identity{CustomerIdentifier: "x"})
 	if len(evs) != 0 {
 		t.Errorf("events stored: %v", evs)
+	}
+}
+
+// TestOneAccessTimeline (issue 14, item 4): SNS alone, EventBridge alone and
+// both together give the same access changes for the same buyer actions. A
+// cancellation keeps access through the final metering window, then
+// revokes it; an expiring contract sends one change.
+func TestOneAccessTimeline(t *testing.T) {
+	feeds := map[string]func(emulator.Notification) bool{
+		"sns":         func(n emulator.Notification) bool { return n.Channel != emulator.ChannelEventBridge },
+		"eventbridge": func(n emulator.Notification) bool { return n.Channel == emulator.ChannelEventBridge },
+		"both":        func(emulator.Notification) bool { return true },
+	}
+	for feed, keep := range feeds {
+		t.Run("cancel/"+feed, func(t *testing.T) {
+			ctx := context.Background()
+			h := newHarness(t, mpsaas.ListingSubscriptions, subProduct("p", false))
+			seen := 0
+			deliver := func() {
+				for _, n := range h.em.Notifications(seen) {
+					if keep(n) {
+						h.deliver(t, [][]byte{n.Body})
+					}
+				}
+				seen = len(h.em.Notifications(0))
+			}
+			res, err := h.em.Subscribe(emulator.SubscribeOptions{ProductCode: "p", BuyerAccountID: h.buyer(t)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			deliver()
+			if _, err := h.svc.RegisterWithToken(ctx, res.Token, contact); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := h.em.Cancel(res.Subscription.AgreementID); err != nil {
+				t.Fatal(err)
+			}
+			deliver()
+			h.em.Clock.Advance(30 * time.Minute) // within the window: nothing changes
+			h.em.RunDue()
+			deliver()
+			if _, err := h.svc.EndFinalWindows(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := accesses(h.changes(t)); fmt.Sprint(got) != "[granted pending-cancellation]" {
+				t.Errorf("within the final window: %v", got)
+			}
+			h.em.Clock.Advance(31 * time.Minute) // the window has ended
+			h.em.RunDue()
+			deliver()
+			if _, err := h.svc.EndFinalWindows(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := accesses(h.changes(t)); fmt.Sprint(got) != "[granted pending-cancellation revoked]" {
+				t.Errorf("access changes = %v, want [granted pending-cancellation revoked]", got)
+			}
+		})
+		t.Run("expire/"+feed, func(t *testing.T) {
+			ctx := context.Background()
+			h := newHarness(t, mpsaas.ListingContracts, emulator.Product{Code: "c", Type: emulator.ProductContract, Dimensions: []emulator.Dimension{{Name: "seats"}}})
+			res, err := h.em.Subscribe(emulator.SubscribeOptions{ProductCode: "c", BuyerAccountID: h.buyer(t), Entitlements: map[string]int32{"seats": 5}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range h.em.Notifications(0) {
+				if keep(n) {
+					h.deliver(t, [][]byte{n.Body})
+				}
+			}
+			if _, err := h.svc.RegisterWithToken(ctx, res.Token, contact); err != nil {
+				t.Fatal(err)
+			}
+			seq := len(h.em.Notifications(0))
+			if _, err := h.em.Expire(res.Subscription.AgreementID); err != nil {
+				t.Fatal(err)
+			}
+			for _, n := range h.em.Notifications(seq) {
+				if keep(n) {
+					h.deliver(t, [][]byte{n.Body})
+				}
+			}
+			h.em.Clock.Advance(2 * time.Hour)
+			if _, err := h.svc.EndFinalWindows(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if got := accesses(h.changes(t)); fmt.Sprint(got) != "[granted revoked]" {
+				t.Errorf("access changes = %v, want [granted revoked]: one change at expiry", got)
+			}
+		})
 	}
 }

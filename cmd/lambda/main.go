@@ -76,7 +76,7 @@ var envVars = []string{
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
 	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_METER_GRACE", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
-	"MPSAAS_SAMPLE_METERING_TABLE",
+	"MPSAAS_SAMPLE_METERING_TABLE", "MPSAAS_REVOKE_ON_CANCEL",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -85,7 +85,8 @@ var envVars = []string{
 var awsActions = map[string][]string{
 	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
-	"meter":    {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage"},
+	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
+		"aws-marketplace:GetEntitlements"},
 	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
 	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "ses:SendEmail"},
 }
@@ -170,11 +171,15 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	if err != nil {
 		return nil, err
 	}
+	revokeOnCancel, err := subscription.ParseRevokeOnCancel(getenv("MPSAAS_REVOKE_ON_CANCEL"))
+	if err != nil {
+		return nil, err
+	}
 	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
 		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION"), SealGrace: grace}
 	app.svc = &subscription.Service{
 		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
-		Marketplace: mp,
+		Marketplace: mp, RevokeOnCancel: revokeOnCancel,
 	}
 	switch role {
 	case "api":
@@ -238,6 +243,13 @@ func (a *App) handleEvent(ctx context.Context, raw json.RawMessage) (any, error)
 // meterRun seals closed hours and sends what is due, again while work is
 // outstanding and the invocation has time left (retries wait for the next one).
 func (a *App) meterRun(ctx context.Context) error {
+	// Cancelling buyers whose final metering window has passed lose access
+	// (no EventBridge event says so).
+	if n, err := a.svc.EndFinalWindows(ctx); err != nil {
+		a.logger.ErrorContext(ctx, "ending final metering windows", "err", err)
+	} else if n > 0 {
+		a.logger.InfoContext(ctx, "access revoked at the end of the final metering window", "buyers", n)
+	}
 	if err := a.importSample(ctx); err != nil {
 		return err
 	}

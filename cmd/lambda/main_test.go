@@ -184,6 +184,27 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	if err := dispatch(ctx, events.EventBridgeEvent{}); err != nil {
 		t.Fatal(err)
 	}
+	// Access is kept through the final metering window; EventBridge says
+	// nothing when it ends: the meter function's next run after it revokes.
+	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation]" {
+		t.Errorf("webhooks after the cancel = %v, want [granted pending-cancellation]", got)
+	}
+	if err := meterRun(ctx, events.EventBridgeEvent{DetailType: "Scheduled Event"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dispatch(ctx, events.EventBridgeEvent{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation]" {
+		t.Errorf("webhooks within the window = %v, want no revocation yet", got)
+	}
+	meter.svc.Clock = mpsaas.ClockFunc(func() time.Time { return time.Now().Add(61 * time.Minute) })
+	if err := meterRun(ctx, events.EventBridgeEvent{DetailType: "Scheduled Event"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dispatch(ctx, events.EventBridgeEvent{}); err != nil {
+		t.Fatal(err)
+	}
 	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation revoked]" {
 		t.Errorf("webhooks = %v, want [granted pending-cancellation revoked]", got)
 	}

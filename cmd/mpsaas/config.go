@@ -15,6 +15,7 @@ import (
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/subscription"
 )
 
 // Config is the whole configuration of `mpsaas serve`. It is read from
@@ -51,6 +52,7 @@ type Config struct {
 	HeartbeatDimension  string
 	MeterConcurrencyTxt string
 	MeterGraceText      string
+	RevokeOnCancelText  string
 
 	EmulatorURL    string
 	SQSQueueURL    string
@@ -61,6 +63,7 @@ type Config struct {
 	meterInterval    time.Duration
 	meterConcurrency int
 	meterGrace       time.Duration
+	revokeOnCancel   bool
 }
 
 // setting describes one configuration value for flags, env and --help.
@@ -99,6 +102,7 @@ func (c *Config) settings() []setting {
 		{name: "usage-api-keys", env: "MPSAAS_USAGE_API_KEYS", usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", secret: true, list: &c.UsageAPIKeys},
 		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
 		{name: "meter-grace", env: "MPSAAS_METER_GRACE", def: "5m", usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
+		{name: "revoke-on-cancel", env: "MPSAAS_REVOKE_ON_CANCEL", def: "false", usage: "revoke access as soon as a buyer cancels (true), instead of keeping it (pending-cancellation) until the one-hour final metering window ends", ptr: &c.RevokeOnCancelText},
 		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
 		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
 		{name: "sqs-queue-url", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
@@ -192,6 +196,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("MPSAAS_METER_CONCURRENCY %q: want 1 to 64", c.MeterConcurrencyTxt))
 	} else {
 		c.meterConcurrency = n
+	}
+	if v, err := subscription.ParseRevokeOnCancel(c.RevokeOnCancelText); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.revokeOnCancel = v
 	}
 	if d, err := metering.ParseSealGrace(c.MeterGraceText); err != nil {
 		errs = append(errs, err)

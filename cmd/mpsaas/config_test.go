@@ -113,3 +113,15 @@ func TestConfigMeterGrace(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigRevokeOnCancel(t *testing.T) {
+	for v, want := range map[string]bool{"": false, "false": false, "true": true, "1": true} {
+		c, err := loadConfig(t, map[string]string{"MPSAAS_REVOKE_ON_CANCEL": v})
+		if err != nil || c.revokeOnCancel != want {
+			t.Errorf("MPSAAS_REVOKE_ON_CANCEL=%q: %v, %v; want %v", v, c.revokeOnCancel, err, want)
+		}
+	}
+	if _, err := loadConfig(t, map[string]string{"MPSAAS_REVOKE_ON_CANCEL": "yes please"}); err == nil || !strings.Contains(err.Error(), "MPSAAS_REVOKE_ON_CANCEL") {
+		t.Errorf("a bad value: %v, want an error naming the variable", err)
+	}
+}

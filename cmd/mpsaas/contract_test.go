@@ -97,3 +97,13 @@ func TestContractCancelDoesNotBillCoveredUsage(t *testing.T) {
 		t.Errorf("status = %+v, %v; want 3 covered, nothing billed", st, err)
 	}
 }
+
+// emulatorClock advances the emulator's clock through its control API.
+func emulatorClock(t *testing.T, app *testApp, advance string) {
+	t.Helper()
+	resp, err := http.Post(app.EmulatorURL()+"/emulator/api/clock", "application/json", strings.NewReader(`{"advance":"`+advance+`"}`))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("advance the emulator clock: %v %v", resp, err)
+	}
+	resp.Body.Close()
+}

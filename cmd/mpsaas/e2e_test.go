@@ -147,7 +147,7 @@ var journeyContact = mpsaas.Contact{CompanyName: "Acme Robotics", ContactPerson:
 func TestBuyerJourneyHTTP(t *testing.T) {
 	for _, product := range []string{demoLicenseProduct, demoLegacyProduct} {
 		t.Run(product, func(t *testing.T) {
-			app := startApp(t, mpsaas.ListingSubscriptions)
+			app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_METER_INTERVAL", "1s")
 			client := &http.Client{}
 			// The buyer subscribes on the (emulated) listing page.
 			page := postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscribe", url.Values{"productCode": {product}, "buyerAccountId": {"123456789012"}, "freeTrial": {"1"}}, 200)
@@ -185,8 +185,12 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 			if product == demoLegacyProduct && granted.Subscriber.CustomerIdentifier == "" {
 				t.Errorf("legacy buyer without CustomerIdentifier: %+v", granted.Subscriber)
 			}
-			// The buyer cancels: access is revoked.
+			// The buyer cancels: access is kept through the final metering
+			// window, then revoked (SNS: unsubscribe-success; EventBridge
+			// alone: the window's end).
 			postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscriptions/"+app.agreement(t, product).AgreementID+"/cancel", nil, 200)
+			app.sink.waitFor(t, product, mpsaas.AccessPendingCancellation)
+			emulatorClock(t, app, "61m")
 			revoked := app.sink.waitFor(t, product, mpsaas.AccessRevoked)
 			if revoked.Subscriber.Key != granted.Subscriber.Key || revoked.Version <= granted.Version {
 				t.Errorf("revoked %+v after granted %+v", revoked, granted)
@@ -340,7 +344,7 @@ func TestBuyerJourneyBrowser(t *testing.T) {
 	}
 	for _, product := range []string{demoLicenseProduct, demoLegacyProduct} {
 		t.Run(product, func(t *testing.T) {
-			app := startApp(t, mpsaas.ListingSubscriptions)
+			app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_METER_INTERVAL", "1s")
 			opts := append(chromedp.DefaultExecAllocatorOptions[:],
 				chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
 				chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
@@ -392,6 +396,8 @@ func TestBuyerJourneyBrowser(t *testing.T) {
 			if err != nil || status != "unsubscribe-pending" {
 				t.Errorf("agreement status after cancel = %q (%v)", status, err)
 			}
+			app.sink.waitFor(t, product, mpsaas.AccessPendingCancellation)
+			emulatorClock(t, app, "61m")
 			app.sink.waitFor(t, product, mpsaas.AccessRevoked)
 		})
 	}

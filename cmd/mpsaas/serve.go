@@ -163,7 +163,13 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	}
 	a.svc = &subscription.Service{
 		Store: outboxWaker{a.db, a.wakeD}, Marketplace: marketplace.New(awsCfg, mpOpts), Logger: logger,
-		Listing: cfg.Listing, ProductCodes: a.cfg.ProductCodes, Channels: channels,
+		Listing: cfg.Listing, ProductCodes: a.cfg.ProductCodes, Channels: channels, RevokeOnCancel: a.cfg.revokeOnCancel,
+	}
+	if a.em != nil {
+		// The subscription lifecycle follows the embedded emulator's clock,
+		// so advancing it (buyer simulator, control API) ends final
+		// metering windows and contracts as it would on AWS.
+		a.svc.Clock = mpsaas.ClockFunc(a.em.Clock.Now)
 	}
 	a.web = web.New(web.Config{
 		Secret: []byte(a.cfg.Secret), ProductName: cfg.ProductName, SignInURL: cfg.SignInURL,
@@ -412,6 +418,13 @@ func (a *App) meterLoop(ctx context.Context) {
 		case res.Calls > 0 || res.Sealed > 0 || res.Heartbeats > 0:
 			a.log.Info("metering run", "sealed", res.Sealed, "heartbeats", res.Heartbeats, "calls", res.Calls,
 				"billed", res.Billed, "rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying)
+		}
+		// Cancelling buyers whose final metering window has ended lose
+		// access (no EventBridge event says so; SNS says unsubscribe-success).
+		if n, err := a.svc.EndFinalWindows(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("ending final metering windows", "err", err)
+		} else if n > 0 {
+			a.log.Info("access revoked at the end of the final metering window", "buyers", n)
 		}
 		// Keep the WAL small: a burst of usage leaves it large otherwise.
 		if busy, err := a.db.Checkpoint(ctx); err != nil && ctx.Err() == nil {
