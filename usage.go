@@ -173,6 +173,12 @@ type MeterRecord struct {
 	UsageQuantity int64
 	// UsageRecords is how many usage records the record includes.
 	UsageRecords int64
+	// Shares splits the record by the hour its usage happened in, when it
+	// includes late usage of earlier hours (by UNIX hour); nil means all of
+	// it is usage of its own hour. Contracts bill, for each usage hour,
+	// the overage of all its usage over that hour's entitlement: a late
+	// share bills only what the hour's overage grew by.
+	Shares map[int64]HourShare
 	// Allocations by tag signature; nil when no usage was tagged.
 	Allocations map[string]int64
 	// Buyer identity sent to AWS: CustomerIdentifier + ProductCode, or
@@ -300,6 +306,10 @@ type MeterStore interface {
 	Ledger(ctx context.Context, f LedgerFilter) ([]LedgerEntry, error)
 	// MeterSummary counts usage records and quantities by state.
 	MeterSummary(ctx context.Context) (map[string]StateCount, error)
+	// MeterRecordsFor returns the meter records of a buyer and dimension
+	// for the hours from..to (inclusive), with their shares: what earlier
+	// passes billed for those hours.
+	MeterRecordsFor(ctx context.Context, subscriberKey, dimension string, from, to time.Time) ([]MeterRecord, error)
 	// Replay moves flagged usage records (all when ids is empty) back to
 	// pending in hour; it returns how many moved.
 	Replay(ctx context.Context, ids []int64, hour time.Time) (int, error)
@@ -399,10 +409,13 @@ type StateCount struct {
 type UsageGroup struct {
 	SubscriberKey string
 	Dimension     string
-	Hour          time.Time
-	TagSig        string
-	Quantity      int64
-	Records       int64
+	Hour          time.Time // the meter hour
+	// UsageHour is the hour the usage happened in: Hour, or an earlier hour
+	// for late usage placed in a later open hour.
+	UsageHour time.Time
+	TagSig    string
+	Quantity  int64
+	Records   int64
 }
 
 // MeterHour decides the hour usage of hour h is metered in: h itself,
@@ -420,4 +433,26 @@ func MeterHour(h, openHour time.Time, sealed func(time.Time) (bool, error)) (tim
 			return h, err
 		}
 	}
+}
+
+// HourShare is what a meter record holds of one usage hour: the usage, and
+// the quantity it billed for that hour.
+type HourShare struct {
+	Usage  int64 `json:"usage"`
+	Billed int64 `json:"billed"`
+}
+
+// SharesOf returns the record's shares by usage hour (its own hour alone
+// when it has no late usage).
+func (m MeterRecord) SharesOf() map[int64]HourShare {
+	if m.Shares != nil {
+		return m.Shares
+	}
+	return map[int64]HourShare{m.Hour.Unix(): {Usage: m.UsageQuantity, Billed: m.Quantity}}
+}
+
+// LateReason explains why usage of hour usage is metered in hour meter.
+func LateReason(usage, meter time.Time) string {
+	return fmt.Sprintf("late usage: hour %s was already metered, so it is metered with hour %s (contracts: it bills what it adds to its own hour's overage)",
+		usage.UTC().Format("2006-01-02 15:00Z"), meter.UTC().Format("2006-01-02 15:00Z"))
 }

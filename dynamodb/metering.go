@@ -282,6 +282,9 @@ func (s *Store) writeUsage(ctx context.Context, key string, first int64, rows []
 			"requestKey": sv(key), "receivedAt": nv(timeN(now)),
 		}
 		putS(item, "tagSig", r.TagSig)
+		if uh := mpsaas.Hour(r.Time); !h.Equal(uh) {
+			putS(item, "reason", mpsaas.LateReason(uh, h))
+		}
 		writes = append(writes, types.WriteRequest{PutRequest: &types.PutRequest{Item: item}})
 		if len(writes) == 25 {
 			if err := flush(); err != nil {
@@ -340,11 +343,12 @@ func (s *Store) PendingRange(ctx context.Context) (mpsaas.PendingScan, error) {
 }
 
 type usageItem struct {
-	id       int64
-	sub, dim string
-	hour     time.Time
-	tag      string
-	quantity int64
+	id        int64
+	sub, dim  string
+	hour      time.Time
+	usageHour time.Time
+	tag       string
+	quantity  int64
 }
 
 func (s *Store) pendingItems(ctx context.Context, lo, hi int64) ([]usageItem, error) {
@@ -358,6 +362,10 @@ func (s *Store) pendingItems(ctx context.Context, lo, hi int64) ([]usageItem, er
 	for i, it := range items {
 		out[i] = usageItem{id: getN(it, "id"), sub: getS(it, "subscriberKey"), dim: getS(it, "dimension"),
 			hour: time.Unix(getN(it, "meterHour"), 0).UTC(), tag: getS(it, "tagSig"), quantity: getN(it, "quantity")}
+		out[i].usageHour = out[i].hour
+		if uh := mpsaas.Hour(fromN(getN(it, "usageTime"))); !uh.IsZero() && uh.Before(out[i].hour) {
+			out[i].usageHour = uh
+		}
 	}
 	return out, nil
 }
@@ -384,17 +392,17 @@ func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn fu
 		return err
 	}
 	fl := setOf(scan.Flush)
-	groups := map[[4]string]*mpsaas.UsageGroup{}
+	groups := map[[5]string]*mpsaas.UsageGroup{}
 	scan.Summed = scan.Summed[:0]
 	for _, u := range items {
 		if !qualifies(u, scan, fl) {
 			continue
 		}
 		scan.Summed = append(scan.Summed, u.id)
-		k := [4]string{strconv.FormatInt(u.hour.Unix(), 10), u.sub, u.dim, u.tag}
+		k := [5]string{strconv.FormatInt(u.hour.Unix(), 10), u.sub, u.dim, strconv.FormatInt(u.usageHour.Unix(), 10), u.tag}
 		g := groups[k]
 		if g == nil {
-			g = &mpsaas.UsageGroup{SubscriberKey: u.sub, Dimension: u.dim, Hour: u.hour, TagSig: u.tag}
+			g = &mpsaas.UsageGroup{SubscriberKey: u.sub, Dimension: u.dim, Hour: u.hour, UsageHour: u.usageHour, TagSig: u.tag}
 			groups[k] = g
 		}
 		g.Quantity += u.quantity
@@ -414,6 +422,9 @@ func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn fu
 		}
 		if a.Dimension != b.Dimension {
 			return a.Dimension < b.Dimension
+		}
+		if !a.UsageHour.Equal(b.UsageHour) {
+			return a.UsageHour.Before(b.UsageHour)
 		}
 		return a.TagSig < b.TagSig
 	})
@@ -445,6 +456,13 @@ func meterItem(r mpsaas.MeterRecord, id, upTo int64, now time.Time) (map[string]
 		}
 		item["allocations"] = sv(string(b))
 	}
+	if r.Shares != nil {
+		b, err := json.Marshal(r.Shares)
+		if err != nil {
+			return nil, err
+		}
+		item["shares"] = sv(string(b))
+	}
 	putS(item, "customerIdentifier", r.CustomerIdentifier)
 	putS(item, "awsAccountId", r.CustomerAWSAccountID)
 	putS(item, "licenseArn", r.LicenseArn)
@@ -466,7 +484,48 @@ func meterFrom(it map[string]types.AttributeValue) (mpsaas.MeterRecord, error) {
 			return r, fmt.Errorf("meter record %d allocations: %w", r.ID, err)
 		}
 	}
+	r.UsageQuantity = getN(it, "usageQuantity")
+	if sh := getS(it, "shares"); sh != "" {
+		if err := json.Unmarshal([]byte(sh), &r.Shares); err != nil {
+			return r, fmt.Errorf("meter record %d shares: %w", r.ID, err)
+		}
+	}
 	return r, nil
+}
+
+// MeterRecordsFor reads the records of a buyer and dimension for the hours
+// from..to by their keys (consistent reads: one read unit per record).
+func (s *Store) MeterRecordsFor(ctx context.Context, subscriberKey, dimension string, from, to time.Time) ([]mpsaas.MeterRecord, error) {
+	var keys []map[string]types.AttributeValue
+	for h := from; !h.After(to); h = h.Add(time.Hour) {
+		keys = append(keys, map[string]types.AttributeValue{"key": sv(meterKey(subscriberKey, dimension, h))})
+	}
+	var out []mpsaas.MeterRecord
+	for len(keys) > 0 {
+		n := min(len(keys), 100)
+		batch := keys[:n]
+		keys = keys[n:]
+		for len(batch) > 0 {
+			res, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: map[string]types.KeysAndAttributes{
+				s.tables.MeterRecords: {Keys: batch, ConsistentRead: aws.Bool(true)}}})
+			if err != nil {
+				return nil, fmt.Errorf("meter records of %s/%s: %w", subscriberKey, dimension, err)
+			}
+			for _, it := range res.Responses[s.tables.MeterRecords] {
+				r, err := meterFrom(it)
+				if err != nil {
+					return nil, err
+				}
+				out = append(out, r)
+			}
+			batch = res.UnprocessedKeys[s.tables.MeterRecords].Keys
+			if len(batch) > 0 {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Hour.Before(out[j].Hour) })
+	return out, nil
 }
 
 // InsertMeterRecords stores records; keys that have one keep it and are returned.

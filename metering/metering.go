@@ -19,6 +19,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -323,6 +324,7 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 	s.lastSeal = nil
 	const chunk = 10000
 	total := 0
+	late := lateHours{}
 	var conflicts []mpsaas.MeterKey
 	var keys [][]mpsaas.UsageGroup // groups of one key each
 	var groups []mpsaas.UsageGroup
@@ -334,9 +336,14 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 		if err != nil {
 			return err
 		}
+		if mpsaas.IsContract(s.Listing) {
+			if err := s.loadLate(ctx, late, keys); err != nil {
+				return err
+			}
+		}
 		recs := make([]mpsaas.MeterRecord, len(keys))
 		for i, gs := range keys {
-			recs[i] = s.aggregate(gs, subs[gs[0].SubscriberKey])
+			recs[i] = s.aggregate(gs, subs[gs[0].SubscriberKey], late)
 		}
 		c, err := s.Store.InsertMeterRecords(ctx, recs, scan.Hi)
 		if err != nil {
@@ -436,19 +443,66 @@ func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error)
 	return keys, nil
 }
 
+// lateHours holds, for one pass, what is already billed for usage hours
+// that get late usage: by buyer, dimension and usage hour, the usage and
+// the billed quantity of the records stored before the pass, plus what the
+// pass's own records add.
+type lateHours map[string]*mpsaas.HourShare
+
+func lateKey(sub, dim string, h int64) string {
+	return sub + "\x00" + dim + "\x00" + strconv.FormatInt(h, 10)
+}
+
+// loadLate reads, for the late usage hours of keys not yet known, what the
+// stored records hold of them.
+func (s *Service) loadLate(ctx context.Context, late lateHours, keys [][]mpsaas.UsageGroup) error {
+	for _, gs := range keys {
+		var from time.Time
+		for _, g := range gs {
+			if g.UsageHour.Before(g.Hour) && late[lateKey(g.SubscriberKey, g.Dimension, g.UsageHour.Unix())] == nil && (from.IsZero() || g.UsageHour.Before(from)) {
+				from = g.UsageHour
+			}
+		}
+		if from.IsZero() {
+			continue
+		}
+		g := gs[0]
+		recs, err := s.Store.MeterRecordsFor(ctx, g.SubscriberKey, g.Dimension, from, g.Hour.Add(-time.Hour))
+		if err != nil {
+			return err
+		}
+		for _, x := range gs {
+			if k := lateKey(x.SubscriberKey, x.Dimension, x.UsageHour.Unix()); x.UsageHour.Before(x.Hour) && late[k] == nil {
+				late[k] = &mpsaas.HourShare{}
+			}
+		}
+		for _, r := range recs {
+			for h, sh := range r.SharesOf() {
+				if t := late[lateKey(g.SubscriberKey, g.Dimension, h)]; t != nil {
+					t.Usage += sh.Usage
+					t.Billed += sh.Billed
+				}
+			}
+		}
+	}
+	return nil
+}
+
 // aggregate turns the usage groups of one (buyer, dimension, hour) into a
 // meter record: allocations by tag set, contract entitlements deducted, and
 // the buyer identity AWS expects. sub is nil for an unknown subscriber.
-func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber) mpsaas.MeterRecord {
+func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber, late lateHours) mpsaas.MeterRecord {
 	g := gs[0]
 	rec := mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, State: mpsaas.UsageSealed}
 	alloc := map[string]int64{}
+	byHour := map[int64]int64{}
 	tagged := false
 	for _, x := range gs {
 		rec.Quantity += x.Quantity
 		rec.UsageQuantity += x.Quantity
 		rec.UsageRecords += int64(x.Records)
 		alloc[x.TagSig] += x.Quantity
+		byHour[x.UsageHour.Unix()] += x.Quantity
 		if x.TagSig != "" {
 			tagged = true
 		}
@@ -465,7 +519,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber) mpsa
 		rec.State, rec.Reason = mpsaas.UsageFlagged, "subscriber has neither a CustomerIdentifier nor a CustomerAWSAccountId with a LicenseArn"
 		return rec
 	}
-	s.deductEntitlement(&rec, sub)
+	s.deductEntitlement(&rec, sub, byHour, late)
 	if rec.State == mpsaas.UsageSealed && rec.Quantity > mpsaas.MaxQuantity {
 		rec.State, rec.Reason = mpsaas.UsageFlagged, fmt.Sprintf("hourly quantity %d exceeds AWS's maximum of %d", rec.Quantity, mpsaas.MaxQuantity)
 	}
@@ -484,25 +538,65 @@ func (s *Service) identify(rec *mpsaas.MeterRecord, sub *mpsaas.Subscriber) {
 	rec.CustomerAWSAccountID, rec.LicenseArn = sub.CustomerAWSAccountID, sub.LicenseArn
 }
 
-// deductEntitlement bills, for contracts, only the hour's usage above the
-// contract's integer entitlement for the dimension. Tagged allocations are
-// reduced in a fixed order: untagged first, then by tag set.
-func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscriber) {
+// deductEntitlement bills, for contracts, the overage of each usage hour:
+// all its usage over the entitlement in force in that hour. Usage of the
+// record's own hour bills max(0, usage - entitlement). Late usage of an
+// earlier hour bills only what that hour's overage grew by over what was
+// already billed for it (its own record and earlier late shares). Tagged
+// allocations are reduced by what is not billed in a fixed order: untagged
+// first, then by tag set.
+func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscriber, byHour map[int64]int64, late lateHours) {
 	if !mpsaas.IsContract(s.Listing) || rec.State != mpsaas.UsageSealed {
 		return
 	}
-	// The entitlement of the usage's hour: a contract cancelled or expired
-	// since still covers the hours it was in force.
-	entitled := mpsaas.EntitledQuantity(sub.EntitlementHistory, sub.Entitlements, rec.Dimension, rec.Hour)
-	if entitled <= 0 {
-		return
+	entitled := func(h int64) int64 {
+		return mpsaas.EntitledQuantity(sub.EntitlementHistory, sub.Entitlements, rec.Dimension, time.Unix(h, 0).UTC())
 	}
-	if rec.Quantity <= entitled {
+	own := rec.Hour.Unix()
+	var billed int64
+	shares := map[int64]mpsaas.HourShare{}
+	var reasons []string
+	hours := make([]int64, 0, len(byHour))
+	for h := range byHour {
+		hours = append(hours, h)
+	}
+	sort.Slice(hours, func(i, j int) bool { return hours[i] < hours[j] })
+	for _, h := range hours {
+		u := byHour[h]
+		e := entitled(h)
+		if h == own {
+			b := max(0, u-e)
+			shares[h] = mpsaas.HourShare{Usage: u, Billed: b}
+			billed += b
+			if e > 0 {
+				reasons = append(reasons, fmt.Sprintf("within the contract's entitlement of %d", e))
+			}
+			continue
+		}
+		t := late[lateKey(rec.SubscriberKey, rec.Dimension, h)]
+		if t == nil {
+			t = &mpsaas.HourShare{} // not loaded (a store without the records): bill as new
+		}
+		b := max(0, max(0, t.Usage+u-e)-t.Billed)
+		shares[h] = mpsaas.HourShare{Usage: u, Billed: b}
+		t.Usage += u
+		t.Billed += b
+		billed += b
+		reasons = append(reasons, fmt.Sprintf("late usage %d of %s: overage of that hour %d over its entitlement of %d, %d billed before",
+			u, time.Unix(h, 0).UTC().Format("2006-01-02T15Z"), max(0, t.Usage-e), e, t.Billed-b))
+	}
+	if _, ownOnly := shares[own]; !ownOnly || len(shares) > 1 {
+		rec.Shares = shares // it holds late usage of earlier hours
+	}
+	if billed == rec.UsageQuantity {
+		return // nothing covered
+	}
+	rec.Reason = strings.Join(reasons, "; ")
+	if billed == 0 {
 		rec.State, rec.Quantity, rec.Allocations = mpsaas.UsageCovered, 0, nil
-		rec.Reason = fmt.Sprintf("within the contract's entitlement of %d", entitled)
 		return
 	}
-	rec.Quantity -= entitled
+	rec.Quantity = billed
 	if rec.Allocations == nil {
 		return
 	}
@@ -511,7 +605,7 @@ func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscri
 		sigs = append(sigs, sig)
 	}
 	sort.Strings(sigs) // "" (untagged) sorts first
-	left := entitled
+	left := rec.UsageQuantity - billed
 	for _, sig := range sigs {
 		d := min(left, rec.Allocations[sig])
 		rec.Allocations[sig] -= d

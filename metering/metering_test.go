@@ -559,3 +559,63 @@ func TestAnotherProcessResetsTheIdleSkip(t *testing.T) {
 		t.Errorf("the next run scanned %d rows again; it was the last holder", counter.rows-after)
 	}
 }
+
+// TestLateUsageBillsTheHoursNewOverage (issue 14, item 2): the overage of
+// a usage hour is all its usage over its entitlement, however late the
+// usage arrives. A buyer entitled to 5 users reports 3 in hour 12 (covered),
+// then 4 more for hour 12 after it was sealed: 2 are billed (7 - 5), in the
+// open hour. Then 1 more: 1 is billed. Usage of the open hour itself is
+// measured against that hour's entitlement on its own.
+func TestLateUsageBillsTheHoursNewOverage(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingContractsWithSubscription, product("c", emulator.ProductContractWithConsumption, true))
+	key, res := h.buyer(t, "c", map[string]int32{"users": 5})
+	a := res.Subscription.BuyerAccountID
+	at := func(hh, mm int) time.Time { return time.Date(2026, 11, 23, hh, mm, 0, 0, time.UTC) }
+	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 3, Time: at(12, 20)})
+	h.em.Clock.Set(at(13, 6))
+	h.runUntilDone(t)                                                                                // hour 12: covered
+	h.ingest(t, "b", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 4, Time: at(12, 50)}, // late, for hour 12
+		mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: at(13, 10)}) // hour 13's own
+	h.em.Clock.Set(at(14, 6))
+	h.runUntilDone(t)
+	h.ingest(t, "c", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: at(12, 55)}) // later still
+	h.em.Clock.Set(at(15, 6))
+	h.runUntilDone(t)
+	want := map[string]int64{a + "/users/13h": 2, a + "/users/14h": 1}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want %v (hour 12's overage 3, billed as it grew)", got, want)
+	}
+	st, err := h.db.MeterSummary(context.Background())
+	if err != nil || st[mpsaas.UsageBilled].MeterQuantity != 3 || st[mpsaas.UsageCovered].Quantity != 3 || st[mpsaas.UsageBilled].Quantity != 6 {
+		t.Errorf("status = %+v, %v; want 3 covered, 6 in billed records of which AWS billed 3", st, err)
+	}
+	// The ledger says why: the late records name the hour they billed.
+	for _, e := range ledgerOf(t, h) {
+		if e.Time.Equal(at(12, 50)) && (e.State != mpsaas.UsageBilled || !strings.Contains(e.Reason, "late usage")) {
+			t.Errorf("late entry %+v: want billed, with the late overage explained", e)
+		}
+	}
+}
+
+// TestLateUsageAfterCancellationUsesItsHoursEntitlement: late usage for an
+// hour the contract covered, arriving after the buyer cancelled, is still
+// measured against the entitlement that hour had.
+func TestLateUsageAfterCancellationUsesItsHoursEntitlement(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingContractsWithSubscription, product("c", emulator.ProductContractWithConsumption, true))
+	key, res := h.buyer(t, "c", map[string]int32{"users": 5})
+	at := func(hh, mm int) time.Time { return time.Date(2026, 11, 23, hh, mm, 0, 0, time.UTC) }
+	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 2, Time: at(12, 20)})
+	h.em.Clock.Set(at(13, 6))
+	h.runUntilDone(t)
+	if _, err := h.em.Cancel(res.Subscription.AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range h.em.Notifications(0) {
+		_ = h.subs.HandleMessage(context.Background(), n.Body)
+	}
+	h.ingest(t, "b", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 4, Time: at(12, 50)}) // 6 in hour 12: 1 over
+	h.runUntilDone(t)                                                                                // the cancelling buyer's usage is flushed at once
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(map[string]int64{res.Subscription.BuyerAccountID + "/users/13h": 1}) {
+		t.Errorf("billed = %v, want 1 (hour 12: 6 used, 5 entitled)", got)
+	}
+}

@@ -103,8 +103,8 @@ func (d *DB) writeUsageGroup(group []*usageWrite) {
 	defer cancel()
 	results := make([]usageWriteResult, len(group))
 	err := d.withTx(ctx, func(tx *sql.Tx) error {
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_id, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?)`)
+		ins, err := tx.PrepareContext(ctx, `INSERT INTO usage (request_id, subscriber_key, dimension, quantity, usage_time, meter_hour, tag_sig, received_at, reason)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -168,7 +168,11 @@ func addUsage(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, hours *hourPlacer,
 		if err != nil {
 			return mpsaas.UsageReceipt{}, err
 		}
-		res, err := ins.ExecContext(ctx, reqID, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(req.now))
+		reason := ""
+		if uh := mpsaas.Hour(r.Time); !h.Equal(uh) {
+			reason = mpsaas.LateReason(uh, h)
+		}
+		res, err := ins.ExecContext(ctx, reqID, r.SubscriberKey, r.Dimension, r.Quantity, unixNano(r.Time), h.Unix(), r.TagSig, unixNano(req.now), reason)
 		if err != nil {
 			return mpsaas.UsageReceipt{}, err
 		}
@@ -269,19 +273,20 @@ func pendingWhere(scan mpsaas.PendingScan) (string, []any) {
 // set. The scan reads the id range in order; SQLite sorts the groups.
 func (d *DB) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn func(mpsaas.UsageGroup) error) error {
 	where, args := pendingWhere(*scan)
-	rows, err := d.db.QueryContext(ctx, `SELECT meter_hour, subscriber_key, dimension, tag_sig, SUM(quantity), COUNT(*) FROM usage
-		WHERE `+where+` GROUP BY meter_hour, subscriber_key, dimension, tag_sig ORDER BY meter_hour, subscriber_key, dimension, tag_sig`, args...)
+	rows, err := d.db.QueryContext(ctx, `SELECT meter_hour, subscriber_key, dimension, usage_time / 3600000000000 * 3600, tag_sig, SUM(quantity), COUNT(*) FROM usage
+		WHERE `+where+` GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 2, 3, 4, 5`, args...)
 	if err != nil {
 		return fmt.Errorf("scan pending usage: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var g mpsaas.UsageGroup
-		var h int64
-		if err := rows.Scan(&h, &g.SubscriberKey, &g.Dimension, &g.TagSig, &g.Quantity, &g.Records); err != nil {
+		var h, uh int64
+		if err := rows.Scan(&h, &g.SubscriberKey, &g.Dimension, &uh, &g.TagSig, &g.Quantity, &g.Records); err != nil {
 			return err
 		}
 		g.Hour = time.Unix(h, 0).UTC()
+		g.UsageHour = time.Unix(min(uh, h), 0).UTC()
 		if err := fn(g); err != nil {
 			return err
 		}
@@ -310,8 +315,8 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 		conflicts = conflicts[:0]
 		// Uncounted until SealUsage seals the usage (see 0004_totals.sql).
 		ins, err := tx.PrepareContext(ctx, `INSERT INTO meter_records (subscriber_key, dimension, hour, quantity, usage_quantity, usage_records, counted,
-			max_usage_id, allocations, customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
+			max_usage_id, allocations, customer_identifier, aws_account_id, license_arn, product_code, state, reason, created_at, updated_at, shares)
+			VALUES (?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (subscriber_key, dimension, hour) DO NOTHING`)
 		if err != nil {
 			return err
 		}
@@ -321,12 +326,20 @@ func (d *DB) InsertMeterRecords(ctx context.Context, recs []mpsaas.MeterRecord, 
 			if err != nil {
 				return err
 			}
+			shares := ""
+			if r.Shares != nil {
+				b, err := json.Marshal(r.Shares)
+				if err != nil {
+					return err
+				}
+				shares = string(b)
+			}
 			state := r.State
 			if state == "" {
 				state = mpsaas.UsageSealed
 			}
 			res, err := ins.ExecContext(ctx, r.SubscriberKey, r.Dimension, r.Hour.Unix(), r.Quantity, r.UsageQuantity, r.UsageRecords, upTo, alloc, r.CustomerIdentifier,
-				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now))
+				r.CustomerAWSAccountID, r.LicenseArn, r.ProductCode, state, r.Reason, unixNano(now), unixNano(now), shares)
 			if err != nil {
 				return err
 			}
@@ -1004,3 +1017,31 @@ func firstIDs(list string) []int64 {
 // row: SQLite reads are transactionally consistent (see
 // metering.ConsistentScanner).
 func (d *DB) ConsistentPendingScan() bool { return true }
+
+// MeterRecordsFor returns the records of a buyer and dimension for the
+// hours from..to, with their shares (the unique key's index serves it).
+func (d *DB) MeterRecordsFor(ctx context.Context, subscriberKey, dimension string, from, to time.Time) ([]mpsaas.MeterRecord, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, hour, quantity, COALESCE(usage_quantity, 0), state, shares FROM meter_records
+		WHERE subscriber_key = ? AND dimension = ? AND hour BETWEEN ? AND ? ORDER BY hour`, subscriberKey, dimension, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("meter records of %s/%s: %w", subscriberKey, dimension, err)
+	}
+	defer rows.Close()
+	var out []mpsaas.MeterRecord
+	for rows.Next() {
+		r := mpsaas.MeterRecord{SubscriberKey: subscriberKey, Dimension: dimension}
+		var h int64
+		var shares string
+		if err := rows.Scan(&r.ID, &h, &r.Quantity, &r.UsageQuantity, &r.State, &shares); err != nil {
+			return nil, err
+		}
+		r.Hour = time.Unix(h, 0).UTC()
+		if shares != "" {
+			if err := json.Unmarshal([]byte(shares), &r.Shares); err != nil {
+				return nil, fmt.Errorf("meter record %d shares: %w", r.ID, err)
+			}
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}

@@ -28,6 +28,66 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeterStore) {
 	t.Run("Heartbeats", func(t *testing.T) { testHeartbeats(t, newStore(t)) })
 	t.Run("VerifyFindsViolations", func(t *testing.T) { testVerify(t, newStore(t)) })
 	t.Run("ConcurrentIngestion", func(t *testing.T) { testConcurrentIngestion(t, newStore(t)) })
+	t.Run("LateUsageHoursAndShares", func(t *testing.T) { testLateShares(t, newStore(t)) })
+}
+
+// testLateShares: a scan tells late usage by the hour it happened in, a
+// record stores how it splits by usage hour, and MeterRecordsFor reads
+// the records of a key's hours back with their shares.
+func testLateShares(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(90 * time.Minute) // 11:30: hour 10 is closed
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{row("A", "users", 3, h10.Add(5*time.Minute))}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, open, open)
+	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "users", 4, h10.Add(20*time.Minute)), row("A", "users", 1, now)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	later := open.Add(time.Hour)
+	scan, err := st.PendingRange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan.Before = later
+	var groups []string
+	if err := st.ScanPending(ctx, &scan, func(g mpsaas.UsageGroup) error {
+		groups = append(groups, fmt.Sprintf("%s/%s meter %dh usage %dh: %d", g.SubscriberKey, g.Dimension, g.Hour.Hour(), g.UsageHour.Hour(), g.Quantity))
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "[A/users meter 11h usage 10h: 4 A/users meter 11h usage 11h: 1]"; fmt.Sprint(groups) != want {
+		t.Errorf("groups = %v\nwant %s", groups, want)
+	}
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: open, Quantity: 2, UsageQuantity: 5, UsageRecords: 2,
+		Shares:               map[int64]mpsaas.HourShare{h10.Unix(): {Usage: 4, Billed: 2}, open.Unix(): {Usage: 1, Billed: 0}},
+		CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	if _, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, scan.Hi); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SealUsage(ctx, scan, nil, later); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.MeterRecordsFor(ctx, "A", "users", h10, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var desc []string
+	for _, r := range got {
+		desc = append(desc, fmt.Sprintf("%dh q%d u%d %v", r.Hour.Hour(), r.Quantity, r.UsageQuantity, r.SharesOf()))
+	}
+	want := fmt.Sprintf("[10h q3 u3 map[%d:{3 3}] 11h q2 u5 map[%d:{4 2} %d:{1 0}]]", h10.Unix(), h10.Unix(), open.Unix())
+	if fmt.Sprint(desc) != want {
+		t.Errorf("MeterRecordsFor = %v\nwant %s", desc, want)
+	}
+	for _, e := range ledger(t, st) {
+		if e.Quantity == 4 && !strings.Contains(e.Reason, "late usage") {
+			t.Errorf("late entry without a reason: %+v", e)
+		}
+	}
+	verify(t, st, mpsaas.VerifyScope{})
 }
 
 // testConcurrentIngestion sends many requests at once, as the usage API

@@ -107,3 +107,45 @@ func emulatorClock(t *testing.T, app *testApp, advance string) {
 	}
 	resp.Body.Close()
 }
+
+// TestLateContractUsageBillsTheHoursOverage (issue 14, item 2) through
+// serve's usage API and the emulator's clock: 3 users in an hour within an
+// entitlement of 5 are covered; 4 more for that hour, arriving after it
+// was sealed, bill 2 (7 - 5) in the next closed hour.
+func TestLateContractUsageBillsTheHoursOverage(t *testing.T) {
+	app := startApp(t, mpsaas.ListingContractsWithSubscription, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
+	key, _ := contractBuyer(t, app, "123456789012", map[string]int32{"users": 5})
+	c := client.New(app.URL(), testUsageKey)
+	ctx := context.Background()
+	t0 := app.em.Clock.Now()
+	if _, err := c.RecordUsage(ctx, "on-time", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 3, Time: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	nextHour := mpsaas.Hour(t0).Add(time.Hour)
+	emulatorClock(t, app, nextHour.Add(6*time.Minute).Sub(t0).Round(time.Second).String())
+	if e := waitFinal(t, app, c, key, 1); e[0].State != mpsaas.UsageCovered {
+		t.Fatalf("on-time usage within the entitlement: %+v, want covered", e[0])
+	}
+	if _, err := c.RecordUsage(ctx, "late", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 4, Time: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	emulatorClock(t, app, "1h")
+	entries := waitFinal(t, app, c, key, 2)
+	if entries[1].State != mpsaas.UsageBilled || !strings.Contains(entries[1].Reason, "late usage") {
+		t.Errorf("late entry %+v: want billed, explained as late", entries[1])
+	}
+	var billed int64
+	for _, b := range app.em.Billed("123456789012") {
+		billed += b.Quantity
+		if !b.Hour.Equal(nextHour) {
+			t.Errorf("billed in hour %s, want the open hour %s", b.Hour, nextHour)
+		}
+	}
+	if billed != 2 {
+		t.Errorf("AWS billed %d, want 2: the hour's usage 7 less its entitlement 5", billed)
+	}
+	st, err := c.Status(ctx)
+	if err != nil || st[mpsaas.UsageBilled].MeterQuantity != 2 || st[mpsaas.UsageCovered].Quantity != 3 {
+		t.Errorf("status = %+v, %v", st, err)
+	}
+}

@@ -176,6 +176,9 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		SupportEmail: cfg.SupportEmail, CORSOrigins: cfg.CORSOrigins, Logger: logger,
 	}, a.svc)
 	a.meter = newMeteringService(a.cfg, a.db, a.svc.Marketplace.(mpsaas.Meterer), logger)
+	if a.em != nil {
+		a.meter.Clock = a.svc.Clock // metering follows the emulator's clock too
+	}
 	if len(a.cfg.UsageAPIKeys) == 0 && a.em != nil {
 		a.cfg.UsageAPIKeys = []string{"local-" + randomSecret()[:32]}
 		a.generatedUsageKey = true
