@@ -245,6 +245,10 @@ type LedgerEntry struct {
 	MeteringRecordID string    `json:"meteringRecordId,omitempty"`
 	Reason           string    `json:"reason,omitempty"`
 	RequestKey       string    `json:"idempotencyKey"`
+	// MeterQuantity is what the entry's hourly meter record carries to AWS
+	// (for billed: what AWS billed for the whole record, which may be less
+	// than its usage when a contract's entitlement covers part of it).
+	MeterQuantity int64 `json:"meterQuantity"`
 }
 
 // LedgerFilter selects ledger entries.

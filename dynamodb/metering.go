@@ -894,6 +894,7 @@ func (s *Store) ledgerEntries(ctx context.Context, items []map[string]types.Attr
 			}
 			if m != nil {
 				e.State, e.BatchID, e.MeteringRecordID = getS(m, "state"), getN(m, "batchId"), getS(m, "meteringRecordId")
+				e.MeterQuantity = getN(m, "quantity")
 				if r := getS(m, "reason"); r != "" {
 					e.Reason = r
 				}

@@ -12,9 +12,10 @@ import (
 // ingestion, late usage, cancellations, runs cut short by failing store
 // calls, AWS faults and a clock that steps on every reading.
 func TestModelDynamoDB(t *testing.T) {
-	for seed := range 2 {
+	for seed := range 3 {
 		st := MustOpen(t)
+		// The last seed runs contract listings (each hour's overage).
 		metermodel.Run(t, metermodel.Config{Seed: uint64(100 + seed), Steps: 200, CheckEvery: 10, Store: st,
-			SetClock: func(f func() time.Time) { st.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1})
+			SetClock: func(f func() time.Time) { st.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: seed == 2})
 	}
 }

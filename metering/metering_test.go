@@ -591,8 +591,8 @@ func TestLateUsageBillsTheHoursNewOverage(t *testing.T) {
 	}
 	// The ledger says why: the late records name the hour they billed.
 	for _, e := range ledgerOf(t, h) {
-		if e.Time.Equal(at(12, 50)) && (e.State != mpsaas.UsageBilled || !strings.Contains(e.Reason, "late usage")) {
-			t.Errorf("late entry %+v: want billed, with the late overage explained", e)
+		if e.Time.Equal(at(12, 50)) && (e.State != mpsaas.UsageBilled || !strings.Contains(e.Reason, "late usage") || e.MeterQuantity != 2) {
+			t.Errorf("late entry %+v: want billed (its record: 2), with the late overage explained", e)
 		}
 	}
 }

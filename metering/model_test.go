@@ -37,3 +37,24 @@ func TestModelSQLite(t *testing.T) {
 		})
 	}
 }
+
+// TestModelSQLiteContracts runs the model on contract-with-consumption
+// listings: what AWS bills must be each usage hour's overage over its
+// entitlement, however late the usage arrived and across cancellations.
+func TestModelSQLiteContracts(t *testing.T) {
+	seeds := 4
+	if n, err := strconv.Atoi(os.Getenv("MPSAAS_MODEL_SEEDS")); err == nil && n > 0 {
+		seeds = n
+	}
+	for seed := range seeds {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
+			db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "model.db"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { db.Close() })
+			metermodel.Run(t, metermodel.Config{Seed: uint64(1000 + seed), Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f },
+				StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: true})
+		})
+	}
+}

@@ -702,7 +702,8 @@ func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.Ledger
 		f.Limit = 1000
 	}
 	q := `SELECT u.id, u.subscriber_key, u.dimension, u.quantity, u.usage_time, u.meter_hour, ` + ledgerState + `,
-		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, COALESCE(r.key, '')
+		COALESCE(m.batch_id, 0), COALESCE(m.metering_record_id, ''), CASE WHEN m.reason IS NOT NULL AND m.reason != '' THEN m.reason ELSE u.reason END, COALESCE(r.key, ''),
+		COALESCE(m.quantity, 0)
 		FROM usage u ` + ledgerJoin + ` LEFT JOIN usage_requests r ON r.id = u.request_id WHERE u.id > ?`
 	args := []any{f.AfterID}
 	if f.SubscriberKey != "" {
@@ -724,7 +725,7 @@ func (d *DB) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas.Ledger
 	for rows.Next() {
 		var e mpsaas.LedgerEntry
 		var t, h int64
-		if err := rows.Scan(&e.ID, &e.SubscriberKey, &e.Dimension, &e.Quantity, &t, &h, &e.State, &e.BatchID, &e.MeteringRecordID, &e.Reason, &e.RequestKey); err != nil {
+		if err := rows.Scan(&e.ID, &e.SubscriberKey, &e.Dimension, &e.Quantity, &t, &h, &e.State, &e.BatchID, &e.MeteringRecordID, &e.Reason, &e.RequestKey, &e.MeterQuantity); err != nil {
 			return nil, err
 		}
 		e.Time, e.Hour = fromUnixNano(t), time.Unix(h, 0).UTC()

@@ -52,6 +52,11 @@ type Config struct {
 	// AWSFaultRate is the share of BatchMeterUsage calls that fail in each
 	// of several ways (throttled, lost response, unavailable, unprocessed).
 	AWSFaultRate float64
+	// Contracts runs contract-with-consumption listings: each buyer is
+	// entitled to some users (requests are all billed), and what AWS bills
+	// per buyer and dimension must be, for each usage hour, its usage over
+	// its entitlement, however late the usage arrived (issue 14).
+	Contracts bool
 }
 
 // Start is the model's first instant: 20 minutes before a grace boundary.
@@ -65,6 +70,8 @@ type request struct {
 type buyer struct {
 	key, account, agreement string
 	cancelled               bool
+	cancelledAt             time.Time
+	users                   int64 // entitled users (contracts)
 }
 
 // Run runs the model and fails t on any violation.
@@ -77,9 +84,13 @@ func Run(t *testing.T, cfg Config) {
 	srv := httptest.NewServer(em.Handler())
 	t.Cleanup(srv.Close)
 	dims := []emulator.Dimension{{Name: "users"}, {Name: "requests"}}
+	productType, listing := emulator.ProductSubscription, mpsaas.ListingSubscriptions
+	if cfg.Contracts {
+		productType, listing = emulator.ProductContractWithConsumption, mpsaas.ListingContractsWithSubscription
+	}
 	for _, p := range []emulator.Product{
-		{Code: "model-license", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: dims},
-		{Code: "model-legacy", Type: emulator.ProductSubscription, Dimensions: dims},
+		{Code: "model-license", Type: productType, LicenseBased: true, Dimensions: dims},
+		{Code: "model-legacy", Type: productType, Dimensions: dims},
 	} {
 		if _, err := em.AddProduct(p); err != nil {
 			t.Fatal(err)
@@ -107,9 +118,9 @@ func Run(t *testing.T, cfg Config) {
 	if cfg.SetClock != nil {
 		cfg.SetClock(em.Clock.Now)
 	}
-	subs := &subscription.Service{Store: cfg.Store, Marketplace: mp, Clock: clock, Listing: mpsaas.ListingSubscriptions}
+	subs := &subscription.Service{Store: cfg.Store, Marketplace: mp, Clock: clock, Listing: listing}
 	faulty := &faultStore{MeterStore: cfg.Store, rng: rng, mu: &mu}
-	meter := &metering.Service{Store: faulty, Subscribers: cfg.Store, Meterer: mp, Clock: clock, Listing: mpsaas.ListingSubscriptions, MaxBackoff: time.Millisecond}
+	meter := &metering.Service{Store: faulty, Subscribers: cfg.Store, Meterer: mp, Clock: clock, Listing: listing, MaxBackoff: time.Millisecond}
 	if cfg.Seed%2 == 1 {
 		// Hourly zero records for every buyer: AWS bills them as 0, so the
 		// totals below do not change, but they go through every store call.
@@ -131,7 +142,13 @@ func Run(t *testing.T, cfg Config) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: []string{"model-license", "model-legacy"}[i%2], BuyerAccountID: b.AccountID})
+		opts := emulator.SubscribeOptions{ProductCode: []string{"model-license", "model-legacy"}[i%2], BuyerAccountID: b.AccountID}
+		users := int64(0)
+		if cfg.Contracts {
+			users = int64(5 + 10*i)
+			opts.Entitlements = map[string]int32{"users": int32(users)}
+		}
+		res, err := em.Subscribe(opts)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -140,7 +157,7 @@ func Run(t *testing.T, cfg Config) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		buyers = append(buyers, &buyer{key: sub.Key, account: b.AccountID, agreement: res.Subscription.AgreementID})
+		buyers = append(buyers, &buyer{key: sub.Key, account: b.AccountID, agreement: res.Subscription.AgreementID, users: users})
 	}
 	if cfg.AWSFaultRate > 0 {
 		em.Faults.Seed(cfg.Seed)
@@ -157,7 +174,8 @@ func Run(t *testing.T, cfg Config) {
 		}
 	}
 
-	want := map[string]int64{} // buyer/dimension -> acknowledged quantity
+	want := map[string]int64{}             // buyer/dimension -> acknowledged quantity
+	byHour := map[string]map[int64]int64{} // buyer/dimension -> usage hour -> acknowledged quantity
 	var sent []request
 	acked := 0
 	// ingest sends a request until it is acknowledged, as a client with
@@ -174,7 +192,12 @@ func Run(t *testing.T, cfg Config) {
 				// is a replay).
 				if fresh {
 					for _, u := range r.recs {
-						want[u.Customer+"/"+u.Dimension] += u.Quantity
+						k := u.Customer + "/" + u.Dimension
+						want[k] += u.Quantity
+						if byHour[k] == nil {
+							byHour[k] = map[int64]int64{}
+						}
+						byHour[k][mpsaas.Hour(u.Time).Unix()] += u.Quantity
 					}
 					acked += len(r.recs)
 				} else if !rec.Replayed {
@@ -239,7 +262,7 @@ func Run(t *testing.T, cfg Config) {
 				if _, err := em.Cancel(b.agreement); err != nil {
 					t.Fatal(err)
 				}
-				b.cancelled = true
+				b.cancelled, b.cancelledAt = true, em.Clock.Now()
 				deliver()
 			}
 		}
@@ -303,6 +326,10 @@ func Run(t *testing.T, cfg Config) {
 			ledger[k][e.State] += e.Quantity
 			switch e.State {
 			case mpsaas.UsageBilled, mpsaas.UsageRejected:
+			case mpsaas.UsageCovered:
+				if !cfg.Contracts {
+					t.Errorf("usage record %d (%s) covered on a subscription listing", e.ID, k)
+				}
 			default:
 				t.Errorf("usage record %d (%s) ended %s: %s", e.ID, k, e.State, e.Reason)
 			}
@@ -324,6 +351,36 @@ func Run(t *testing.T, cfg Config) {
 	}
 	var problems []string
 	for _, b := range buyers {
+		if !cfg.Contracts {
+			break
+		}
+		// Contracts: for each usage hour, its usage over the entitlement in
+		// force then (none after a cancellation's hour); exactly for buyers
+		// who never cancelled, at most that for those who did (usage after
+		// the final window is refused).
+		for _, d := range []string{"users", "requests"} {
+			k := b.key + "/" + d
+			var owed int64
+			for h, u := range byHour[k] {
+				e := int64(0)
+				if d == "users" && (!b.cancelled || h <= mpsaas.Hour(b.cancelledAt).Unix()) {
+					e = b.users
+				}
+				owed += max(0, u-e)
+			}
+			got := billed[b.account+"/"+d]
+			switch {
+			case !b.cancelled && got != owed:
+				problems = append(problems, fmt.Sprintf("%s: AWS billed %d, the hours' overage is %d (usage by hour %v, entitled %d users)\n%s", k, got, owed, byHour[k], b.users, hourly(ctx, em, cfg.Store, b.key, b.account, d)))
+			case b.cancelled && got > owed:
+				problems = append(problems, fmt.Sprintf("%s: AWS billed %d, more than the hours' overage %d (cancelled buyer)", k, got, owed))
+			}
+		}
+	}
+	for _, b := range buyers {
+		if cfg.Contracts {
+			break
+		}
 		for _, d := range []string{"users", "requests"} {
 			k := b.key + "/" + d
 			got, ok := billed[b.account+"/"+d], ledger[k][mpsaas.UsageBilled]+ledger[k][mpsaas.UsageRejected]
