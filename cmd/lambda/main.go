@@ -133,15 +133,19 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 		}
 	}
 	store := dynamodb.New(client, tables)
+	// Every function that decides access queues changes on the configured
+	// channels; only the dispatch function sends (and needs the secrets).
 	channels := []string{}
 	senders := map[string]worker.Sender{}
 	if u := getenv("MPSAAS_WEBHOOK_URL"); u != "" {
-		secret := getenv("MPSAAS_WEBHOOK_SECRET")
-		if len(secret) < 16 {
-			return nil, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters")
-		}
 		channels = append(channels, mpsaas.ChannelWebhook)
-		senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: u, Secret: []byte(secret)}
+		if role == "dispatch" {
+			secret := getenv("MPSAAS_WEBHOOK_SECRET")
+			if len(secret) < 16 {
+				return nil, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters")
+			}
+			senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: u, Secret: []byte(secret)}
+		}
 	}
 	if arn := getenv("MPSAAS_ACCESS_TOPIC_ARN"); arn != "" {
 		channels = append(channels, mpsaas.ChannelSNS)
