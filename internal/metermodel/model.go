@@ -71,7 +71,41 @@ type buyer struct {
 	key, account, agreement string
 	cancelled               bool
 	cancelledAt             time.Time
-	users                   int64 // entitled users (contracts)
+	users                   int64 // entitled users (contracts), at first
+	changes                 []entChange
+}
+
+// entChange is a change of a buyer's entitled users at a time.
+type entChange struct {
+	at    time.Time
+	users int64
+}
+
+// entitledIn is the largest number of users the buyer was entitled to at
+// any moment of the hour h (what mpsaas measures the hour against).
+func (b *buyer) entitledIn(h time.Time) int64 {
+	cur, best := b.users, int64(-1)
+	for _, c := range b.changes {
+		if !c.at.After(h) {
+			cur = c.users // in force when the hour began
+			continue
+		}
+		if c.at.Before(h.Add(time.Hour)) {
+			best = max(best, cur, c.users) // changed during the hour
+		}
+		cur = c.users
+	}
+	return max(best, entitledAt(b, h))
+}
+
+func entitledAt(b *buyer, h time.Time) int64 {
+	cur := b.users
+	for _, c := range b.changes {
+		if !c.at.After(h) {
+			cur = c.users
+		}
+	}
+	return cur
 }
 
 // Run runs the model and fails t on any violation.
@@ -238,6 +272,20 @@ func Run(t *testing.T, cfg Config) {
 			if err != nil && !errors.Is(err, errInjected) {
 				t.Fatalf("step %d: run: %v", step, err)
 			}
+		case op < 73 && cfg.Contracts: // a buyer's entitlement changes (upgrade or downgrade)
+			b := buyers[rng.IntN(len(buyers))]
+			now := em.Clock.Now()
+			// Not near the end of an hour: the change must fall in the hour
+			// the model records it in, however the clock steps meanwhile.
+			if b.cancelled || mpsaas.Hour(now).Add(time.Hour).Sub(now) < 3*time.Minute {
+				break
+			}
+			users := int64(1 + rng.IntN(40))
+			if _, err := em.SetEntitlements(b.agreement, map[string]int32{"users": int32(users)}); err != nil {
+				t.Fatal(err)
+			}
+			b.changes = append(b.changes, entChange{at: now, users: users})
+			deliver()
 		case op < 95: // time passes, within 12 hours so AWS's 24-hour window holds
 			switch k := rng.IntN(10); {
 			case em.Clock.Now().After(Start.Add(12 * time.Hour)):
@@ -364,14 +412,14 @@ func Run(t *testing.T, cfg Config) {
 			for h, u := range byHour[k] {
 				e := int64(0)
 				if d == "users" && (!b.cancelled || h <= mpsaas.Hour(b.cancelledAt).Unix()) {
-					e = b.users
+					e = b.entitledIn(time.Unix(h, 0).UTC())
 				}
 				owed += max(0, u-e)
 			}
 			got := billed[b.account+"/"+d]
 			switch {
 			case !b.cancelled && got != owed:
-				problems = append(problems, fmt.Sprintf("%s: AWS billed %d, the hours' overage is %d (usage by hour %v, entitled %d users)\n%s", k, got, owed, byHour[k], b.users, hourly(ctx, em, cfg.Store, b.key, b.account, d)))
+				problems = append(problems, fmt.Sprintf("%s: AWS billed %d, the hours' overage is %d (usage by hour %v, entitled %d users, then %v)\n%s", k, got, owed, byHour[k], b.users, b.changes, hourly(ctx, em, cfg.Store, b.key, b.account, d)))
 			case b.cancelled && got > owed:
 				problems = append(problems, fmt.Sprintf("%s: AWS billed %d, more than the hours' overage %d (cancelled buyer)", k, got, owed))
 			}
