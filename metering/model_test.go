@@ -53,8 +53,9 @@ func TestModelSQLiteContracts(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { db.Close() })
+			// Each notification path in turn: both, SNS alone, EventBridge alone.
 			metermodel.Run(t, metermodel.Config{Seed: uint64(1000 + seed), Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f },
-				StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: true})
+				StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: true, Feed: []string{"", "sns", "eventbridge"}[seed%3]})
 		})
 	}
 }
