@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"sort"
 	"strconv"
 	"strings"
@@ -258,7 +259,14 @@ func (s *Store) writeUsage(ctx context.Context, key string, first int64, rows []
 	hours := s.placer(ctx, openHour)
 	var writes []types.WriteRequest
 	flush := func() error {
-		for len(writes) > 0 {
+		for attempt := 0; len(writes) > 0; attempt++ {
+			if attempt > 0 {
+				// Unprocessed items mean throttling: back off (jittered,
+				// growing, capped) before sending the rest again.
+				if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+					return fmt.Errorf("write usage %s: %w", key, err)
+				}
+			}
 			out, err := s.client.BatchWriteItem(ctx, &ddb.BatchWriteItemInput{RequestItems: map[string][]types.WriteRequest{s.tables.Usage: writes}})
 			if err != nil {
 				return fmt.Errorf("write usage %s: %w", key, err)
@@ -505,6 +513,7 @@ func (s *Store) MeterRecordsFor(ctx context.Context, subscriberKey, dimension st
 		n := min(len(keys), 100)
 		batch := keys[:n]
 		keys = keys[n:]
+		attempt := 0
 		for len(batch) > 0 {
 			res, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: map[string]types.KeysAndAttributes{
 				s.tables.MeterRecords: {Keys: batch, ConsistentRead: aws.Bool(true)}}})
@@ -520,7 +529,10 @@ func (s *Store) MeterRecordsFor(ctx context.Context, subscriberKey, dimension st
 			}
 			batch = res.UnprocessedKeys[s.tables.MeterRecords].Keys
 			if len(batch) > 0 {
-				time.Sleep(50 * time.Millisecond)
+				attempt++
+				if err := sleepCtx(ctx, backoff(attempt)); err != nil {
+					return nil, err
+				}
 			}
 		}
 	}
@@ -1177,4 +1189,23 @@ func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, li
 		out = out[:limit]
 	}
 	return out, nil
+}
+
+// backoff is the jittered delay before retry attempt n (n >= 1) of
+// unprocessed items: up to 50 ms doubling per attempt, capped at 2 s.
+func backoff(n int) time.Duration {
+	ceiling := min(50*time.Millisecond<<min(n-1, 6), 2*time.Second)
+	return ceiling/2 + time.Duration(rand.Int64N(int64(ceiling/2)+1))
+}
+
+// sleepCtx waits d or until ctx is done.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }

@@ -118,3 +118,17 @@ func (s *Store) writeUsagePartial(ctx context.Context, key string, first int64, 
 	}
 	return nil
 }
+
+func TestBackoffIsJitteredGrowingAndCapped(t *testing.T) {
+	for n := 1; n <= 12; n++ {
+		ceiling := min(50*time.Millisecond<<min(n-1, 6), 2*time.Second)
+		for range 50 {
+			if d := backoff(n); d < ceiling/2 || d > ceiling {
+				t.Fatalf("backoff(%d) = %s, want within [%s, %s]", n, d, ceiling/2, ceiling)
+			}
+		}
+	}
+	if backoff(20) > 2*time.Second {
+		t.Error("backoff is not capped")
+	}
+}

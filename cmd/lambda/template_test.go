@@ -188,3 +188,42 @@ func allowedActions(t *testing.T, res map[string]any) map[string]bool {
 	}
 	return out
 }
+
+// TestTemplateOperations (issue 8, item 5): tables that hold money or
+// buyer data survive the stack (Retain) and can be restored (PITR); the
+// notifications queue hides a message at least 6x the consuming function's
+// timeout; only one meter run runs at a time.
+func TestTemplateOperations(t *testing.T) {
+	for _, listing := range []string{"subscriptions", "contracts", "contracts_with_subscription"} {
+		_, raw := openTemplate(t, listing)
+		resources := raw["Resources"].(map[string]any)
+		tables := 0
+		for name, r := range resources {
+			res := r.(map[string]any)
+			if res["Type"] != "AWS::DynamoDB::Table" {
+				continue
+			}
+			tables++
+			props := res["Properties"].(map[string]any)
+			pitr, _ := props["PointInTimeRecoverySpecification"].(map[string]any)
+			if res["DeletionPolicy"] != "Retain" || res["UpdateReplacePolicy"] != "Retain" || pitr["PointInTimeRecoveryEnabled"] != true {
+				t.Errorf("%s: table %s: DeletionPolicy %v, UpdateReplacePolicy %v, PITR %v; want Retain, Retain, enabled",
+					listing, name, res["DeletionPolicy"], res["UpdateReplacePolicy"], pitr)
+			}
+		}
+		if tables < 7 {
+			t.Errorf("%s: %d tables", listing, tables)
+		}
+		queue := resources["NotificationsQueue"].(map[string]any)["Properties"].(map[string]any)
+		events := resources["EventsFunction"].(map[string]any)["Properties"].(map[string]any)
+		vis, _ := queue["VisibilityTimeout"].(float64)
+		timeout, _ := events["Timeout"].(float64)
+		if timeout == 0 || vis < 6*timeout {
+			t.Errorf("%s: queue visibility %v s, events function timeout %v s; want at least 6x", listing, vis, timeout)
+		}
+		meter := resources["MeterFunction"].(map[string]any)["Properties"].(map[string]any)
+		if meter["ReservedConcurrentExecutions"] != float64(1) {
+			t.Errorf("%s: meter function reserved concurrency %v, want 1", listing, meter["ReservedConcurrentExecutions"])
+		}
+	}
+}
