@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"errors"
@@ -12,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/metering"
@@ -93,7 +96,7 @@ func (c *Config) settings() []setting {
 		{name: "smtp-password", env: "MPSAAS_SMTP_PASSWORD", usage: "SMTP password", secret: true, ptr: &c.SMTPPassword},
 		{name: "smtp-from", env: "MPSAAS_SMTP_FROM", usage: "From address of emails", ptr: &c.SMTPFrom},
 		{name: "admin-email", env: "MPSAAS_ADMIN_EMAIL", usage: "seller admin address copied on every access change (MarketplaceTechAdminEmail)", ptr: &c.AdminEmail},
-		{name: "emulator", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on unless AWS credentials or endpoints are configured)", ptr: &c.Emulator},
+		{name: "emulator", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on only when no endpoint is set and the AWS SDK's default credential chain finds no credentials)", ptr: &c.Emulator},
 		{name: "emulator-addr", env: "MPSAAS_EMULATOR_ADDR", def: "localhost:8081", usage: "address the embedded emulator and buyer simulator listen on", ptr: &c.EmulatorAddr},
 		{name: "emulator-url", env: "MPSAAS_EMULATOR_URL", usage: "a running `mpsaas emulator` to use instead of the embedded one: its API endpoints and its notifications", ptr: &c.EmulatorURL},
 		{name: "metering-endpoint", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
@@ -246,8 +249,17 @@ func (c *Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// useEmulator decides whether to run the embedded emulator.
-func (c *Config) useEmulator(getenv func(string) string) bool {
+// credentialProbeTimeout bounds how long "auto" asks the SDK's credential
+// chain (the last link, EC2 instance metadata, can take that long to fail
+// off EC2; AWS_EC2_METADATA_DISABLED=true skips it).
+const credentialProbeTimeout = 3 * time.Second
+
+// useEmulator decides whether to run the embedded emulator. "auto" runs it
+// only when nothing points at AWS: no endpoint override, and the AWS SDK's
+// own default credential chain (environment, ~/.aws files including the
+// [default] profile, SSO, web identity, ECS and EC2 instance roles) yields
+// no credentials. Real usage must never be billed to an in-memory emulator.
+func (c *Config) useEmulator(ctx context.Context, getenv func(string) string) bool {
 	switch c.Emulator {
 	case "on":
 		return true
@@ -262,7 +274,24 @@ func (c *Config) useEmulator(getenv func(string) string) bool {
 			return false
 		}
 	}
-	return true
+	found, _ := awsCredentialsFound(ctx, c.Region)
+	return !found
+}
+
+// awsCredentialsFound asks the SDK's default credential chain for
+// credentials, within credentialProbeTimeout; it returns their source.
+func awsCredentialsFound(ctx context.Context, region string) (bool, string) {
+	ctx, cancel := context.WithTimeout(ctx, credentialProbeTimeout)
+	defer cancel()
+	cfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(region))
+	if err != nil || cfg.Credentials == nil {
+		return false, ""
+	}
+	creds, err := cfg.Credentials.Retrieve(ctx)
+	if err != nil || !creds.HasKeys() {
+		return false, ""
+	}
+	return true, creds.Source
 }
 
 // Dump writes the configuration with secrets redacted.

@@ -4,9 +4,14 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func loadConfig(t *testing.T, env map[string]string, args ...string) (Config, error) {
@@ -124,4 +129,73 @@ func TestConfigRevokeOnCancel(t *testing.T) {
 	if _, err := loadConfig(t, map[string]string{"MPSAAS_REVOKE_ON_CANCEL": "yes please"}); err == nil || !strings.Contains(err.Error(), "MPSAAS_REVOKE_ON_CANCEL") {
 		t.Errorf("a bad value: %v, want an error naming the variable", err)
 	}
+}
+
+// TestAutoEmulatorAsksTheSDK (issue 9): with MPSAAS_EMULATOR=auto, any
+// credentials the AWS SDK's default chain finds select AWS, not only the
+// environment variables: a [default] profile in ~/.aws/credentials, an EC2
+// instance role. Only when there are none does serve run the emulator.
+func TestAutoEmulatorAsksTheSDK(t *testing.T) {
+	isolate := func(t *testing.T) string {
+		home := t.TempDir()
+		t.Setenv("HOME", home)
+		for _, v := range []string{"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_DEFAULT_PROFILE",
+			"AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN", "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI"} {
+			t.Setenv(v, "")
+		}
+		t.Setenv("AWS_CONFIG_FILE", filepath.Join(home, ".aws", "config"))
+		t.Setenv("AWS_SHARED_CREDENTIALS_FILE", filepath.Join(home, ".aws", "credentials"))
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+		t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", "")
+		return home
+	}
+	auto := func(t *testing.T) bool {
+		c, err := loadConfig(t, map[string]string{"MPSAAS_EMULATOR": "auto"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.useEmulator(context.Background(), func(string) string { return "" })
+	}
+	t.Run("no credentials anywhere", func(t *testing.T) {
+		isolate(t)
+		if !auto(t) {
+			t.Error("auto chose AWS with no credentials")
+		}
+	})
+	t.Run("default profile in ~/.aws/credentials", func(t *testing.T) {
+		home := isolate(t)
+		if err := os.MkdirAll(filepath.Join(home, ".aws"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		creds := "[default]\naws_access_key_id = AKIDEXAMPLE\naws_secret_access_key = secretsecretsecret\n"
+		if err := os.WriteFile(filepath.Join(home, ".aws", "credentials"), []byte(creds), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if auto(t) {
+			t.Error("auto chose the emulator although ~/.aws/credentials has a default profile")
+		}
+	})
+	t.Run("EC2 instance role", func(t *testing.T) {
+		isolate(t)
+		imds := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case r.Method == http.MethodPut && r.URL.Path == "/latest/api/token":
+				w.Header().Set("X-Aws-Ec2-Metadata-Token-Ttl-Seconds", "21600")
+				fmt.Fprint(w, "token")
+			case strings.HasSuffix(r.URL.Path, "/security-credentials/") || strings.HasSuffix(r.URL.Path, "/security-credentials-extended/"):
+				fmt.Fprint(w, "mpsaas-role")
+			case strings.Contains(r.URL.Path, "/security-credentials"):
+				fmt.Fprintf(w, `{"Code":"Success","Type":"AWS-HMAC","AccessKeyId":"ASIAEXAMPLE","SecretAccessKey":"secret","Token":"token","Expiration":%q,"LastUpdated":%q}`,
+					time.Now().Add(time.Hour).UTC().Format(time.RFC3339), time.Now().UTC().Format(time.RFC3339))
+			default:
+				http.NotFound(w, r)
+			}
+		}))
+		defer imds.Close()
+		t.Setenv("AWS_EC2_METADATA_DISABLED", "false")
+		t.Setenv("AWS_EC2_METADATA_SERVICE_ENDPOINT", imds.URL)
+		if auto(t) {
+			t.Error("auto chose the emulator on an EC2 instance with a role")
+		}
+	})
 }

@@ -134,8 +134,11 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 			}
 		}()
 	}
-	mp, err := meteringClient(ctx, cfg, getenv)
+	mp, target, err := meteringClient(ctx, cfg, getenv)
 	if err != nil {
+		return err
+	}
+	if err := checkMeteringTarget(ctx, db, target); err != nil {
 		return err
 	}
 	m := newMeteringService(cfg, db, mp, logger)
@@ -204,26 +207,28 @@ func meterVerify(ctx context.Context, m *metering.Service, limit int, asJSON boo
 
 // meteringClient builds the SDK client for metering: AWS, or the endpoint
 // overrides. `meter run` never starts an emulator of its own.
-func meteringClient(ctx context.Context, cfg Config, getenv func(string) string) (*marketplace.Client, error) {
+func meteringClient(ctx context.Context, cfg Config, getenv func(string) string) (*marketplace.Client, string, error) {
 	opts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
 	if cfg.MeteringEndpoint != "" {
 		awsCfg := aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
+		target := targetEmulator
 		if getenv("AWS_ACCESS_KEY_ID") != "" || getenv("AWS_PROFILE") != "" {
 			var err error
 			if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
-				return nil, fmt.Errorf("load AWS configuration: %w", err)
+				return nil, "", fmt.Errorf("load AWS configuration: %w", err)
 			}
+			target = targetAWS
 		}
-		return marketplace.New(awsCfg, opts), nil
+		return marketplace.New(awsCfg, opts), target, nil
 	}
-	if cfg.useEmulator(getenv) {
-		return nil, errors.New("no AWS configuration: set AWS credentials (or AWS_PROFILE), or MPSAAS_METERING_ENDPOINT to a running emulator")
+	if cfg.useEmulator(ctx, getenv) {
+		return nil, "", errors.New("no AWS configuration: set AWS credentials (or AWS_PROFILE), or MPSAAS_METERING_ENDPOINT to a running emulator")
 	}
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region))
 	if err != nil {
-		return nil, fmt.Errorf("load AWS configuration: %w", err)
+		return nil, "", fmt.Errorf("load AWS configuration: %w", err)
 	}
-	return marketplace.New(awsCfg, opts), nil
+	return marketplace.New(awsCfg, opts), targetAWS, nil
 }
 
 func meterStatus(ctx context.Context, db *sqlite.DB, state, customer string, asJSON bool, w io.Writer) error {

@@ -93,7 +93,9 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 
 	var awsCfg aws.Config
 	mpOpts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
-	if cfg.useEmulator(getenv) {
+	target := targetAWS
+	if cfg.useEmulator(ctx, getenv) {
+		target = targetEmulator
 		if a.emLn, err = net.Listen("tcp", cfg.EmulatorAddr); err != nil {
 			return nil, fmt.Errorf("listen on MPSAAS_EMULATOR_ADDR %s: %w", cfg.EmulatorAddr, err)
 		}
@@ -123,10 +125,18 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		local := cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == ""
 		if local {
 			// Endpoint overrides without AWS credentials: an emulator, which accepts any signature.
+			target = targetEmulator
 			awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
 		} else if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
 			return nil, fmt.Errorf("load AWS configuration: %w", err)
 		}
+	}
+
+	if err := checkMeteringTarget(ctx, a.db, target); err != nil {
+		return nil, err
+	}
+	if target == targetEmulator {
+		logger.Warn("EMULATOR MODE: usage is metered to an AWS Marketplace emulator, not to AWS; nothing is billed to buyers")
 	}
 
 	channels := []string{mpsaas.ChannelNotify}
@@ -457,4 +467,42 @@ func (a *App) close() {
 	if a.db != nil {
 		a.db.Close()
 	}
+}
+
+// Kinds of Marketplace endpoint a database meters to.
+const (
+	targetAWS      = "aws"
+	targetEmulator = "emulator"
+)
+
+// checkMeteringTarget refuses to meter a database to AWS once it has
+// billed to an emulator, or the other way round: usage billed to an
+// emulator is gone, and a database that mixes both cannot say what AWS
+// billed. It records the target otherwise.
+func checkMeteringTarget(ctx context.Context, db *sqlite.DB, target string) error {
+	prev, err := db.MeteringTarget(ctx)
+	if err != nil {
+		return err
+	}
+	if prev != "" && prev != target {
+		billed, err := db.HasBilled(ctx)
+		if err != nil {
+			return err
+		}
+		if billed {
+			return fmt.Errorf("the database %s has billed usage to %s; it will not meter to %s too. Use another MPSAAS_DB for %s (keep this one for its records)",
+				db.Path(), describeTarget(prev), describeTarget(target), describeTarget(target))
+		}
+	}
+	if prev != target {
+		return db.SetMeteringTarget(ctx, target)
+	}
+	return nil
+}
+
+func describeTarget(t string) string {
+	if t == targetEmulator {
+		return "an AWS Marketplace emulator"
+	}
+	return "AWS Marketplace"
 }

@@ -233,3 +233,29 @@ func TestMeterCLI(t *testing.T) {
 type envMap map[string]string
 
 func (m envMap) get(k string) string { return m[k] }
+
+// TestDatabaseMetersToOneKindOfEndpoint (issue 9): a database that billed
+// usage to the emulator refuses to meter to AWS (and the other way round),
+// with an error that says what to do.
+func TestDatabaseMetersToOneKindOfEndpoint(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
+	key, _ := registeredBuyer(t, app, demoLicenseProduct, "123456789012")
+	ctx := context.Background()
+	c := client.New(app.URL(), testUsageKey)
+	if _, err := c.RecordUsage(ctx, "k1", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 3, Time: mpsaas.Hour(time.Now()).Add(-2 * time.Hour)}}); err != nil {
+		t.Fatal(err)
+	}
+	waitBilled(t, app, "123456789012", 3)
+	env := envMap{"MPSAAS_DB": app.cfg.DB, "MPSAAS_LISTING": "subscriptions", "AWS_ACCESS_KEY_ID": "AKIDEXAMPLE", "AWS_SECRET_ACCESS_KEY": "secret",
+		"MPSAAS_METERING_ENDPOINT": "https://metering.marketplace.us-east-1.amazonaws.com", "MPSAAS_ENTITLEMENT_ENDPOINT": "https://entitlement.marketplace.us-east-1.amazonaws.com"}
+	var out, errOut bytes.Buffer
+	err := run(ctx, []string{"meter", "run"}, env.get, &out, &errOut)
+	if err == nil || !strings.Contains(err.Error(), "has billed usage to an AWS Marketplace emulator") || !strings.Contains(err.Error(), "another MPSAAS_DB") {
+		t.Errorf("meter run to AWS on an emulator database: %v", err)
+	}
+	// To an emulator again it meters as before.
+	env = envMap{"MPSAAS_DB": app.cfg.DB, "MPSAAS_LISTING": "subscriptions", "MPSAAS_METERING_ENDPOINT": app.EmulatorURL(), "MPSAAS_ENTITLEMENT_ENDPOINT": app.EmulatorURL()}
+	if err := run(ctx, []string{"meter", "run"}, env.get, &out, &errOut); err != nil {
+		t.Errorf("meter run to the emulator: %v", err)
+	}
+}
