@@ -106,8 +106,30 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
 	s.mux.ServeHTTP(rec, r)
-	// Only method, path and status: never bodies or query strings.
-	s.log.Info("http", "method", r.Method, "path", r.URL.Path, "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+	// Only method, path and status: never bodies, query strings, or the
+	// secrets some paths carry (a status link is a bearer credential).
+	s.log.Info("http", "method", r.Method, "path", logPath(r), "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+}
+
+// logPath is the request path fit for a log: a matched route's wildcard
+// segments are shown by name ("/account/{link}"); an unmatched path only by
+// its first segment, since it may be a mistyped secret.
+func logPath(r *http.Request) string {
+	if r.Pattern != "" {
+		_, path, _ := strings.Cut(r.Pattern, " ")
+		if path == "" {
+			path = r.Pattern
+		}
+		if strings.Contains(path, "{") || strings.HasSuffix(path, "/") && path != "/" {
+			return path
+		}
+		return r.URL.Path
+	}
+	first, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/"), "/")
+	if rest != "" {
+		return "/" + first + "/…"
+	}
+	return "/" + first
 }
 
 type statusRecorder struct {

@@ -201,8 +201,8 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 				t.Fatal("no status link on the registered page")
 			}
 			status := get(t, client, app.URL()+statusLink[1], 200)
-			if !strings.Contains(status, "cancelled") || !strings.Contains(status, "revoked") {
-				t.Errorf("status page does not show cancelled/revoked:\n%s", status)
+			if !strings.Contains(status, "Your subscription has ended") || !strings.Contains(status, "revoked") || strings.Contains(status, "being cancelled") {
+				t.Errorf("status page does not show the subscription ended, access revoked:\n%s", status)
 			}
 			// A second fulfillment POST with a fresh token: already registered.
 			again, err := app.em.NewToken(app.agreement(t, product).AgreementID)
@@ -215,6 +215,10 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 			}
 			if strings.Contains(app.logs.String(), fields.Get("x-amzn-marketplace-token")) {
 				t.Error("the registration token appears in the logs")
+			}
+			// The status link is a bearer credential: never logged.
+			if secret := strings.TrimPrefix(statusLink[1], "/account/"); strings.Contains(app.logs.String(), secret) {
+				t.Error("the status link appears in the logs")
 			}
 		})
 	}
