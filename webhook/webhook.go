@@ -35,9 +35,14 @@ const SignatureHeader = "X-Mpsaas-Signature"
 type Sender struct {
 	URL    string
 	Secret []byte
-	Client *http.Client // default: 10s timeout
+	Client *http.Client // default: 10s timeout, redirects not followed
 	Now    func() time.Time
 }
+
+// noRedirects makes a redirect answer the response: a webhook that
+// redirects is a delivery failure (the signed body is never re-posted to
+// another place).
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
 
 // Send posts one message.
 func (s *Sender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
@@ -47,7 +52,7 @@ func (s *Sender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
 	}
 	client := s.Client
 	if client == nil {
-		client = &http.Client{Timeout: 10 * time.Second}
+		client = &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects}
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Payload))
 	if err != nil {
@@ -63,6 +68,9 @@ func (s *Sender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
 	}
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode >= 300 && resp.StatusCode <= 399 {
+		return fmt.Errorf("webhook POST: status %d redirect to %q: not followed; set MPSAAS_WEBHOOK_URL to the final URL", resp.StatusCode, resp.Header.Get("Location"))
+	}
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fmt.Errorf("webhook POST: status %d", resp.StatusCode)
 	}

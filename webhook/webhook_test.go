@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,4 +71,24 @@ func FuzzVerify(f *testing.F) {
 	f.Fuzz(func(t *testing.T, header string, body []byte) {
 		_ = webhook.Verify([]byte("k"), header, body, time.Unix(1_800_000_000, 0), time.Minute)
 	})
+}
+
+// TestSendDoesNotFollowRedirects (issue 9): a redirect is a delivery
+// failure that says where it pointed; the signed body goes nowhere else.
+func TestSendDoesNotFollowRedirects(t *testing.T) {
+	var elsewhere int
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { elsewhere++ }))
+	defer other.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/moved", http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	s := &webhook.Sender{URL: srv.URL, Secret: []byte("0123456789abcdef")}
+	err := s.Send(context.Background(), mpsaas.OutboxMessage{ID: "1", IdempotencyKey: "K:1", Payload: []byte(`{}`)})
+	if err == nil || !strings.Contains(err.Error(), "redirect") || !strings.Contains(err.Error(), "/moved") {
+		t.Errorf("Send to a redirect: %v, want a failure naming the redirect", err)
+	}
+	if elsewhere != 0 {
+		t.Errorf("the webhook was posted to the redirect target %d times", elsewhere)
+	}
 }

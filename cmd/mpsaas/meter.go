@@ -13,6 +13,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -75,6 +76,9 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	}
 	if err := cfg.Load(fs, args, getenv); err != nil {
 		return err
+	}
+	if state != "" && !slices.Contains(ledgerStates, state) {
+		return usageError{fmt.Errorf("meter status: unknown --state %q: want one of %s", state, strings.Join(ledgerStates, ", "))}
 	}
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
@@ -443,3 +447,12 @@ func envOr(getenv func(string) string, k, def string) string {
 	}
 	return def
 }
+
+// ledgerStates are the states a usage record can be in.
+var ledgerStates = []string{mpsaas.UsagePending, mpsaas.UsageSealed, mpsaas.UsageBatched, mpsaas.UsageBilled,
+	mpsaas.UsageRejected, mpsaas.UsageFlagged, mpsaas.UsageCovered}
+
+// usageError is a mistake on the command line: the command exits 2.
+type usageError struct{ error }
+
+func (e usageError) Unwrap() error { return e.error }

@@ -321,7 +321,7 @@ func (a *App) Run(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- webSrv.Serve(a.webLn) }()
 	if a.em != nil {
-		emSrv = &http.Server{Handler: a.em.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		emSrv = &http.Server{Handler: a.em.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
 		go func() { errc <- emSrv.Serve(a.emLn) }()
 	}
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))

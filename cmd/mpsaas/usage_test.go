@@ -16,6 +16,7 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/client"
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/sqlite"
 )
 
 const testUsageKey = "usage-key-0123456789abcdef"
@@ -257,5 +258,27 @@ func TestDatabaseMetersToOneKindOfEndpoint(t *testing.T) {
 	env = envMap{"MPSAAS_DB": app.cfg.DB, "MPSAAS_LISTING": "subscriptions", "MPSAAS_METERING_ENDPOINT": app.EmulatorURL(), "MPSAAS_ENTITLEMENT_ENDPOINT": app.EmulatorURL()}
 	if err := run(ctx, []string{"meter", "run"}, env.get, &out, &errOut); err != nil {
 		t.Errorf("meter run to the emulator: %v", err)
+	}
+}
+
+func TestMeterStatusRefusesUnknownState(t *testing.T) {
+	db := filepath.Join(t.TempDir(), "s.db")
+	env := envMap{"MPSAAS_DB": db, "MPSAAS_EMULATOR": "off"}
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"meter", "status"}, env.get, &out, &errOut); err == nil {
+		t.Fatal("status of a missing database succeeded")
+	}
+	// Create it, then ask for a state that does not exist.
+	if d, err := sqlite.Open(context.Background(), db); err != nil {
+		t.Fatal(err)
+	} else {
+		d.Close()
+	}
+	err := run(context.Background(), []string{"meter", "status", "--state", "bogus"}, env.get, &out, &errOut)
+	if !errors.As(err, new(usageError)) || !strings.Contains(err.Error(), "billed, rejected, flagged, covered") {
+		t.Errorf("--state bogus: %v, want a usage error listing the states", err)
+	}
+	if err := run(context.Background(), []string{"meter", "status", "--state", "flagged"}, env.get, &out, &errOut); err != nil {
+		t.Errorf("--state flagged: %v", err)
 	}
 }
