@@ -6,7 +6,9 @@ package notify
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"mime"
@@ -75,23 +77,71 @@ func (s *SMTPSender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
 		host, _, _ := net.SplitHostPort(s.Addr)
 		auth = smtp.PlainAuth("", s.Username, s.Password, host)
 	}
-	done := make(chan error, 1)
-	go func() { done <- smtp.SendMail(s.Addr, auth, s.From, to, b.Bytes()) }()
 	timeout := s.Timeout
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			return fmt.Errorf("smtp send %s: %w", m.IdempotencyKey, err)
-		}
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-time.After(timeout):
-		return fmt.Errorf("smtp send %s: timed out after %s", m.IdempotencyKey, timeout)
+	if err := sendMail(ctx, s.Addr, timeout, auth, s.From, to, b.Bytes()); err != nil {
+		return fmt.Errorf("smtp send %s: %w", m.IdempotencyKey, err)
 	}
+	return nil
+}
+
+// sendMail is smtp.SendMail with a deadline: the dial, every read and
+// write, and the whole exchange end by timeout (or ctx), so a server that
+// never answers costs one attempt, not a goroutine and a socket.
+func sendMail(ctx context.Context, addr string, timeout time.Duration, auth smtp.Auth, from string, to []string, msg []byte) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	conn, err := (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	deadline, _ := ctx.Deadline()
+	if err := conn.SetDeadline(deadline); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Now()) }) // ctx cancelled early
+	defer stop()
+	host, _, _ := net.SplitHostPort(addr)
+	c, err := smtp.NewClient(conn, host)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if ok, _ := c.Extension("STARTTLS"); ok {
+		if err := c.StartTLS(&tls.Config{ServerName: host, MinVersion: tls.VersionTLS12}); err != nil {
+			return err
+		}
+	}
+	if auth != nil {
+		if ok, _ := c.Extension("AUTH"); !ok {
+			return errors.New("smtp: server does not support AUTH")
+		}
+		if err := c.Auth(auth); err != nil {
+			return err
+		}
+	}
+	if err := c.Mail(from); err != nil {
+		return err
+	}
+	for _, addr := range to {
+		if err := c.Rcpt(addr); err != nil {
+			return err
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(msg); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	return c.Quit()
 }
 
 func message(c mpsaas.AccessChange, product string) (subject, body string) {

@@ -4,9 +4,12 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -118,6 +121,57 @@ func TestSMTPSenderUnreachable(t *testing.T) {
 	payload, _ := json.Marshal(mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessRevoked})
 	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err == nil {
 		t.Error("Send to a closed port succeeded; want an error so the outbox retries")
+	}
+}
+
+// TestSMTPSenderBlackHole (issue 9): a server that accepts the connection
+// and never answers costs one attempt bounded by the timeout, and leaves
+// no goroutine or socket behind.
+func TestSMTPSenderBlackHole(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var mu sync.Mutex
+	var conns []net.Conn
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c) // accept, then say nothing
+			mu.Unlock()
+		}
+	}()
+	s := &notify.SMTPSender{Addr: ln.Addr().String(), From: "a@b.example", AdminEmail: "c@d.example", Timeout: 300 * time.Millisecond}
+	payload, _ := json.Marshal(mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessRevoked})
+	before := runtime.NumGoroutine()
+	for range 5 {
+		start := time.Now()
+		if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err == nil {
+			t.Fatal("Send to a silent server succeeded")
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("Send took %s with a 300ms timeout", d)
+		}
+	}
+	// The client side of each connection is closed: reading the server
+	// side sees EOF at once.
+	mu.Lock()
+	defer mu.Unlock()
+	for _, c := range conns {
+		_ = c.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Errorf("the client left a connection open: %v", err)
+		}
+		c.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	if after := runtime.NumGoroutine(); after > before+1 {
+		t.Errorf("goroutines: %d before, %d after five timed-out sends", before, after)
 	}
 }
 
