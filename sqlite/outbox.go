@@ -140,3 +140,27 @@ type DeadLetter struct {
 	Attempts int
 	Reason   string
 }
+
+// DueMessagesOn returns up to limit due messages of one channel (the
+// outbox_due index, then the channel: a channel's backlog never hides
+// another's).
+func (d *DB) DueMessagesOn(ctx context.Context, channel string, now time.Time, limit int) ([]mpsaas.OutboxMessage, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error
+		FROM outbox WHERE delivered_at = 0 AND next_attempt_at <= ? AND channel = ? ORDER BY id LIMIT ?`, unixNano(now), channel, limit)
+	if err != nil {
+		return nil, fmt.Errorf("due outbox messages on %s: %w", channel, err)
+	}
+	defer rows.Close()
+	var out []mpsaas.OutboxMessage
+	for rows.Next() {
+		var m mpsaas.OutboxMessage
+		var payload string
+		var next, id int64
+		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
+			return nil, fmt.Errorf("scan outbox message: %w", err)
+		}
+		m.ID, m.Payload, m.NextAttemptAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}

@@ -3,7 +3,10 @@ package worker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -122,4 +125,73 @@ func TestDispatcherRetriesUntilDelivered(t *testing.T) {
 	if due, _ := db.DueMessages(ctx, now.Add(time.Hour), 10); len(due) != 0 {
 		t.Errorf("still due after delivery: %+v", due)
 	}
+}
+
+// TestHangingReceiverDoesNotDelayOtherChannels (issue 9): with a webhook
+// receiver that never answers, email and SNS changes are still delivered
+// at once; each webhook attempt ends at SendTimeout, and a receiver that
+// is down costs one attempt per pass, not one per message.
+func TestHangingReceiverDoesNotDelayOtherChannels(t *testing.T) {
+	ctx := context.Background()
+	db := openDB(t)
+	for i := range 5 {
+		s := &mpsaas.Subscriber{Key: fmt.Sprint("K", i), State: mpsaas.State{Status: mpsaas.StatusActive}}
+		c := mpsaas.AccessChange{IdempotencyKey: fmt.Sprintf("K%d:1", i), Access: mpsaas.AccessGranted, Version: 1}
+		if err := db.SaveSubscriber(ctx, s, &c, []string{mpsaas.ChannelWebhook, mpsaas.ChannelNotify, mpsaas.ChannelSNS}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var mu sync.Mutex
+	got := map[string]int{}
+	fast := func(ch string) worker.Sender {
+		return senderFunc(func(context.Context, mpsaas.OutboxMessage) error {
+			mu.Lock()
+			defer mu.Unlock()
+			got[ch]++
+			return nil
+		})
+	}
+	var hung atomic.Int32
+	d := &worker.Dispatcher{Outbox: db, SendTimeout: 300 * time.Millisecond, Poll: 20 * time.Millisecond, Senders: map[string]worker.Sender{
+		mpsaas.ChannelWebhook: senderFunc(func(ctx context.Context, _ mpsaas.OutboxMessage) error {
+			hung.Add(1)
+			<-ctx.Done() // a receiver that never answers
+			return ctx.Err()
+		}),
+		mpsaas.ChannelNotify: fast(mpsaas.ChannelNotify),
+		mpsaas.ChannelSNS:    fast(mpsaas.ChannelSNS),
+	}}
+	// One pass: the other channels are done while the webhook hangs once.
+	start := time.Now()
+	n, err := d.RunOnce(ctx)
+	if err != nil || n != 10 {
+		t.Fatalf("RunOnce = %d, %v; want the 10 email and SNS changes", n, err)
+	}
+	if el := time.Since(start); el > 2*time.Second || hung.Load() != 1 {
+		t.Errorf("one pass took %s with %d webhook attempts; want about the 300ms deadline and one attempt", el, hung.Load())
+	}
+	// The loops: new changes on the other channels keep flowing.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { d.Run(runCtx); close(done) }()
+	s := &mpsaas.Subscriber{Key: "L", State: mpsaas.State{Status: mpsaas.StatusActive}}
+	c := mpsaas.AccessChange{IdempotencyKey: "L:1", Access: mpsaas.AccessGranted, Version: 1}
+	if err := db.SaveSubscriber(ctx, s, &c, []string{mpsaas.ChannelWebhook, mpsaas.ChannelNotify}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(time.Second)
+	for {
+		mu.Lock()
+		n := got[mpsaas.ChannelNotify]
+		mu.Unlock()
+		if n == 6 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the new email change waited behind the hanging webhook (%d sent)", n)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	<-done
 }
