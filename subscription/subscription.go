@@ -11,7 +11,9 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -35,6 +37,42 @@ type Service struct {
 	// RevokeOnCancel revokes access when a buyer cancels rather than at the
 	// end of the final metering window (MPSAAS_REVOKE_ON_CANCEL).
 	RevokeOnCancel bool
+
+	locks keyedLocks // one update of a buyer at a time in this process
+}
+
+// keyedLocks are mutexes by key, kept only while in use.
+type keyedLocks struct {
+	mu sync.Mutex
+	m  map[string]*keyedLock
+}
+
+type keyedLock struct {
+	sync.Mutex
+	users int
+}
+
+func (k *keyedLocks) lock(key string) func() {
+	k.mu.Lock()
+	if k.m == nil {
+		k.m = map[string]*keyedLock{}
+	}
+	l := k.m[key]
+	if l == nil {
+		l = &keyedLock{}
+		k.m[key] = l
+	}
+	l.users++
+	k.mu.Unlock()
+	l.Lock()
+	return func() {
+		l.Unlock()
+		k.mu.Lock()
+		if l.users--; l.users == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
 }
 
 func (s *Service) now() time.Time {
@@ -181,8 +219,24 @@ func (s *Service) HandleEvent(ctx context.Context, e mpsaas.Event) error {
 // queuing an access change if the decision changed. It retries on
 // concurrent updates.
 func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, mutate func(*mpsaas.Subscriber) error) (*mpsaas.Subscriber, error) {
+	// Updates of one buyer queue up in this process; another process (a
+	// second Lambda instance) is met by the version check and a retry
+	// after a jittered wait.
+	lockKey := key
+	if lockKey == "" {
+		lockKey = mpsaas.SubscriberKey(cust)
+	}
+	defer s.locks.lock(lockKey)()
 	var lastErr error
-	for attempt := 0; attempt < 5; attempt++ {
+	for attempt := 0; attempt < 10; attempt++ {
+		if attempt > 0 {
+			wait := min(5*time.Millisecond<<attempt, 500*time.Millisecond)
+			select {
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			case <-time.After(wait/2 + time.Duration(rand.Int64N(int64(wait/2)+1))):
+			}
+		}
 		sub, err := s.load(ctx, cust, key)
 		if err != nil {
 			return nil, err

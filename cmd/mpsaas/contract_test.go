@@ -3,8 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
+	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -147,5 +150,45 @@ func TestLateContractUsageBillsTheHoursOverage(t *testing.T) {
 	st, err := c.Status(ctx)
 	if err != nil || st[mpsaas.UsageBilled].MeterQuantity != 2 || st[mpsaas.UsageCovered].Quantity != 3 {
 		t.Errorf("status = %+v, %v", st, err)
+	}
+}
+
+// TestConcurrentFulfillmentPosts (issue 9): 50 POSTs of one token at once
+// (a buyer double-clicking, a browser retrying) all end in the same
+// registration page, none in a 409.
+func TestConcurrentFulfillmentPosts(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions)
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: "123456789012"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	statuses := make(chan string, 50)
+	for range 50 {
+		wg.Go(func() {
+			resp, err := http.PostForm(app.URL()+"/fulfillment", url.Values{"x-amzn-marketplace-token": {res.Token}})
+			if err != nil {
+				statuses <- err.Error()
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || !strings.Contains(string(b), "Create your account") {
+				statuses <- fmt.Sprintf("%d %.200s", resp.StatusCode, b)
+				return
+			}
+			statuses <- "ok"
+		})
+	}
+	wg.Wait()
+	close(statuses)
+	bad := map[string]int{}
+	for s := range statuses {
+		if s != "ok" {
+			bad[s]++
+		}
+	}
+	if len(bad) > 0 {
+		t.Errorf("concurrent fulfillment POSTs that did not get the registration form: %v", bad)
 	}
 }
