@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 )
 
 // AWS limits for metering (marketplace-api.md §2.1, §2.3).
@@ -43,8 +45,12 @@ func (u Usage) Validate(now time.Time) error {
 	switch {
 	case strings.TrimSpace(u.Customer) == "":
 		return Errorf(EINVALID, "customer is required")
+	case len(u.Customer) > 2048 || !cleanText(u.Customer):
+		return Errorf(EINVALID, "customer must be at most 2048 characters of valid UTF-8 text without control characters")
 	case u.Dimension == "" || len(u.Dimension) > MaxDimensionLength:
 		return Errorf(EINVALID, "dimension must be 1 to %d characters", MaxDimensionLength)
+	case !cleanText(u.Dimension):
+		return Errorf(EINVALID, "dimension must be valid UTF-8 text without control characters")
 	case u.Quantity < 0 || u.Quantity > MaxQuantity:
 		return Errorf(EINVALID, "quantity must be between 0 and %d", MaxQuantity)
 	case u.Time.IsZero():
@@ -459,4 +465,18 @@ func (m MeterRecord) SharesOf() map[int64]HourShare {
 func LateReason(usage, meter time.Time) string {
 	return fmt.Sprintf("late usage: hour %s was already metered, so it is metered with hour %s (contracts: it bills what it adds to its own hour's overage)",
 		usage.UTC().Format("2006-01-02 15:00Z"), meter.UTC().Format("2006-01-02 15:00Z"))
+}
+
+// cleanText reports whether s is valid UTF-8 without control characters
+// (NUL, newlines, escapes): what AWS and every log can take as is.
+func cleanText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if unicode.IsControl(r) {
+			return false
+		}
+	}
+	return true
 }

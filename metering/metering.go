@@ -18,12 +18,14 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/mpsaas/mpsaas"
 )
@@ -53,6 +55,10 @@ type Service struct {
 	// pipelines bill usage in the hour it happened; it delays every bill
 	// by as much and leaves less of AWS's 24-hour window for retries.
 	SealGrace time.Duration
+	// Dimensions, when set, are the only dimensions usage may be reported
+	// for (MPSAAS_DIMENSIONS): a typo is a 400 naming the valid ones, not
+	// usage AWS refuses hours later.
+	Dimensions []string
 	// Concurrency is how many BatchMeterUsage calls run at once (default 4).
 	Concurrency int
 	// MaxBackoff caps the retry delay of a batch (default 5 minutes).
@@ -95,8 +101,8 @@ const MaxRecordsPerRequest = 10000
 // same idempotency key is counted once; the key reused with other records
 // is a conflict. Every record must name a known buyer.
 func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.UsageReceipt, error) {
-	if n := len(req.IdempotencyKey); n < 1 || n > 256 {
-		return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "idempotencyKey is required (1 to 256 characters)")
+	if n := len(req.IdempotencyKey); n < 1 || n > 256 || !utf8.ValidString(req.IdempotencyKey) || strings.ContainsRune(req.IdempotencyKey, 0) {
+		return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "idempotencyKey is required (1 to 256 characters of valid UTF-8)")
 	}
 	if len(req.Records) == 0 || len(req.Records) > MaxRecordsPerRequest {
 		return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "a request carries 1 to %d records (got %d)", MaxRecordsPerRequest, len(req.Records))
@@ -107,6 +113,9 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 	for i, u := range req.Records {
 		if err := u.Validate(now); err != nil {
 			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: %s", i+1, mpsaas.ErrorMessage(err))
+		}
+		if len(s.Dimensions) > 0 && !slices.Contains(s.Dimensions, u.Dimension) {
+			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown dimension %q: the product's dimensions are %s", i+1, u.Dimension, strings.Join(s.Dimensions, ", "))
 		}
 		key, ok := keys[u.Customer]
 		if !ok {
@@ -857,4 +866,23 @@ func (s *Service) Replay(ctx context.Context, ids []int64) (int, error) {
 
 func sameKey(a, b mpsaas.UsageGroup) bool {
 	return a.SubscriberKey == b.SubscriberKey && a.Dimension == b.Dimension && a.Hour.Equal(b.Hour)
+}
+
+// ParseDimensions reads MPSAAS_DIMENSIONS: comma-separated dimension names
+// ("" allows any). Both runtimes use it.
+func ParseDimensions(v string) ([]string, error) {
+	var out []string
+	for _, d := range strings.Split(v, ",") {
+		d = strings.TrimSpace(d)
+		if d == "" {
+			continue
+		}
+		if err := (mpsaas.Usage{Customer: "x", Dimension: d, Time: time.Unix(1, 0)}).Validate(time.Now()); err != nil {
+			return nil, fmt.Errorf("MPSAAS_DIMENSIONS: %q: %s", d, mpsaas.ErrorMessage(err))
+		}
+		if !slices.Contains(out, d) {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }

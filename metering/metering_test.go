@@ -384,7 +384,10 @@ func TestIngestRejectsBadInput(t *testing.T) {
 		"six tags": {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) {
 			u.Tags = map[string]string{"a": "1", "b": "1", "c": "1", "d": "1", "e": "1", "f": "1"}
 		})}},
-		"one bad of two": {IdempotencyKey: "k", Records: []mpsaas.Usage{ok, bad(func(u *mpsaas.Usage) { u.Quantity = -5 })}},
+		"one bad of two":         {IdempotencyKey: "k", Records: []mpsaas.Usage{ok, bad(func(u *mpsaas.Usage) { u.Quantity = -5 })}},
+		"NUL in dimension":       {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Dimension = "us\x00ers" })}},
+		"invalid UTF-8 customer": {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Customer = key + "\xff" })}},
+		"escape in dimension":    {IdempotencyKey: "k", Records: []mpsaas.Usage{bad(func(u *mpsaas.Usage) { u.Dimension = "users\x1b[31m" })}},
 	} {
 		if _, err := h.meter.Ingest(context.Background(), req); mpsaas.ErrorCode(err) != mpsaas.EINVALID {
 			t.Errorf("%s: %v, want EINVALID", name, err)
@@ -617,5 +620,27 @@ func TestLateUsageAfterCancellationUsesItsHoursEntitlement(t *testing.T) {
 	h.runUntilDone(t)                                                                                // the cancelling buyer's usage is flushed at once
 	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(map[string]int64{res.Subscription.BuyerAccountID + "/users/13h": 1}) {
 		t.Errorf("billed = %v, want 1 (hour 12: 6 used, 5 entitled)", got)
+	}
+}
+
+// TestIngestRefusesUnknownDimensions: with the product's dimensions
+// configured (MPSAAS_DIMENSIONS), a typo is refused with the valid ones.
+func TestIngestRefusesUnknownDimensions(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	key, _ := h.buyer(t, "p", nil)
+	dims, err := metering.ParseDimensions(" users, requests ,users")
+	if err != nil || fmt.Sprint(dims) != "[users requests]" {
+		t.Fatalf("ParseDimensions = %v, %v", dims, err)
+	}
+	h.meter.Dimensions = dims
+	_, err = h.meter.Ingest(context.Background(), mpsaas.UsageRequest{IdempotencyKey: "k", Records: []mpsaas.Usage{{Customer: key, Dimension: "user", Quantity: 1, Time: start}}})
+	if mpsaas.ErrorCode(err) != mpsaas.EINVALID || !strings.Contains(err.Error(), "users, requests") {
+		t.Errorf("unknown dimension: %v, want EINVALID naming users, requests", err)
+	}
+	if _, err := h.meter.Ingest(context.Background(), mpsaas.UsageRequest{IdempotencyKey: "k2", Records: []mpsaas.Usage{{Customer: key, Dimension: "requests", Quantity: 1, Time: start}}}); err != nil {
+		t.Errorf("a known dimension: %v", err)
+	}
+	if _, err := metering.ParseDimensions("users,bad\x00"); err == nil {
+		t.Error("ParseDimensions accepted a NUL")
 	}
 }

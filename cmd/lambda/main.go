@@ -76,7 +76,7 @@ var envVars = []string{
 	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
 	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
 	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_METER_GRACE", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
-	"MPSAAS_SAMPLE_METERING_TABLE", "MPSAAS_REVOKE_ON_CANCEL",
+	"MPSAAS_SAMPLE_METERING_TABLE", "MPSAAS_REVOKE_ON_CANCEL", "MPSAAS_DIMENSIONS",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -179,8 +179,12 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	if err != nil {
 		return nil, err
 	}
+	dimensions, err := metering.ParseDimensions(getenv("MPSAAS_DIMENSIONS"))
+	if err != nil {
+		return nil, err
+	}
 	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
-		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION"), SealGrace: grace}
+		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION"), SealGrace: grace, Dimensions: dimensions}
 	app.svc = &subscription.Service{
 		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
 		Marketplace: mp, RevokeOnCancel: revokeOnCancel,

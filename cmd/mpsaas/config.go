@@ -56,6 +56,7 @@ type Config struct {
 	MeterConcurrencyTxt string
 	MeterGraceText      string
 	RevokeOnCancelText  string
+	DimensionsText      string
 
 	EmulatorURL    string
 	SQSQueueURL    string
@@ -67,6 +68,7 @@ type Config struct {
 	meterConcurrency int
 	meterGrace       time.Duration
 	revokeOnCancel   bool
+	dimensions       []string
 }
 
 // setting describes one configuration value for flags, env and --help.
@@ -106,6 +108,7 @@ func (c *Config) settings() []setting {
 		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
 		{name: "meter-grace", env: "MPSAAS_METER_GRACE", def: "5m", usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
 		{name: "revoke-on-cancel", env: "MPSAAS_REVOKE_ON_CANCEL", def: "false", usage: "revoke access as soon as a buyer cancels (true), instead of keeping it (pending-cancellation) until the one-hour final metering window ends", ptr: &c.RevokeOnCancelText},
+		{name: "dimensions", env: "MPSAAS_DIMENSIONS", usage: "comma-separated dimensions of your product; usage for any other is refused with 400 (default: any)", ptr: &c.DimensionsText},
 		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
 		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
 		{name: "sqs-queue-url", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
@@ -199,6 +202,11 @@ func (c *Config) Validate() error {
 		errs = append(errs, fmt.Errorf("MPSAAS_METER_CONCURRENCY %q: want 1 to 64", c.MeterConcurrencyTxt))
 	} else {
 		c.meterConcurrency = n
+	}
+	if d, err := metering.ParseDimensions(c.DimensionsText); err != nil {
+		errs = append(errs, err)
+	} else {
+		c.dimensions = d
 	}
 	if v, err := subscription.ParseRevokeOnCancel(c.RevokeOnCancelText); err != nil {
 		errs = append(errs, err)

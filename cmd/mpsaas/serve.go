@@ -66,6 +66,7 @@ func newMeteringService(cfg Config, db *sqlite.DB, m mpsaas.Meterer, logger *slo
 	return &metering.Service{
 		Store: db, Subscribers: db, Meterer: m, Logger: logger.With("component", "metering"),
 		Listing: cfg.Listing, HeartbeatDimension: cfg.HeartbeatDimension, Concurrency: cfg.meterConcurrency, SealGrace: cfg.meterGrace,
+		Dimensions: cfg.dimensions,
 	}
 }
 

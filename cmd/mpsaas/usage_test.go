@@ -122,12 +122,14 @@ func TestUsageAPIAndScheduler(t *testing.T) {
 		t.Errorf("wrong key: %v, want 401", err)
 	}
 	for name, body := range map[string]string{
-		"not JSON":       `nope`,
-		"unknown field":  `{"idempotencyKey":"x","records":[],"extra":1}`,
-		"no records":     `{"idempotencyKey":"x","records":[]}`,
-		"unknown buyer":  `{"idempotencyKey":"x","records":[{"customer":"nobody","dimension":"users","quantity":1,"time":"2026-01-01T00:00:00Z"}]}`,
-		"bad time":       `{"idempotencyKey":"x","records":[{"customer":"` + key + `","dimension":"users","quantity":1,"time":"yesterday"}]}`,
-		"float quantity": `{"idempotencyKey":"x","records":[{"customer":"` + key + `","dimension":"users","quantity":1.5,"time":"2026-01-01T00:00:00Z"}]}`,
+		"not JSON":         `nope`,
+		"unknown field":    `{"idempotencyKey":"x","records":[],"extra":1}`,
+		"no records":       `{"idempotencyKey":"x","records":[]}`,
+		"unknown buyer":    `{"idempotencyKey":"x","records":[{"customer":"nobody","dimension":"users","quantity":1,"time":"2026-01-01T00:00:00Z"}]}`,
+		"bad time":         `{"idempotencyKey":"x","records":[{"customer":"` + key + `","dimension":"users","quantity":1,"time":"yesterday"}]}`,
+		"float quantity":   `{"idempotencyKey":"x","records":[{"customer":"` + key + `","dimension":"users","quantity":1.5,"time":"2026-01-01T00:00:00Z"}]}`,
+		"NUL in dimension": `{"idempotencyKey":"x","records":[{"customer":"` + key + `","dimension":"us\u0000ers","quantity":1,"time":"2026-01-01T00:00:00Z"}]}`,
+		"newline in key":   `{"idempotencyKey":"x\u0000y","records":[{"customer":"` + key + `","dimension":"users","quantity":1,"time":"2026-01-01T00:00:00Z"}]}`,
 	} {
 		req, _ := http.NewRequest("POST", app.URL()+"/v1/usage", strings.NewReader(body))
 		req.Header.Set("Authorization", "Bearer "+testUsageKey)
