@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -43,12 +44,60 @@ type UsageAPI struct {
 	Metering Metering
 	Ledger   Ledger
 	Logger   *slog.Logger
+	// MaxBodies bounds how many request bodies are read and decoded at
+	// once (default 8: at most 32 MiB of bodies, a few times that decoded).
+	// A request beyond it waits up to a second, then gets 503 with
+	// Retry-After, so a burst of large requests cannot exhaust memory.
+	MaxBodies int
+
+	once  sync.Once
+	slots chan struct{}
+}
+
+// acquire takes a body slot, waiting briefly; false means answer 503.
+func (a *UsageAPI) acquire(r *http.Request) bool {
+	a.once.Do(func() {
+		n := a.MaxBodies
+		if n <= 0 {
+			n = 8
+		}
+		a.slots = make(chan struct{}, n)
+	})
+	select {
+	case a.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTimer(time.Second)
+	defer t.Stop()
+	select {
+	case a.slots <- struct{}{}:
+		return true
+	case <-t.C:
+	case <-r.Context().Done():
+	}
+	return false
+}
+
+func (a *UsageAPI) release() { <-a.slots }
+
+// limited runs next with a body slot, or answers 503 with Retry-After.
+func (a *UsageAPI) limited(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !a.acquire(r) {
+			w.Header().Set("Retry-After", "1")
+			a.fail(w, mpsaas.Errorf(mpsaas.EUNAVAILABLE, "too many usage requests at once; retry after a second"))
+			return
+		}
+		defer a.release()
+		next(w, r)
+	}
 }
 
 // Register mounts the API on s.
 func (a *UsageAPI) Register(s *Server) {
-	s.Handle("POST /v1/usage", a.auth(a.handleUsage))
-	s.Handle("POST /v1/usage/sample-stack", a.auth(a.handleSampleStack))
+	s.Handle("POST /v1/usage", a.auth(a.limited(a.handleUsage)))
+	s.Handle("POST /v1/usage/sample-stack", a.auth(a.limited(a.handleSampleStack)))
 	s.Handle("GET /v1/usage/ledger", a.auth(a.handleLedger))
 	s.Handle("GET /v1/meter/status", a.auth(a.handleStatus))
 	s.Handle("POST /v1/meter/replay", a.auth(a.handleReplay))
