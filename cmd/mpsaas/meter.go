@@ -315,7 +315,12 @@ const usageUsage = `Usage:
   mpsaas usage record --file records.jsonl     one JSON usage record per line: {"customer","dimension","quantity","time","tags"}
 
 Sends usage to a running mpsaas (MPSAAS_URL, default http://localhost:8080) with
-an API key (MPSAAS_USAGE_API_KEY). Resending the same record or file is counted once.
+an API key (MPSAAS_USAGE_API_KEY).
+
+What is counted once: a record sent again with the same --customer, --dimension,
+--quantity, --time and --tag values (or the same --key), and a --file sent again.
+Without --time the time is "now", which differs on every run: such a record sent
+twice is counted twice. Give --time (or --key) when a run may be repeated.
 `
 
 func runUsage(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
@@ -334,8 +339,8 @@ func runUsage(ctx context.Context, args []string, getenv func(string) string, st
 	customer := fs.String("customer", "", "buyer: subscriber key, CustomerIdentifier or license ARN")
 	dimension := fs.String("dimension", "", "pricing dimension")
 	quantity := fs.Int64("quantity", -1, "quantity (0 to 2147483647)")
-	at := fs.String("time", "", "when the usage happened (RFC 3339; default now)")
-	key := fs.String("key", "", "idempotency key (default: derived from the record, so a resend is counted once)")
+	at := fs.String("time", "", "when the usage happened (RFC 3339; default now, which makes every run a new record)")
+	key := fs.String("key", "", "idempotency key (default: derived from the record, its time included: the same record with the same --time is counted once)")
 	file := fs.String("file", "", "JSON-lines file of usage records")
 	tags := tagList{}
 	fs.Var(tags, "tag", "usage allocation tag key=value (repeatable, at most 5)")

@@ -284,3 +284,39 @@ func TestMeterStatusRefusesUnknownState(t *testing.T) {
 		t.Errorf("--state flagged: %v", err)
 	}
 }
+
+// TestUsageRecordCountsWhatItsHelpSays: the help of "mpsaas usage record"
+// says a record sent again with the same --time is counted once, and that
+// without --time every run is a new record. Both, through the CLI.
+func TestUsageRecordCountsWhatItsHelpSays(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1h")
+	key, _ := registeredBuyer(t, app, demoLicenseProduct, "123456789012")
+	ctx := context.Background()
+	env := envMap{"MPSAAS_URL": app.URL(), "MPSAAS_USAGE_API_KEY": testUsageKey}
+	var help, errOut bytes.Buffer
+	if err := run(ctx, []string{"usage", "--help"}, env.get, &help, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(help.String(), "Give --time (or --key)") || !strings.Contains(help.String(), "counted twice") {
+		t.Fatalf("help does not say what is idempotent:\n%s", help.String())
+	}
+	send := func(args ...string) string {
+		var out bytes.Buffer
+		if err := run(ctx, append([]string{"usage", "record", "--customer", key, "--dimension", "users", "--quantity", "2"}, args...), env.get, &out, &errOut); err != nil {
+			t.Fatalf("usage record %v: %v %s", args, err, errOut.String())
+		}
+		return out.String()
+	}
+	at := time.Now().UTC().Add(-time.Minute).Format(time.RFC3339)
+	if a, b := send("--time", at), send("--time", at); !strings.HasPrefix(a, "recorded") || !strings.HasPrefix(b, "already recorded") {
+		t.Errorf("with --time: %q then %q; want the second counted once", a, b)
+	}
+	if a, b := send(), send(); !strings.HasPrefix(a, "recorded") || !strings.HasPrefix(b, "recorded") {
+		t.Errorf("without --time: %q then %q; want two records, as the help says", a, b)
+	}
+	c := client.New(app.URL(), testUsageKey)
+	entries, err := c.Ledger(ctx, mpsaas.LedgerFilter{SubscriberKey: key})
+	if err != nil || len(entries) != 3 {
+		t.Errorf("ledger = %d entries, %v; want 3", len(entries), err)
+	}
+}
