@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -120,12 +121,22 @@ func (c *Config) settings() []setting {
 	}
 }
 
-// Load reads the environment, then flags from args.
-func (c *Config) Load(fs *flag.FlagSet, args []string, getenv func(string) string) error {
+// Load reads the environment, then flags from args. With flags named,
+// only those settings are command-line flags (a subcommand shows only its
+// own); every setting is still read from the environment.
+func (c *Config) Load(fs *flag.FlagSet, args []string, getenv func(string) string, flags ...string) error {
 	for _, s := range c.settings() {
 		v := getenv(s.env)
 		if v == "" {
 			v = s.def
+		}
+		if len(flags) > 0 && !slices.Contains(flags, s.name) {
+			if s.list != nil {
+				*s.list = splitList(v)
+			} else {
+				*s.ptr = v
+			}
+			continue
 		}
 		if s.list != nil {
 			*s.list = splitList(v)

@@ -74,7 +74,14 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 		fmt.Fprint(stderr, meterUsage)
 		return fmt.Errorf("meter: unknown subcommand %q", sub)
 	}
-	if err := cfg.Load(fs, args, getenv); err != nil {
+	flags := []string{"db", "log-level", "log-format"}
+	switch sub {
+	case "run":
+		flags = append(flags, "metering-endpoint", "entitlement-endpoint", "region", "listing", "meter-grace", "meter-concurrency", "heartbeat-dimension", "emulator")
+	case "replay", "verify":
+		flags = append(flags, "listing", "meter-grace")
+	}
+	if err := cfg.Load(fs, args, getenv, flags...); err != nil {
 		return err
 	}
 	if state != "" && !slices.Contains(ledgerStates, state) {

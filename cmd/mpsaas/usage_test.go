@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -318,5 +319,18 @@ func TestUsageRecordCountsWhatItsHelpSays(t *testing.T) {
 	entries, err := c.Ledger(ctx, mpsaas.LedgerFilter{SubscriberKey: key})
 	if err != nil || len(entries) != 3 {
 		t.Errorf("ledger = %d entries, %v; want 3", len(entries), err)
+	}
+}
+
+// TestMeterSubcommandHelpShowsItsOwnFlags (issue 9): "meter status -h"
+// lists its flags, not the ~35 of serve.
+func TestMeterSubcommandHelpShowsItsOwnFlags(t *testing.T) {
+	for sub, want := range map[string]string{"status": "-state", "run": "-metering-endpoint", "replay": "-id", "verify": "-limit"} {
+		var out, errOut bytes.Buffer
+		err := run(context.Background(), []string{"meter", sub, "-h"}, envMap{}.get, &out, &errOut)
+		help := errOut.String() + out.String()
+		if !errors.Is(err, flag.ErrHelp) || !strings.Contains(help, want) || !strings.Contains(help, "-db") || strings.Contains(help, "-smtp-addr") || strings.Contains(help, "-webhook-url") {
+			t.Errorf("meter %s -h: %v\n%s", sub, err, help)
+		}
 	}
 }
