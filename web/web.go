@@ -52,6 +52,9 @@ type Config struct {
 	// RegistrationTTL is how long a registration form stays valid (default 4h,
 	// the token lifetime).
 	RegistrationTTL time.Duration
+	// EmailsBuyers tells the pages an email goes to the buyer (SMTP or SES
+	// configured); otherwise they do not tell buyers to check their email.
+	EmailsBuyers bool
 	Logger          *slog.Logger
 	Clock           mpsaas.Clock
 }
@@ -289,8 +292,11 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		s.renderError(w, r, err)
 		return
 	}
-	s.render(w, http.StatusOK, "registered.html", page{Title: "Registration complete", Subscriber: sub, StatusURL: s.statusURL(sub.Key),
-		Message: "Thank you for registering. Please check your email for a confirmation!"})
+	msg := "Thank you for registering. Keep the link below to see your subscription at any time."
+	if s.cfg.EmailsBuyers {
+		msg = "Thank you for registering. Please check your email for a confirmation!"
+	}
+	s.render(w, http.StatusOK, "registered.html", page{Title: "Registration complete", Subscriber: sub, StatusURL: s.statusURL(sub.Key), Message: msg})
 }
 
 func (s *Server) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -197,7 +197,7 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 		}
 		cors := list(getenv("MPSAAS_CORS_ORIGINS"))
 		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
-			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger,
+			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger, EmailsBuyers: getenv("MPSAAS_SES_FROM") != "",
 			APIOnly: getenv("MPSAAS_WEB_PAGES") == "false"}, app.svc)
 		keys := list(getenv("MPSAAS_USAGE_API_KEYS"))
 		(&web.UsageAPI{Keys: keys, Metering: app.meter, Ledger: store, Logger: logger}).Register(app.web)

@@ -175,6 +175,11 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 			if !strings.Contains(page, "Thank you for registering") {
 				t.Fatalf("registered page: %s", page)
 			}
+			// No SMTP configured: no email goes to the buyer, so the page
+			// does not tell them to look for one.
+			if strings.Contains(page, "check your email") {
+				t.Error("the registered page promises an email although no email channel is configured")
+			}
 			granted := app.sink.waitFor(t, product, mpsaas.AccessGranted)
 			if granted.Subscriber.ContactEmail != journeyContact.ContactEmail || !granted.Subscriber.FreeTrial {
 				t.Errorf("granted webhook subscriber = %+v", granted.Subscriber)
