@@ -55,8 +55,8 @@ type Config struct {
 	// EmailsBuyers tells the pages an email goes to the buyer (SMTP or SES
 	// configured); otherwise they do not tell buyers to check their email.
 	EmailsBuyers bool
-	Logger          *slog.Logger
-	Clock           mpsaas.Clock
+	Logger       *slog.Logger
+	Clock        mpsaas.Clock
 }
 
 // Server is the buyer-facing HTTP handler.
