@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"regexp"
 	"slices"
 	"sort"
 	"strconv"
@@ -75,6 +76,7 @@ type Config struct {
 // setting describes one configuration value for flags, env and --help.
 type setting struct {
 	name, env, usage, def string
+	arg                   string // placeholder shown in --help (HOST:PORT, URL, N, ...)
 	secret                bool
 	ptr                   *string
 	list                  *[]string
@@ -82,42 +84,42 @@ type setting struct {
 
 func (c *Config) settings() []setting {
 	return []setting{
-		{name: "addr", env: "MPSAAS_ADDR", def: "localhost:8080", usage: "address the buyer-facing web server listens on", ptr: &c.Addr},
-		{name: "public-url", env: "MPSAAS_PUBLIC_URL", usage: "URL buyers reach the web server at (default http://<addr>)", ptr: &c.PublicURL},
-		{name: "db", env: "MPSAAS_DB", def: "mpsaas.db", usage: "SQLite database file", ptr: &c.DB},
-		{name: "secret", env: "MPSAAS_SECRET", usage: "secret (32+ characters) that signs registration forms and status links; random per start if unset", secret: true, ptr: &c.Secret},
-		{name: "listing", env: "MPSAAS_LISTING", def: mpsaas.ListingContractsWithSubscription, usage: "TypeOfSaaSListing: subscriptions, contracts or contracts_with_subscription", ptr: &c.Listing},
-		{name: "product-codes", env: "MPSAAS_PRODUCT_CODES", usage: "comma-separated product codes this integration serves (tokens for other products are refused); with the emulator, its demo products", list: &c.ProductCodes},
-		{name: "product-name", env: "MPSAAS_PRODUCT_NAME", def: "Example SaaS", usage: "product name shown to buyers", ptr: &c.ProductName},
-		{name: "sign-in-url", env: "MPSAAS_SIGN_IN_URL", usage: "where registered buyers sign in to your application", ptr: &c.SignInURL},
-		{name: "support-email", env: "MPSAAS_SUPPORT_EMAIL", usage: "support address shown on buyer pages", ptr: &c.SupportEmail},
-		{name: "cors-origins", env: "MPSAAS_CORS_ORIGINS", usage: "origins allowed to call POST /subscriber from a browser (comma-separated, * for any)", list: &c.CORSOrigins},
-		{name: "webhook-url", env: "MPSAAS_WEBHOOK_URL", usage: "your endpoint for signed access-change webhooks", ptr: &c.WebhookURL},
-		{name: "webhook-secret", env: "MPSAAS_WEBHOOK_SECRET", usage: "HMAC secret for webhook signatures (required with --webhook-url)", secret: true, ptr: &c.WebhookSecret},
-		{name: "smtp-addr", env: "MPSAAS_SMTP_ADDR", usage: "SMTP server host:port for emails (default: notifications go to the log)", ptr: &c.SMTPAddr},
-		{name: "smtp-username", env: "MPSAAS_SMTP_USERNAME", usage: "SMTP username", ptr: &c.SMTPUsername},
-		{name: "smtp-password", env: "MPSAAS_SMTP_PASSWORD", usage: "SMTP password", secret: true, ptr: &c.SMTPPassword},
-		{name: "smtp-from", env: "MPSAAS_SMTP_FROM", usage: "From address of emails", ptr: &c.SMTPFrom},
-		{name: "admin-email", env: "MPSAAS_ADMIN_EMAIL", usage: "seller admin address copied on every access change (MarketplaceTechAdminEmail)", ptr: &c.AdminEmail},
-		{name: "emulator", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on only when no endpoint is set and the AWS SDK's default credential chain finds no credentials)", ptr: &c.Emulator},
-		{name: "emulator-addr", env: "MPSAAS_EMULATOR_ADDR", def: "localhost:8081", usage: "address the embedded emulator and buyer simulator listen on", ptr: &c.EmulatorAddr},
-		{name: "emulator-url", env: "MPSAAS_EMULATOR_URL", usage: "a running `mpsaas emulator` to use instead of the embedded one: its API endpoints and its notifications", ptr: &c.EmulatorURL},
-		{name: "metering-endpoint", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
-		{name: "entitlement-endpoint", env: "MPSAAS_ENTITLEMENT_ENDPOINT", usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
-		{name: "region", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
-		{name: "usage-api-keys", env: "MPSAAS_USAGE_API_KEYS", usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", secret: true, list: &c.UsageAPIKeys},
-		{name: "meter-interval", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
-		{name: "meter-grace", env: "MPSAAS_METER_GRACE", def: "5m", usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
-		{name: "revoke-on-cancel", env: "MPSAAS_REVOKE_ON_CANCEL", def: "false", usage: "revoke access as soon as a buyer cancels (true), instead of keeping it (pending-cancellation) until the one-hour final metering window ends", ptr: &c.RevokeOnCancelText},
-		{name: "dimensions", env: "MPSAAS_DIMENSIONS", usage: "comma-separated dimensions of your product; usage for any other is refused with 400 (default: any)", ptr: &c.DimensionsText},
-		{name: "heartbeat-dimension", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
-		{name: "meter-concurrency", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
-		{name: "sqs-queue-url", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
-		{name: "sqs-endpoint", env: "MPSAAS_SQS_ENDPOINT", usage: "override the SQS endpoint (e.g. goaws); overrides speak SQS's Query protocol", ptr: &c.SQSEndpoint},
-		{name: "access-topic-arn", env: "MPSAAS_ACCESS_TOPIC_ARN", usage: "SNS topic to publish every access change to", ptr: &c.AccessTopicArn},
-		{name: "sns-endpoint", env: "MPSAAS_SNS_ENDPOINT", usage: "override the SNS endpoint (e.g. goaws)", ptr: &c.SNSEndpoint},
-		{name: "log-level", env: "MPSAAS_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", ptr: &c.LogLevel},
-		{name: "log-format", env: "MPSAAS_LOG_FORMAT", def: "text", usage: "text or json", ptr: &c.LogFormat},
+		{name: "addr", arg: "HOST:PORT", env: "MPSAAS_ADDR", def: "localhost:8080", usage: "address the buyer-facing web server listens on", ptr: &c.Addr},
+		{name: "public-url", arg: "URL", env: "MPSAAS_PUBLIC_URL", usage: "URL buyers reach the web server at (default http://<addr>)", ptr: &c.PublicURL},
+		{name: "db", arg: "FILE", env: "MPSAAS_DB", def: "mpsaas.db", usage: "SQLite database file", ptr: &c.DB},
+		{name: "secret", arg: "SECRET", env: "MPSAAS_SECRET", usage: "secret (32+ characters) that signs registration forms and status links; random per start if unset", secret: true, ptr: &c.Secret},
+		{name: "listing", arg: "TYPE", env: "MPSAAS_LISTING", def: mpsaas.ListingContractsWithSubscription, usage: "TypeOfSaaSListing: subscriptions, contracts or contracts_with_subscription", ptr: &c.Listing},
+		{name: "product-codes", arg: "CODES", env: "MPSAAS_PRODUCT_CODES", usage: "comma-separated product codes this integration serves (tokens for other products are refused); with the emulator, its demo products", list: &c.ProductCodes},
+		{name: "product-name", arg: "NAME", env: "MPSAAS_PRODUCT_NAME", def: "Example SaaS", usage: "product name shown to buyers", ptr: &c.ProductName},
+		{name: "sign-in-url", arg: "URL", env: "MPSAAS_SIGN_IN_URL", usage: "where registered buyers sign in to your application", ptr: &c.SignInURL},
+		{name: "support-email", arg: "EMAIL", env: "MPSAAS_SUPPORT_EMAIL", usage: "support address shown on buyer pages", ptr: &c.SupportEmail},
+		{name: "cors-origins", arg: "ORIGINS", env: "MPSAAS_CORS_ORIGINS", usage: "origins allowed to call POST /subscriber from a browser (comma-separated, * for any)", list: &c.CORSOrigins},
+		{name: "webhook-url", arg: "URL", env: "MPSAAS_WEBHOOK_URL", usage: "your endpoint for signed access-change webhooks", ptr: &c.WebhookURL},
+		{name: "webhook-secret", arg: "SECRET", env: "MPSAAS_WEBHOOK_SECRET", usage: "HMAC secret for webhook signatures (required with --webhook-url)", secret: true, ptr: &c.WebhookSecret},
+		{name: "smtp-addr", arg: "HOST:PORT", env: "MPSAAS_SMTP_ADDR", usage: "SMTP server host:port for emails (default: notifications go to the log)", ptr: &c.SMTPAddr},
+		{name: "smtp-username", arg: "USER", env: "MPSAAS_SMTP_USERNAME", usage: "SMTP username", ptr: &c.SMTPUsername},
+		{name: "smtp-password", arg: "PASSWORD", env: "MPSAAS_SMTP_PASSWORD", usage: "SMTP password", secret: true, ptr: &c.SMTPPassword},
+		{name: "smtp-from", arg: "EMAIL", env: "MPSAAS_SMTP_FROM", usage: "From address of emails", ptr: &c.SMTPFrom},
+		{name: "admin-email", arg: "EMAIL", env: "MPSAAS_ADMIN_EMAIL", usage: "seller admin address copied on every access change (MarketplaceTechAdminEmail)", ptr: &c.AdminEmail},
+		{name: "emulator", arg: "MODE", env: "MPSAAS_EMULATOR", def: "auto", usage: "run the embedded Marketplace emulator: auto, on or off (auto: on only when no endpoint is set and the AWS SDK's default credential chain finds no credentials)", ptr: &c.Emulator},
+		{name: "emulator-addr", arg: "HOST:PORT", env: "MPSAAS_EMULATOR_ADDR", def: "localhost:8081", usage: "address the embedded emulator and buyer simulator listen on", ptr: &c.EmulatorAddr},
+		{name: "emulator-url", arg: "URL", env: "MPSAAS_EMULATOR_URL", usage: "a running \"mpsaas emulator\" to use instead of the embedded one: its API endpoints and its notifications", ptr: &c.EmulatorURL},
+		{name: "metering-endpoint", arg: "URL", env: "MPSAAS_METERING_ENDPOINT", usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
+		{name: "entitlement-endpoint", arg: "URL", env: "MPSAAS_ENTITLEMENT_ENDPOINT", usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
+		{name: "region", arg: "REGION", env: "AWS_REGION", def: "us-east-1", usage: "AWS region for metering", ptr: &c.Region},
+		{name: "usage-api-keys", arg: "KEYS", env: "MPSAAS_USAGE_API_KEYS", usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", secret: true, list: &c.UsageAPIKeys},
+		{name: "meter-interval", arg: "DURATION", env: "MPSAAS_METER_INTERVAL", def: "1m", usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
+		{name: "meter-grace", arg: "DURATION", env: "MPSAAS_METER_GRACE", def: "5m", usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
+		{name: "revoke-on-cancel", arg: "BOOL", env: "MPSAAS_REVOKE_ON_CANCEL", def: "false", usage: "revoke access as soon as a buyer cancels (true), instead of keeping it (pending-cancellation) until the one-hour final metering window ends", ptr: &c.RevokeOnCancelText},
+		{name: "dimensions", arg: "NAMES", env: "MPSAAS_DIMENSIONS", usage: "comma-separated dimensions of your product; usage for any other is refused with 400 (default: any)", ptr: &c.DimensionsText},
+		{name: "heartbeat-dimension", arg: "NAME", env: "MPSAAS_HEARTBEAT_DIMENSION", usage: "dimension of the zero-quantity record sent every hour for every subscribed buyer without usage (required by AWS for subscriptions)", ptr: &c.HeartbeatDimension},
+		{name: "meter-concurrency", arg: "N", env: "MPSAAS_METER_CONCURRENCY", def: "4", usage: "BatchMeterUsage calls in flight at once", ptr: &c.MeterConcurrencyTxt},
+		{name: "sqs-queue-url", arg: "URL", env: "MPSAAS_SQS_QUEUE_URL", usage: "SQS queue of AWS Marketplace notifications (subscribed to the Marketplace SNS topics, or an EventBridge rule target) to consume", ptr: &c.SQSQueueURL},
+		{name: "sqs-endpoint", arg: "URL", env: "MPSAAS_SQS_ENDPOINT", usage: "override the SQS endpoint (e.g. goaws); overrides speak SQS's Query protocol", ptr: &c.SQSEndpoint},
+		{name: "access-topic-arn", arg: "ARN", env: "MPSAAS_ACCESS_TOPIC_ARN", usage: "SNS topic to publish every access change to", ptr: &c.AccessTopicArn},
+		{name: "sns-endpoint", arg: "URL", env: "MPSAAS_SNS_ENDPOINT", usage: "override the SNS endpoint (e.g. goaws)", ptr: &c.SNSEndpoint},
+		{name: "log-level", arg: "LEVEL", env: "MPSAAS_LOG_LEVEL", def: "info", usage: "debug, info, warn or error", ptr: &c.LogLevel},
+		{name: "log-format", arg: "FORMAT", env: "MPSAAS_LOG_FORMAT", def: "text", usage: "text or json", ptr: &c.LogFormat},
 	}
 }
 
@@ -140,10 +142,17 @@ func (c *Config) Load(fs *flag.FlagSet, args []string, getenv func(string) strin
 		}
 		if s.list != nil {
 			*s.list = splitList(v)
-			fs.Func(s.name, s.usage+" [$"+s.env+"]", func(x string) error { *s.list = splitList(x); return nil })
+			usage := s.usage + " [$" + s.env + "]"
+			if s.arg != "" {
+				usage = "`" + s.arg + "`: " + usage
+			}
+			fs.Func(s.name, usage, func(x string) error { *s.list = splitList(x); return nil })
 			continue
 		}
 		usage := s.usage + " [$" + s.env + "]"
+		if s.arg != "" {
+			usage = "`" + s.arg + "`: " + usage // flag shows the quoted word as the value's name
+		}
 		if s.secret {
 			fs.StringVar(s.ptr, s.name, "", usage) // never print a secret as a default
 		} else {
@@ -336,4 +345,19 @@ func randomSecret() string {
 	b := make([]byte, 32)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// placeholderPrefix is the "ARG: " a setting's usage starts with so that
+// flag names the value (see Load); printFlags drops it from the text.
+var placeholderPrefix = regexp.MustCompile(`(\n\s*\t)[A-Z][A-Z:_]*: `)
+
+// printFlags prints fs's flags like PrintDefaults, placeholders named
+// ("-addr HOST:PORT") and not repeated in the description.
+func printFlags(fs *flag.FlagSet) {
+	var b strings.Builder
+	out := fs.Output()
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+	fmt.Fprint(out, placeholderPrefix.ReplaceAllString(b.String(), "$1"))
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"net/http"
@@ -198,4 +199,33 @@ func TestAutoEmulatorAsksTheSDK(t *testing.T) {
 			t.Error("auto chose the emulator on an EC2 instance with a role")
 		}
 	})
+}
+
+// TestHelpNamesValues (issue 9): flags name their values (HOST:PORT, URL,
+// N), never a word lifted from the description, and "emulator -h" shows
+// its environment variables like serve does.
+func TestHelpNamesValues(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"serve", "-h"}, func(string) string { return "" }, &out, &errOut); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("serve -h: %v", err)
+	}
+	help := errOut.String() + out.String()
+	for _, want := range []string{"-meter-concurrency N\n", "-emulator-url URL\n", "-addr HOST:PORT\n", "[$MPSAAS_METER_GRACE]"} {
+		if !strings.Contains(help, want) {
+			t.Errorf("serve -h lacks %q", want)
+		}
+	}
+	for _, bad := range []string{"-emulator-url mpsaas emulator", "-meter-concurrency string", "\tN: "} {
+		if strings.Contains(help, bad) {
+			t.Errorf("serve -h shows %q", bad)
+		}
+	}
+	out.Reset()
+	errOut.Reset()
+	if err := run(context.Background(), []string{"emulator", "-h"}, func(string) string { return "" }, &out, &errOut); !errors.Is(err, flag.ErrHelp) {
+		t.Fatalf("emulator -h: %v", err)
+	}
+	if h := errOut.String() + out.String(); !strings.Contains(h, "[$MPSAAS_EMULATOR_ADDR]") || !strings.Contains(h, "-addr HOST:PORT") {
+		t.Errorf("emulator -h:\n%s", h)
+	}
 }

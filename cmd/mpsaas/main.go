@@ -108,7 +108,7 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	dump := fs.Bool("config-dump", false, "print the configuration (secrets redacted) and exit")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: mpsaas serve [flags]\n\nRuns the buyer-facing web server (fulfillment URL, registration, status pages),\nthe notification worker and the access-change dispatcher on a SQLite file.\nWith no AWS credentials or endpoints configured it also runs the AWS Marketplace\nemulator with a buyer simulator, so the whole buyer journey works offline.\n\nFlags:\n")
-		fs.PrintDefaults()
+		printFlags(fs)
 	}
 	if err := cfg.Load(fs, args, getenv); err != nil {
 		return err
@@ -132,9 +132,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 func runEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mpsaas emulator", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	addr := fs.String("addr", "localhost:8081", "address to listen on")
-	fulfillment := fs.String("fulfillment-url", "http://localhost:8080/fulfillment", "fulfillment URL of the demo products")
-	listing := fs.String("listing", "contracts_with_subscription", "type of the demo products: subscriptions, contracts or contracts_with_subscription")
+	addr := fs.String("addr", envOr(os.Getenv, "MPSAAS_EMULATOR_ADDR", "localhost:8081"), "`HOST:PORT` to listen on [$MPSAAS_EMULATOR_ADDR]")
+	fulfillment := fs.String("fulfillment-url", "http://localhost:8080/fulfillment", "fulfillment `URL` of the demo products")
+	listing := fs.String("listing", envOr(os.Getenv, "MPSAAS_LISTING", "contracts_with_subscription"), "`TYPE` of the demo products: subscriptions, contracts or contracts_with_subscription [$MPSAAS_LISTING]")
 	seed := fs.Bool("seed", true, "create the demo products and buyers")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: mpsaas emulator [flags]\n\nRuns the AWS Marketplace emulator: the Metering (awsJson1_1) and Entitlement\n(awsJson1_1 and RPC v2 CBOR) APIs for SDK clients with an endpoint override,\nits control API under /emulator/api/ and the buyer simulator at /emulator/.\n\nFlags:\n")

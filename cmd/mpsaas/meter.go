@@ -53,6 +53,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("mpsaas meter "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name()); printFlags(fs) }
 	var cfg Config
 	var once, asJSON bool
 	var state, customer string
