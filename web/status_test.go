@@ -60,3 +60,20 @@ func TestStatusPageWording(t *testing.T) {
 		}
 	}
 }
+
+// TestPageTitles: the home page is titled by the product alone, not
+// "Example SaaS · Example SaaS".
+func TestPageTitles(t *testing.T) {
+	s := New(Config{Secret: []byte(strings.Repeat("x", 32)), ProductName: "Widgets"}, oneSubscriber{&mpsaas.Subscriber{Key: "k"}})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if strings.Contains(string(b), "Widgets · Widgets") || !strings.Contains(string(b), "<title>Widgets") {
+		t.Errorf("home page title in:\n%.400s", b)
+	}
+}
