@@ -255,11 +255,14 @@ func DecideAccess(s *Subscriber, p AccessPolicy, now time.Time) (Access, string)
 // to every configured channel (webhook, notification).
 type AccessChange struct {
 	// IdempotencyKey is stable across redeliveries: subscriber key + version.
-	IdempotencyKey string        `json:"idempotencyKey"`
-	Access         Access        `json:"access"`
-	Version        int           `json:"version"`
-	Subscriber     SubscriberDTO `json:"subscriber"`
-	OccurredAt     time.Time     `json:"occurredAt"`
+	IdempotencyKey string `json:"idempotencyKey"`
+	// Event is what happened: "access.changed", or "contact.updated" when
+	// a registered buyer changed their contact details (access unchanged).
+	Event      string        `json:"event"`
+	Access     Access        `json:"access"`
+	Version    int           `json:"version"`
+	Subscriber SubscriberDTO `json:"subscriber"`
+	OccurredAt time.Time     `json:"occurredAt"`
 }
 
 // SubscriberDTO is the subscriber as sent to the seller's systems.
@@ -279,6 +282,7 @@ type SubscriberDTO struct {
 func NewAccessChange(s *Subscriber, now time.Time) AccessChange {
 	return AccessChange{
 		IdempotencyKey: fmt.Sprintf("%s:%d", s.Key, s.AccessVersion),
+		Event:          EventAccessChanged,
 		Access:         s.Access,
 		Version:        s.AccessVersion,
 		OccurredAt:     now,
@@ -289,6 +293,12 @@ func NewAccessChange(s *Subscriber, now time.Time) AccessChange {
 		},
 	}
 }
+
+// Kinds of change delivered (AccessChange.Event).
+const (
+	EventAccessChanged  = "access.changed"
+	EventContactUpdated = "contact.updated"
+)
 
 // Outbound delivery channels for access changes.
 const (

@@ -152,6 +152,9 @@ func message(c mpsaas.AccessChange, product string) (subject, body string) {
 	if name == "" {
 		name = "there"
 	}
+	if c.Event == mpsaas.EventContactUpdated {
+		return product + ": contact details updated", fmt.Sprintf("Hello %s,\n\nthe contact details of your %s account for %s were updated. If you did not change them, please contact us.\n", name, product, c.Subscriber.CompanyName)
+	}
 	switch c.Access {
 	case mpsaas.AccessGranted:
 		if c.Version == 1 {

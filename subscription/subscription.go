@@ -241,6 +241,7 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 		if err != nil {
 			return nil, err
 		}
+		before, wasRegistered := sub.Contact, sub.Registered()
 		if err := mutate(sub); err != nil {
 			return nil, err
 		}
@@ -261,6 +262,13 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 			sub.EntitlementHistory = mpsaas.RecordEntitlements(sub.EntitlementHistory, ents, s.now())
 		}
 		change := s.decide(sub)
+		if change == nil && wasRegistered && sub.Contact != before && sub.Access != mpsaas.AccessNone {
+			// The seller's systems hear of new contact details too.
+			sub.AccessVersion++
+			ch := mpsaas.NewAccessChange(sub, s.now())
+			ch.Event = mpsaas.EventContactUpdated
+			change = &ch
+		}
 		err = s.Store.SaveSubscriber(ctx, sub, change, s.Channels)
 		if err == nil {
 			if change != nil {

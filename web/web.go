@@ -7,7 +7,9 @@ package web
 
 import (
 	"context"
+	"crypto/sha256"
 	"embed"
+	"encoding/base64"
 	"encoding/json"
 	"html/template"
 	"log/slog"
@@ -251,11 +253,22 @@ func (s *Server) handleFulfillment(w http.ResponseWriter, r *http.Request) {
 			Message: "You have already registered. Sign in to continue."})
 		return
 	}
-	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key), FreeTrial: sub.FreeTrial})
+	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key, sub.Contact), FreeTrial: sub.FreeTrial})
 }
 
-func (s *Server) session(key string) string {
-	return s.sign.sign("register", key, s.clock.Now().Add(s.cfg.RegistrationTTL))
+// session signs the form for the subscriber's contact details as they are
+// now: once a form was used (the details changed), it cannot write again.
+func (s *Server) session(key string, c mpsaas.Contact) string {
+	return s.sign.sign("register", key+"|"+contactHash(c), s.clock.Now().Add(s.cfg.RegistrationTTL))
+}
+
+// contactHash fingerprints contact details ("" for none).
+func contactHash(c mpsaas.Contact) string {
+	if c == (mpsaas.Contact{}) {
+		return ""
+	}
+	h := sha256.Sum256([]byte(c.CompanyName + "\x00" + c.ContactPerson + "\x00" + c.ContactPhone + "\x00" + c.ContactEmail))
+	return base64.RawURLEncoding.EncodeToString(h[:12])
 }
 
 func (s *Server) statusURL(key string) string {
@@ -270,9 +283,22 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sess := r.PostForm.Get("session")
-	key, ok := s.sign.verify("register", sess, s.clock.Now())
+	value, ok := s.sign.verify("register", sess, s.clock.Now())
 	if !ok {
 		s.render(w, http.StatusBadRequest, "error.html", page{Title: "Registration expired", Message: "This registration form has expired or is not valid. Please return to AWS Marketplace and choose \"Set up your account\" again."})
+		return
+	}
+	key, formFor := value, ""
+	if i := strings.LastIndexByte(value, '|'); i >= 0 {
+		key, formFor = value[:i], value[i+1:]
+	}
+	// A form writes once: after it was used, the details it was issued for
+	// are gone, and a replay of it changes nothing.
+	if cur, err := s.subs.Get(r.Context(), key); err != nil {
+		s.renderError(w, r, err)
+		return
+	} else if contactHash(cur.Contact) != formFor {
+		s.render(w, http.StatusConflict, "error.html", page{Title: "Form already used", Message: "This registration form was already used. To change your details, return to AWS Marketplace and choose \"Set up your account\" again, or contact support."})
 		return
 	}
 	c := mpsaas.Contact{

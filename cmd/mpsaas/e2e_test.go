@@ -181,6 +181,13 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 				t.Error("the registered page promises an email although no email channel is configured")
 			}
 			granted := app.sink.waitFor(t, product, mpsaas.AccessGranted)
+			// The form writes once: a replay (another tab, an attacker with
+			// the page) cannot overwrite the details.
+			replay := url.Values{"session": reg["session"], "companyName": {"Evil Corp"}, "contactPerson": {"Mallory"},
+				"contactPhone": {journeyContact.ContactPhone}, "contactEmail": {"mallory@evil.example"}}
+			if page := postForm(t, client, app.URL()+"/register", replay, 409); !strings.Contains(page, "already used") {
+				t.Errorf("replayed form: %s", page)
+			}
 			if granted.Subscriber.ContactEmail != journeyContact.ContactEmail || !granted.Subscriber.FreeTrial {
 				t.Errorf("granted webhook subscriber = %+v", granted.Subscriber)
 			}
