@@ -77,3 +77,24 @@ func TestPageTitles(t *testing.T) {
 		t.Errorf("home page title in:\n%.400s", b)
 	}
 }
+
+// TestEmulatorModeIsVisible (issue 9): against an emulator, every page's
+// footer and /healthz say so.
+func TestEmulatorModeIsVisible(t *testing.T) {
+	for _, em := range []bool{false, true} {
+		s := New(Config{Secret: []byte(strings.Repeat("x", 32)), ProductName: "Widgets", Emulator: em}, oneSubscriber{&mpsaas.Subscriber{Key: "k"}})
+		srv := httptest.NewServer(s)
+		for _, path := range []string{"/", "/healthz", s.statusURL("k")} {
+			resp, err := http.Get(srv.URL + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if got := strings.Contains(strings.ToLower(string(b)), "emulator"); got != em {
+				t.Errorf("emulator %v: %s mentions the emulator: %v\n%.300s", em, path, got, b)
+			}
+		}
+		srv.Close()
+	}
+}

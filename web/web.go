@@ -57,6 +57,10 @@ type Config struct {
 	// EmailsBuyers tells the pages an email goes to the buyer (SMTP or SES
 	// configured); otherwise they do not tell buyers to check their email.
 	EmailsBuyers bool
+	// Emulator says the integration talks to an AWS Marketplace emulator:
+	// every page footer and /healthz say so, so nobody mistakes it for
+	// production.
+	Emulator bool
 	Logger       *slog.Logger
 	Clock        mpsaas.Clock
 }
@@ -151,7 +155,13 @@ func (r *statusRecorder) WriteHeader(code int) {
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
 func (s *Server) routes() {
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.Emulator {
+			_, _ = w.Write([]byte("ok (EMULATOR MODE: usage goes to an AWS Marketplace emulator; nothing is billed)\n"))
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
 	s.mux.HandleFunc("POST /subscriber", s.handleSubscriberAPI)
 	s.mux.HandleFunc("OPTIONS /subscriber", s.handleSubscriberAPI)
 	if s.cfg.APIOnly {
@@ -178,10 +188,11 @@ type page struct {
 	Subscriber   *mpsaas.Subscriber
 	StatusURL    string
 	FreeTrial    bool
+	Emulator     bool
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
-	p.ProductName, p.SupportEmail, p.SignInURL = s.cfg.ProductName, s.cfg.SupportEmail, s.cfg.SignInURL
+	p.ProductName, p.SupportEmail, p.SignInURL, p.Emulator = s.cfg.ProductName, s.cfg.SupportEmail, s.cfg.SignInURL, s.cfg.Emulator
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)

@@ -185,6 +185,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	a.web = web.New(web.Config{
 		Secret: []byte(a.cfg.Secret), ProductName: cfg.ProductName, SignInURL: cfg.SignInURL,
 		SupportEmail: cfg.SupportEmail, CORSOrigins: cfg.CORSOrigins, Logger: logger, EmailsBuyers: cfg.SMTPAddr != "",
+		Emulator: target == targetEmulator,
 	}, a.svc)
 	a.meter = newMeteringService(a.cfg, a.db, a.svc.Marketplace.(mpsaas.Meterer), logger)
 	if a.em != nil {
