@@ -61,8 +61,8 @@ type Config struct {
 	// every page footer and /healthz say so, so nobody mistakes it for
 	// production.
 	Emulator bool
-	Logger       *slog.Logger
-	Clock        mpsaas.Clock
+	Logger   *slog.Logger
+	Clock    mpsaas.Clock
 }
 
 // Server is the buyer-facing HTTP handler.
