@@ -396,6 +396,9 @@ func (v MeterViolation) String() string {
 	case ViolationSealedWithoutRecord:
 		return fmt.Sprintf("%s: usage %v (quantity %d) is sealed but %s has no meter record", v.Kind, v.UsageIDs, v.Got, k)
 	case ViolationSumMismatch:
+		if v.Total != "" {
+			return fmt.Sprintf("%s: meter record %d of %s says %d, its %s sum to %d", v.Kind, v.MeterRecordID, k, v.Want, v.Total, v.Got)
+		}
 		return fmt.Sprintf("%s: meter record %d of %s holds usage quantity %d, its usage sums to %d", v.Kind, v.MeterRecordID, k, v.Want, v.Got)
 	case ViolationTotalsDrift:
 		return fmt.Sprintf("%s: the running total %s is %d, the records sum to %d", v.Kind, v.Total, v.Want, v.Got)

@@ -945,6 +945,36 @@ func (d *DB) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, limit
 	if err := rows.Err(); err != nil {
 		return nil, err
 	}
+	// A record's shares by usage hour add up to its usage and its quantity
+	// (replayed usage leaves a flagged record, and its shares, behind).
+	srows, err := d.db.QueryContext(ctx, `SELECT m.id, m.subscriber_key, m.dimension, m.hour, COALESCE(m.usage_quantity, 0), m.quantity,
+			SUM(json_extract(j.value, '$.usage')), SUM(json_extract(j.value, '$.billed'))
+		FROM meter_records m, json_each(m.shares) j
+		WHERE m.id > ? AND m.shares != '' AND m.state NOT IN ('flagged', 'replayed')
+		GROUP BY m.id
+		HAVING SUM(json_extract(j.value, '$.usage')) != COALESCE(m.usage_quantity, 0) OR SUM(json_extract(j.value, '$.billed')) != m.quantity
+		LIMIT ?`, scope.RecordsAfter, limit)
+	if err != nil {
+		return nil, fmt.Errorf("verify metering shares: %w", err)
+	}
+	for srows.Next() {
+		var v mpsaas.MeterViolation
+		var h, uq, q, su, sb int64
+		if err := srows.Scan(&v.MeterRecordID, &v.SubscriberKey, &v.Dimension, &h, &uq, &q, &su, &sb); err != nil {
+			srows.Close()
+			return nil, err
+		}
+		v.Hour, v.Kind, v.Total = time.Unix(h, 0).UTC(), mpsaas.ViolationSumMismatch, "shares by usage hour"
+		v.Want, v.Got = uq, su
+		if uq == su {
+			v.Total, v.Want, v.Got = "billed shares by usage hour", q, sb
+		}
+		out = append(out, v)
+	}
+	srows.Close()
+	if err := srows.Err(); err != nil {
+		return nil, err
+	}
 	if scope == (mpsaas.VerifyScope{}) {
 		drift, err := d.verifyTotals(ctx)
 		if err != nil {
