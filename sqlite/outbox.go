@@ -22,6 +22,11 @@ func (d *DB) DueMessages(ctx context.Context, now time.Time, limit int) ([]mpsaa
 	if err != nil {
 		return nil, fmt.Errorf("due outbox messages: %w", err)
 	}
+	return scanOutbox(rows)
+}
+
+// scanOutbox reads the rows of an outbox query.
+func scanOutbox(rows *sql.Rows) ([]mpsaas.OutboxMessage, error) {
 	defer rows.Close()
 	var out []mpsaas.OutboxMessage
 	for rows.Next() {
@@ -150,17 +155,5 @@ func (d *DB) DueMessagesOn(ctx context.Context, channel string, now time.Time, l
 	if err != nil {
 		return nil, fmt.Errorf("due outbox messages on %s: %w", channel, err)
 	}
-	defer rows.Close()
-	var out []mpsaas.OutboxMessage
-	for rows.Next() {
-		var m mpsaas.OutboxMessage
-		var payload string
-		var next, id int64
-		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
-			return nil, fmt.Errorf("scan outbox message: %w", err)
-		}
-		m.ID, m.Payload, m.NextAttemptAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next)
-		out = append(out, m)
-	}
-	return out, rows.Err()
+	return scanOutbox(rows)
 }

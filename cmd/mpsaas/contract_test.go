@@ -20,18 +20,7 @@ import (
 // given entitlements and registers them through serve's HTTP API.
 func contractBuyer(t *testing.T, app *testApp, account string, ents map[string]int32) (string, emulator.Subscription) {
 	t.Helper()
-	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: account, Entitlements: ents})
-	if err != nil {
-		t.Fatal(err)
-	}
-	body := fmt.Sprintf(`{"regToken":%q,"companyName":"Acme","contactPerson":"Ann","contactPhone":"+1 555 0100","contactEmail":"ann@acme.example"}`, res.Token)
-	resp, err := http.Post(app.URL()+"/subscriber", "application/json", strings.NewReader(body))
-	if err != nil || resp.StatusCode != 200 {
-		t.Fatalf("register: %v %v", resp, err)
-	}
-	resp.Body.Close()
-	c := app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessGranted)
-	return c.Subscriber.Key, res.Subscription
+	return subscribeAndRegister(t, app, emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: account, Entitlements: ents})
 }
 
 // emulatorControl calls the emulator's control API over HTTP.

@@ -26,7 +26,15 @@ const testUsageKey = "usage-key-0123456789abcdef"
 // HTTP API and returns the subscriber key and the agreement.
 func registeredBuyer(t *testing.T, app *testApp, product, account string) (string, emulator.Subscription) {
 	t.Helper()
-	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: account})
+	return subscribeAndRegister(t, app, emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: account})
+}
+
+// subscribeAndRegister subscribes in the emulator and registers through
+// serve's sample registration API; it returns the subscriber key.
+func subscribeAndRegister(t *testing.T, app *testApp, opts emulator.SubscribeOptions) (string, emulator.Subscription) {
+	t.Helper()
+	product := opts.ProductCode
+	res, err := app.em.Subscribe(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
