@@ -65,18 +65,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *buyers < 1 || *records < *buyers {
 		return errors.New("--buyers must be at least 1 and --records at least --buyers")
 	}
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "mpsaas-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		*dir = d
-	}
-	self, err := os.Executable()
+	self, cleanup, err := benchSetup(dir)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	res, err := bench(ctx, self, *dir, *buyers, *records, stdout)
 	if err != nil {
 		return err
@@ -188,4 +181,21 @@ func bench(ctx context.Context, bin, dir string, buyers, records int, progress i
 		return res, fmt.Errorf("billed quantity %d != ingested %d", res.BilledQuantity, res.IngestedQuantity)
 	}
 	return res, nil
+}
+
+// benchSetup finds this binary and, when *dir is empty, makes a temporary
+// work directory that cleanup removes.
+func benchSetup(dir *string) (self string, cleanup func(), err error) {
+	cleanup = func() {}
+	if self, err = os.Executable(); err != nil {
+		return "", cleanup, err
+	}
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "mpsaas-bench-")
+		if err != nil {
+			return "", cleanup, err
+		}
+		*dir, cleanup = d, func() { os.RemoveAll(d) }
+	}
+	return self, cleanup, nil
 }

@@ -109,18 +109,11 @@ Flags:
 	case o.MeterInterval < time.Second:
 		return errors.New("--meter-interval must be at least 1s")
 	}
-	if *dir == "" {
-		d, err := os.MkdirTemp("", "mpsaas-bench-")
-		if err != nil {
-			return err
-		}
-		defer os.RemoveAll(d)
-		*dir = d
-	}
-	self, err := os.Executable()
+	self, cleanup, err := benchSetup(dir)
 	if err != nil {
 		return err
 	}
+	defer cleanup()
 	res, err := benchHTTP(ctx, self, *dir, o, stderr)
 	if err != nil {
 		return err
