@@ -189,6 +189,7 @@ type page struct {
 	StatusURL    string
 	FreeTrial    bool
 	Emulator     bool
+	Update       bool // the registration form updates a registered buyer's details
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
@@ -260,8 +261,10 @@ func (s *Server) handleFulfillment(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if sub.Registered() {
-		s.render(w, http.StatusOK, "registered.html", page{Title: "Welcome back", Subscriber: sub, StatusURL: s.statusURL(sub.Key),
-			Message: "You have already registered. Sign in to continue."})
+		// A fresh visit from AWS Marketplace may update the details, once.
+		s.render(w, http.StatusOK, "register.html", page{Title: "Welcome back", Subscriber: sub, StatusURL: s.statusURL(sub.Key), Update: true,
+			Session: s.session(sub.Key, sub.Contact), Contact: sub.Contact, FreeTrial: sub.FreeTrial,
+			Message: "You have already registered. Sign in to continue, or update your contact details below."})
 		return
 	}
 	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key, sub.Contact), FreeTrial: sub.FreeTrial})

@@ -74,6 +74,27 @@ func (s *webhookSink) waitFor(t *testing.T, product string, a mpsaas.Access) mps
 	return mpsaas.AccessChange{}
 }
 
+// waitForEvent polls until the sink holds a change for product of kind event.
+func (s *webhookSink) waitForEvent(t *testing.T, product, event string) mpsaas.AccessChange {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		for _, c := range s.changes {
+			if c.Subscriber.ProductCode == product && c.Event == event {
+				s.mu.Unlock()
+				return c
+			}
+		}
+		s.mu.Unlock()
+		time.Sleep(50 * time.Millisecond)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t.Fatalf("no %s webhook for %s; got %+v", event, product, s.changes)
+	return mpsaas.AccessChange{}
+}
+
 type testApp struct {
 	*App
 	sink *webhookSink
@@ -225,6 +246,20 @@ func TestBuyerJourneyHTTP(t *testing.T) {
 			if !strings.Contains(page, "already registered") {
 				t.Errorf("second visit: want 'already registered', got %s", page)
 			}
+			// The fresh visit may update the details, once; the seller hears
+			// of it as contact.updated.
+			_, hidden := parseForm(t, page, "register-form")
+			if !strings.Contains(page, `value="`+journeyContact.ContactEmail+`"`) {
+				t.Errorf("update form not prefilled:\n%s", page)
+			}
+			upd := url.Values{"session": hidden["session"], "companyName": {journeyContact.CompanyName}, "contactPerson": {journeyContact.ContactPerson},
+				"contactPhone": {"+1 206 555 0177"}, "contactEmail": {journeyContact.ContactEmail}}
+			postForm(t, client, app.URL()+"/register", upd, 200)
+			updated := app.sink.waitForEvent(t, product, mpsaas.EventContactUpdated)
+			if updated.Subscriber.ContactPhone != "+1 206 555 0177" {
+				t.Errorf("contact.updated carries %+v", updated.Subscriber.Contact)
+			}
+			postForm(t, client, app.URL()+"/register", upd, 409)
 			if strings.Contains(app.logs.String(), fields.Get("x-amzn-marketplace-token")) {
 				t.Error("the registration token appears in the logs")
 			}
