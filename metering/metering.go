@@ -480,14 +480,18 @@ func (s *Service) loadLate(ctx context.Context, late lateHours, keys [][]mpsaas.
 		if err != nil {
 			return err
 		}
+		// Only the hours read now take the stored shares: an hour already
+		// known holds them, and what this pass's records added since.
+		fresh := map[int64]*mpsaas.HourShare{}
 		for _, x := range gs {
 			if k := lateKey(x.SubscriberKey, x.Dimension, x.UsageHour.Unix()); x.UsageHour.Before(x.Hour) && late[k] == nil {
 				late[k] = &mpsaas.HourShare{}
+				fresh[x.UsageHour.Unix()] = late[k]
 			}
 		}
 		for _, r := range recs {
 			for h, sh := range r.SharesOf() {
-				if t := late[lateKey(g.SubscriberKey, g.Dimension, h)]; t != nil {
+				if t := fresh[h]; t != nil {
 					t.Usage += sh.Usage
 					t.Billed += sh.Billed
 				}

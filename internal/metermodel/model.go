@@ -626,6 +626,19 @@ func hourly(ctx context.Context, em *emulator.Server, st Store, key, account, di
 		h, rest, _ := strings.Cut(k, " ")
 		lines[h] += fmt.Sprintf(" ledger %s=%d", rest, q)
 	}
+	if sub, err := st.GetSubscriber(ctx, key); err == nil {
+		lines["00"] = fmt.Sprintf(" entitlements %v history %+v", sub.Entitlements, sub.EntitlementHistory)
+	}
+	// The meter records and how they split by usage hour.
+	recs, _ := st.MeterRecordsFor(ctx, key, dim, Start.Add(-2*time.Hour), Start.Add(30*time.Hour))
+	for _, r := range recs {
+		var sh []string
+		for h, s := range r.SharesOf() {
+			sh = append(sh, fmt.Sprintf("%s:%d/%d", time.Unix(h, 0).UTC().Format("15h"), s.Usage, s.Billed))
+		}
+		sort.Strings(sh)
+		lines[r.Hour.Format("02T15")] += fmt.Sprintf(" record#%d %s q=%d usage=%d shares[%s]", r.ID, r.State, r.Quantity, r.UsageQuantity, strings.Join(sh, " "))
+	}
 	var out []string
 	for h, l := range lines {
 		out = append(out, "  "+h+":"+l)
