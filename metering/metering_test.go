@@ -675,7 +675,7 @@ func TestLateOverageAfterAnInterruptedPass(t *testing.T) {
 	at := func(hh, mm int) time.Time { return time.Date(2026, 11, 23, hh, mm, 0, 0, time.UTC) }
 	h.ingest(t, "a", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 1, Time: at(12, 20)})
 	h.em.Clock.Set(at(13, 6))
-	h.runUntilDone(t) // hour 12: 1, covered
+	h.runUntilDone(t)                                                                                // hour 12: 1, covered
 	h.ingest(t, "b", mpsaas.Usage{Customer: key, Dimension: "users", Quantity: 2, Time: at(12, 30)}) // late, into hour 13: 3 of 5, covered
 	h.em.Clock.Set(at(14, 6))
 	store.armed = true
