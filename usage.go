@@ -47,10 +47,11 @@ func (u Usage) Validate(now time.Time) error {
 		return Errorf(EINVALID, "customer is required")
 	case len(u.Customer) > 2048 || !cleanText(u.Customer):
 		return Errorf(EINVALID, "customer must be at most 2048 characters of valid UTF-8 text without control characters")
-	case u.Dimension == "" || len(u.Dimension) > MaxDimensionLength:
-		return Errorf(EINVALID, "dimension must be 1 to %d characters", MaxDimensionLength)
-	case !cleanText(u.Dimension):
-		return Errorf(EINVALID, "dimension must be valid UTF-8 text without control characters")
+	}
+	if err := ValidateDimension(u.Dimension); err != nil {
+		return err
+	}
+	switch {
 	case u.Quantity < 0 || u.Quantity > MaxQuantity:
 		return Errorf(EINVALID, "quantity must be between 0 and %d", MaxQuantity)
 	case u.Time.IsZero():
@@ -482,4 +483,16 @@ func cleanText(s string) bool {
 		}
 	}
 	return true
+}
+
+// ValidateDimension checks a dimension name: 1 to MaxDimensionLength
+// characters of valid UTF-8 text without control characters.
+func ValidateDimension(d string) error {
+	switch {
+	case d == "" || len(d) > MaxDimensionLength:
+		return Errorf(EINVALID, "dimension must be 1 to %d characters", MaxDimensionLength)
+	case !cleanText(d):
+		return Errorf(EINVALID, "dimension must be valid UTF-8 text without control characters")
+	}
+	return nil
 }

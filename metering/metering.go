@@ -466,28 +466,26 @@ func lateKey(sub, dim string, h int64) string {
 // stored records hold of them.
 func (s *Service) loadLate(ctx context.Context, late lateHours, keys [][]mpsaas.UsageGroup) error {
 	for _, gs := range keys {
+		// Only the hours read now take the stored shares: an hour already
+		// known holds them, and what this pass's records added since.
+		fresh := map[int64]*mpsaas.HourShare{}
 		var from time.Time
-		for _, g := range gs {
-			if g.UsageHour.Before(g.Hour) && late[lateKey(g.SubscriberKey, g.Dimension, g.UsageHour.Unix())] == nil && (from.IsZero() || g.UsageHour.Before(from)) {
-				from = g.UsageHour
+		for _, x := range gs {
+			if k := lateKey(x.SubscriberKey, x.Dimension, x.UsageHour.Unix()); x.UsageHour.Before(x.Hour) && late[k] == nil {
+				late[k] = &mpsaas.HourShare{}
+				fresh[x.UsageHour.Unix()] = late[k]
+				if from.IsZero() || x.UsageHour.Before(from) {
+					from = x.UsageHour
+				}
 			}
 		}
-		if from.IsZero() {
+		if len(fresh) == 0 {
 			continue
 		}
 		g := gs[0]
 		recs, err := s.Store.MeterRecordsFor(ctx, g.SubscriberKey, g.Dimension, from, g.Hour.Add(-time.Hour))
 		if err != nil {
 			return err
-		}
-		// Only the hours read now take the stored shares: an hour already
-		// known holds them, and what this pass's records added since.
-		fresh := map[int64]*mpsaas.HourShare{}
-		for _, x := range gs {
-			if k := lateKey(x.SubscriberKey, x.Dimension, x.UsageHour.Unix()); x.UsageHour.Before(x.Hour) && late[k] == nil {
-				late[k] = &mpsaas.HourShare{}
-				fresh[x.UsageHour.Unix()] = late[k]
-			}
 		}
 		for _, r := range recs {
 			for h, sh := range r.SharesOf() {
@@ -881,7 +879,7 @@ func ParseDimensions(v string) ([]string, error) {
 		if d == "" {
 			continue
 		}
-		if err := (mpsaas.Usage{Customer: "x", Dimension: d, Time: time.Unix(1, 0)}).Validate(time.Now()); err != nil {
+		if err := mpsaas.ValidateDimension(d); err != nil {
 			return nil, fmt.Errorf("MPSAAS_DIMENSIONS: %q: %s", d, mpsaas.ErrorMessage(err))
 		}
 		if !slices.Contains(out, d) {

@@ -163,7 +163,9 @@ func addUsage(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, hours *hourPlacer,
 		return mpsaas.UsageReceipt{}, err
 	}
 	reqID, _ := res.LastInsertId()
+	var total int64
 	for i, r := range req.rows {
+		total += r.Quantity
 		h, err := hours.place(r.SubscriberKey, r.Dimension, mpsaas.Hour(r.Time))
 		if err != nil {
 			return mpsaas.UsageReceipt{}, err
@@ -182,10 +184,6 @@ func addUsage(ctx context.Context, tx *sql.Tx, ins *sql.Stmt, hours *hourPlacer,
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE usage_requests SET first_id = ? WHERE id = ?`, firstID, reqID); err != nil {
 		return mpsaas.UsageReceipt{}, err
-	}
-	var total int64
-	for _, r := range req.rows {
-		total += r.Quantity
 	}
 	if _, err := tx.ExecContext(ctx, `UPDATE usage_totals SET records = records + ?, quantity = quantity + ? WHERE id = 1`, len(req.rows), total); err != nil {
 		return mpsaas.UsageReceipt{}, err
@@ -257,16 +255,24 @@ func (d *DB) PendingRange(ctx context.Context) (mpsaas.PendingScan, error) {
 // ids up to scan.Hi are committed and only a metering pass seals them, so
 // the condition selects the same rows in ScanPending and SealUsage.
 func pendingWhere(scan mpsaas.PendingScan) (string, []any) {
-	q := `id BETWEEN ? AND ? AND state = 'pending' AND (meter_hour < ?`
-	args := []any{scan.Lo, scan.Hi, scan.Before.Unix()}
+	cond, cargs := closedHours(scan, "meter_hour")
+	return `id BETWEEN ? AND ? AND state = 'pending' AND (` + cond + `)`, append([]any{scan.Lo, scan.Hi}, cargs...)
+}
+
+// closedHours is the scan's decision of which hours are sealed, on the
+// hour column col: those before scan.Before, and up to FlushUntil for the
+// buyers being flushed.
+func closedHours(scan mpsaas.PendingScan, col string) (string, []any) {
+	q := col + ` < ?`
+	args := []any{scan.Before.Unix()}
 	if len(scan.Flush) > 0 {
-		q += ` OR (meter_hour <= ? AND subscriber_key IN (` + placeholders(len(scan.Flush)) + `))`
+		q += ` OR (` + col + ` <= ? AND subscriber_key IN (` + placeholders(len(scan.Flush)) + `))`
 		args = append(args, scan.FlushUntil.Unix())
 		for _, k := range scan.Flush {
 			args = append(args, k)
 		}
 	}
-	return q + `)`, args
+	return q, args
 }
 
 // ScanPending streams the sums of pending usage in [lo, hi] per key and tag
@@ -371,15 +377,7 @@ func (d *DB) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflicts [
 		// pass) now hold sealed usage: they count in the totals from here on.
 		// A record of an interrupted pass for an hour this pass leaves open
 		// (the clock read earlier) waits, uncounted, with its usage.
-		cond := `hour < ?`
-		cargs := []any{scan.Before.Unix()}
-		if len(scan.Flush) > 0 {
-			cond += ` OR (hour <= ? AND subscriber_key IN (` + placeholders(len(scan.Flush)) + `))`
-			cargs = append(cargs, scan.FlushUntil.Unix())
-			for _, k := range scan.Flush {
-				cargs = append(cargs, k)
-			}
-		}
+		cond, cargs := closedHours(scan, "hour")
 		if _, err := tx.ExecContext(ctx, `INSERT INTO meter_totals (state, records, usage_records, usage_quantity, quantity)
 			SELECT state, COUNT(*), SUM(usage_records), SUM(COALESCE(usage_quantity, 0)), SUM(quantity) FROM meter_records
 			WHERE counted = 0 AND (`+cond+`) GROUP BY state
