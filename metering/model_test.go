@@ -21,28 +21,23 @@ func TestModelSQLite(t *testing.T) {
 	if testing.Short() {
 		seeds = 2
 	}
-	// MPSAAS_MODEL_SEEDS=n runs n seeds (e.g. 200 to hunt for a rare case).
-	if n, err := strconv.Atoi(os.Getenv("MPSAAS_MODEL_SEEDS")); err == nil && n > 0 {
-		seeds = n
-	}
-	for seed := range seeds {
-		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) {
-			db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "model.db"))
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { db.Close() })
-			metermodel.Run(t, metermodel.Config{Seed: uint64(seed), Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f },
-				StoreFaultRate: 0.1, AWSFaultRate: 0.1})
-		})
-	}
+	runModelSQLite(t, seeds, func(seed int, cfg *metermodel.Config) { cfg.Seed = uint64(seed) })
 }
 
 // TestModelSQLiteContracts runs the model on contract-with-consumption
 // listings: what AWS bills must be each usage hour's overage over its
 // entitlement, however late the usage arrived and across cancellations.
 func TestModelSQLiteContracts(t *testing.T) {
-	seeds := 4
+	runModelSQLite(t, 4, func(seed int, cfg *metermodel.Config) {
+		// Each notification path in turn: both, SNS alone, EventBridge alone.
+		cfg.Seed, cfg.Contracts, cfg.Feed = uint64(1000+seed), true, []string{"", "sns", "eventbridge"}[seed%3]
+	})
+}
+
+// runModelSQLite runs seeds model runs (MPSAAS_MODEL_SEEDS=n runs n, e.g.
+// 200 to hunt for a rare case), each on a fresh database, with configure
+// setting what differs.
+func runModelSQLite(t *testing.T, seeds int, configure func(seed int, cfg *metermodel.Config)) {
 	if n, err := strconv.Atoi(os.Getenv("MPSAAS_MODEL_SEEDS")); err == nil && n > 0 {
 		seeds = n
 	}
@@ -53,9 +48,9 @@ func TestModelSQLiteContracts(t *testing.T) {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() { db.Close() })
-			// Each notification path in turn: both, SNS alone, EventBridge alone.
-			metermodel.Run(t, metermodel.Config{Seed: uint64(1000 + seed), Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f },
-				StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: true, Feed: []string{"", "sns", "eventbridge"}[seed%3]})
+			cfg := metermodel.Config{Steps: 300, Store: db, SetClock: func(f func() time.Time) { db.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1}
+			configure(seed, &cfg)
+			metermodel.Run(t, cfg)
 		})
 	}
 }

@@ -56,32 +56,27 @@ func (s *webhookSink) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 // waitFor polls until the sink holds a change for product with access a.
 func (s *webhookSink) waitFor(t *testing.T, product string, a mpsaas.Access) mpsaas.AccessChange {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		s.mu.Lock()
-		for _, c := range s.changes {
-			if c.Subscriber.ProductCode == product && c.Access == a {
-				s.mu.Unlock()
-				return c
-			}
-		}
-		s.mu.Unlock()
-		time.Sleep(50 * time.Millisecond)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	t.Fatalf("no %s webhook for %s; got %+v (rejected: %v)", a, product, s.changes, s.bad)
-	return mpsaas.AccessChange{}
+	return s.wait(t, fmt.Sprintf("%s webhook for %s", a, product), func(c mpsaas.AccessChange) bool {
+		return c.Subscriber.ProductCode == product && c.Access == a
+	})
 }
 
 // waitForEvent polls until the sink holds a change for product of kind event.
 func (s *webhookSink) waitForEvent(t *testing.T, product, event string) mpsaas.AccessChange {
 	t.Helper()
+	return s.wait(t, fmt.Sprintf("%s webhook for %s", event, product), func(c mpsaas.AccessChange) bool {
+		return c.Subscriber.ProductCode == product && c.Event == event
+	})
+}
+
+// wait polls until the sink holds a change that matches, for 15 seconds.
+func (s *webhookSink) wait(t *testing.T, what string, match func(mpsaas.AccessChange) bool) mpsaas.AccessChange {
+	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		s.mu.Lock()
 		for _, c := range s.changes {
-			if c.Subscriber.ProductCode == product && c.Event == event {
+			if match(c) {
 				s.mu.Unlock()
 				return c
 			}
@@ -91,7 +86,7 @@ func (s *webhookSink) waitForEvent(t *testing.T, product, event string) mpsaas.A
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	t.Fatalf("no %s webhook for %s; got %+v", event, product, s.changes)
+	t.Fatalf("no %s; got %+v (rejected: %v)", what, s.changes, s.bad)
 	return mpsaas.AccessChange{}
 }
 
