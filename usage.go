@@ -180,6 +180,9 @@ type MeterRecord struct {
 	UsageQuantity int64
 	// UsageRecords is how many usage records the record includes.
 	UsageRecords int64
+	// UsageIDs are the ids of that usage, in order, when the store's scan
+	// gave them (UsageGroup.IDs).
+	UsageIDs []int64
 	// Shares splits the record by the hour its usage happened in, when it
 	// includes late usage of earlier hours (by UNIX hour); nil means all of
 	// it is usage of its own hour. Contracts bill, for each usage hour,
@@ -430,6 +433,10 @@ type UsageGroup struct {
 	TagSig    string
 	Quantity  int64
 	Records   int64
+	// IDs are the usage ids summed, for stores that record exactly which
+	// usage a meter record includes (DynamoDB, whose pending index may miss
+	// a row a moment old); nil from stores that do not need them.
+	IDs []int64
 }
 
 // MeterHour decides the hour usage of hour h is metered in: h itself,

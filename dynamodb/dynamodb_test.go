@@ -16,15 +16,15 @@ import (
 )
 
 // MustOpen returns a store on fresh tables in the DynamoDB-compatible server
-// at MPSAAS_DYNAMODB_ENDPOINT (dynalite in CI). Without it the test is
+// at MPSAAS_DYNAMODB_ENDPOINT (DynamoDB Local in CI). Without it the test is
 // skipped, unless MPSAAS_REQUIRE_DYNAMODB=1.
-func MustOpen(t *testing.T) *dynamodb.Store {
+func MustOpen(t *testing.T, opts ...func(*ddb.Options)) *dynamodb.Store {
 	t.Helper()
 	endpoint := testenv.DynamoDB(t)
 	client := ddb.New(ddb.Options{
 		Region: "us-east-1", BaseEndpoint: aws.String(endpoint),
 		Credentials: credentials.NewStaticCredentialsProvider("local", "local", ""),
-	})
+	}, opts...)
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -401,10 +402,20 @@ func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn fu
 	}
 	fl := setOf(scan.Flush)
 	groups := map[[5]string]*mpsaas.UsageGroup{}
+	ranges := map[string]*rangeCount{}
 	scan.Summed = scan.Summed[:0]
 	for _, u := range items {
 		if !qualifies(u, scan, fl) {
 			continue
+		}
+		mk := meterKey(u.sub, u.dim, u.hour)
+		rc := ranges[mk]
+		if rc == nil {
+			rc = &rangeCount{last: -1}
+			ranges[mk] = rc
+		}
+		if !rc.add(u.id) {
+			continue // the record is full: this usage stays pending and goes to a later hour
 		}
 		scan.Summed = append(scan.Summed, u.id)
 		k := [5]string{strconv.FormatInt(u.hour.Unix(), 10), u.sub, u.dim, strconv.FormatInt(u.usageHour.Unix(), 10), u.tag}
@@ -415,6 +426,7 @@ func (s *Store) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, fn fu
 		}
 		g.Quantity += u.quantity
 		g.Records++
+		g.IDs = append(g.IDs, u.id)
 	}
 	list := make([]*mpsaas.UsageGroup, 0, len(groups))
 	for _, g := range groups {
@@ -457,6 +469,12 @@ func meterItem(r mpsaas.MeterRecord, id, upTo int64, now time.Time) (map[string]
 	if state == mpsaas.UsageSealed {
 		item["sealed"] = sv("1")
 	}
+	// Exactly the usage the record includes: the pending index may miss a
+	// row a moment old, so "every id up to the scan's end" would take in
+	// usage that was never summed (issue 8, item 3).
+	ids := slices.Clone(r.UsageIDs)
+	slices.Sort(ids)
+	item["usageIds"] = sv(encodeRanges(slices.Compact(ids)))
 	if r.Allocations != nil {
 		b, err := json.Marshal(r.Allocations)
 		if err != nil {
@@ -582,14 +600,21 @@ func (s *Store) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflict
 	for _, id := range scan.Summed {
 		summed[id] = true
 	}
-	maxID := map[string]int64{}
+	included := map[string]func(int64) bool{}
 	for _, k := range conflicts {
 		out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(s.tables.MeterRecords), ConsistentRead: aws.Bool(true),
 			Key: map[string]types.AttributeValue{"key": sv(meterKey(k.SubscriberKey, k.Dimension, k.Hour))}})
 		if err != nil {
 			return 0, fmt.Errorf("seal usage: %w", err)
 		}
-		maxID[meterKey(k.SubscriberKey, k.Dimension, k.Hour)] = getN(out.Item, "maxUsageId")
+		if out.Item == nil {
+			return 0, fmt.Errorf("seal usage: the meter record of %s/%s/%s is gone", k.SubscriberKey, k.Dimension, k.Hour.Format(time.RFC3339))
+		}
+		in, err := includes(out.Item)
+		if err != nil {
+			return 0, fmt.Errorf("seal usage: %w", err)
+		}
+		included[meterKey(k.SubscriberKey, k.Dimension, k.Hour)] = in
 	}
 	hours := s.placer(ctx, openHour)
 	moved := 0
@@ -598,7 +623,7 @@ func (s *Store) SealUsage(ctx context.Context, scan mpsaas.PendingScan, conflict
 			continue
 		}
 		key := map[string]types.AttributeValue{"id": nv(u.id)}
-		if m, conflict := maxID[meterKey(u.sub, u.dim, u.hour)]; conflict && u.id > m {
+		if in, conflict := included[meterKey(u.sub, u.dim, u.hour)]; conflict && !in(u.id) {
 			to, err := hours.place(u.sub, u.dim, u.hour)
 			if err != nil {
 				return moved, err
@@ -704,8 +729,15 @@ func (s *Store) insertBatch(ctx context.Context, recs []mpsaas.MeterRecord, now 
 	if !recs[0].LicenseMode() {
 		product = recs[0].ProductCode
 	}
+	// The batch lists its records' keys: they are read back by key, with
+	// consistent reads, never through the eventually consistent batch
+	// index (which could leave out a record, sent never).
+	keys := make([]types.AttributeValue, len(recs))
+	for i, r := range recs {
+		keys[i] = sv(meterKey(r.SubscriberKey, r.Dimension, r.Hour))
+	}
 	item := map[string]types.AttributeValue{"id": nv(id), "pending": sv("1"), "nextAttemptAt": nv(timeN(now)), "attempts": nv(0),
-		"state": sv("pending"), "createdAt": nv(timeN(now))}
+		"state": sv("pending"), "createdAt": nv(timeN(now)), "recordKeys": &types.AttributeValueMemberL{Value: keys}}
 	putS(item, "productCode", product)
 	if _, err := s.client.PutItem(ctx, &ddb.PutItemInput{TableName: aws.String(s.tables.MeterBatches), Item: item}); err != nil {
 		return fmt.Errorf("create batch: %w", err)
@@ -724,16 +756,46 @@ func (s *Store) insertBatch(ctx context.Context, recs []mpsaas.MeterRecord, now 
 	return nil
 }
 
+// batchRecords returns the unfinished records of a batch: those of the
+// keys it lists (consistent reads) that are still batched in it.
 func (s *Store) batchRecords(ctx context.Context, batchID int64) ([]mpsaas.MeterRecord, error) {
-	items, err := s.query(ctx, &ddb.QueryInput{TableName: aws.String(s.tables.MeterRecords), IndexName: aws.String(indexBatch),
-		KeyConditionExpression: aws.String("batchId = :b"), FilterExpression: aws.String("#s = :st"),
-		ExpressionAttributeNames:  map[string]string{"#s": "state"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":b": nv(batchID), ":st": sv(mpsaas.UsageBatched)}})
+	b, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(s.tables.MeterBatches), ConsistentRead: aws.Bool(true),
+		Key: map[string]types.AttributeValue{"id": nv(batchID)}})
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("batch %d: %w", batchID, err)
+	}
+	var items []map[string]types.AttributeValue
+	if l, ok := b.Item["recordKeys"].(*types.AttributeValueMemberL); ok {
+		keys := make([]map[string]types.AttributeValue, len(l.Value))
+		for i, k := range l.Value {
+			keys[i] = map[string]types.AttributeValue{"key": k}
+		}
+		for len(keys) > 0 {
+			out, err := s.client.BatchGetItem(ctx, &ddb.BatchGetItemInput{RequestItems: map[string]types.KeysAndAttributes{
+				s.tables.MeterRecords: {Keys: keys, ConsistentRead: aws.Bool(true)}}})
+			if err != nil {
+				return nil, fmt.Errorf("batch %d records: %w", batchID, err)
+			}
+			items = append(items, out.Responses[s.tables.MeterRecords]...)
+			keys = out.UnprocessedKeys[s.tables.MeterRecords].Keys
+			if len(keys) > 0 {
+				if err := sleepCtx(ctx, backoff(1)); err != nil {
+					return nil, err
+				}
+			}
+		}
+	} else if b.Item != nil {
+		// A batch stored before batches listed their records.
+		if items, err = s.query(ctx, &ddb.QueryInput{TableName: aws.String(s.tables.MeterRecords), IndexName: aws.String(indexBatch),
+			KeyConditionExpression: aws.String("batchId = :b"), ExpressionAttributeValues: map[string]types.AttributeValue{":b": nv(batchID)}}); err != nil {
+			return nil, err
+		}
 	}
 	out := make([]mpsaas.MeterRecord, 0, len(items))
 	for _, it := range items {
+		if getN(it, "batchId") != batchID || getS(it, "state") != mpsaas.UsageBatched {
+			continue
+		}
 		r, err := meterFrom(it)
 		if err != nil {
 			return nil, err
@@ -777,15 +839,18 @@ func (s *Store) DueBatches(ctx context.Context, now time.Time, limit int) ([]mps
 func (s *Store) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome) error {
 	now := s.Now()
 	for _, b := range results {
+		recs, err := s.batchRecords(ctx, b.BatchID)
+		if err != nil {
+			return fmt.Errorf("finish batch %d: %w", b.BatchID, err)
+		}
+		keyOf := make(map[int64]string, len(recs))
+		for _, r := range recs {
+			keyOf[r.ID] = meterKey(r.SubscriberKey, r.Dimension, r.Hour)
+		}
 		for _, o := range b.Outcomes {
-			item, err := s.client.Query(ctx, &ddb.QueryInput{TableName: aws.String(s.tables.MeterRecords), IndexName: aws.String(indexBatch),
-				KeyConditionExpression:    aws.String("batchId = :b AND id = :id"),
-				ExpressionAttributeValues: map[string]types.AttributeValue{":b": nv(b.BatchID), ":id": nv(o.MeterRecordID)}})
-			if err != nil {
-				return fmt.Errorf("finish batch %d: %w", b.BatchID, err)
-			}
-			if len(item.Items) == 0 {
-				continue
+			key, ok := keyOf[o.MeterRecordID]
+			if !ok {
+				continue // finished already
 			}
 			vals := map[string]types.AttributeValue{":s": sv(o.State), ":b": nv(b.BatchID), ":batched": sv(mpsaas.UsageBatched), ":now": nv(timeN(now))}
 			names := map[string]string{"#s": "state"}
@@ -798,7 +863,7 @@ func (s *Store) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome
 				}
 			}
 			_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterRecords),
-				Key: map[string]types.AttributeValue{"key": item.Items[0]["key"]}, UpdateExpression: aws.String(expr),
+				Key: map[string]types.AttributeValue{"key": sv(key)}, UpdateExpression: aws.String(expr),
 				ConditionExpression: aws.String("batchId = :b AND #s = :batched"), ExpressionAttributeNames: names,
 				ExpressionAttributeValues: vals})
 			if err != nil && !isConditionFailed(err) {
@@ -1128,6 +1193,7 @@ func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, li
 		limit = int(^uint(0) >> 1)
 	}
 	seen := map[string]bool{}
+	var badRecord error
 	check := func(ks *keySum, m map[string]types.AttributeValue) {
 		if m == nil {
 			if len(ks.sealedIDs) > 0 {
@@ -1143,8 +1209,13 @@ func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, li
 		v := mpsaas.MeterViolation{MeterKey: ks.key, MeterRecordID: id}
 		if _, ok := m["usageQuantity"]; ok {
 			v.Want, v.Got = getN(m, "usageQuantity"), ks.sealed
+			in, err := includes(m)
+			if err != nil {
+				badRecord = err
+				return
+			}
 			for i, pid := range ks.pendingIDs {
-				if pid <= getN(m, "maxUsageId") {
+				if in(pid) {
 					v.Got += ks.pQs[i]
 				}
 			}
@@ -1185,6 +1256,9 @@ func (s *Store) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope, li
 			check(&keySum{key: mpsaas.MeterKey{SubscriberKey: getS(m, "subscriberKey"), Dimension: getS(m, "dimension"), Hour: time.Unix(getN(m, "hour"), 0).UTC()}}, m)
 		}
 	}
+	if badRecord != nil {
+		return nil, fmt.Errorf("verify metering: %w", badRecord)
+	}
 	if len(out) > limit {
 		out = out[:limit]
 	}
@@ -1208,4 +1282,93 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-t.C:
 		return nil
 	}
+}
+
+// maxRanges caps the id ranges one meter record lists (about 16 bytes
+// each: a record stays far below DynamoDB's 400 KB item limit). Usage
+// beyond it stays pending and is billed in a later hour.
+const maxRanges = 8000
+
+// rangeCount counts the ranges of increasing ids.
+type rangeCount struct {
+	last int64
+	n    int
+}
+
+// add takes id (greater than the last), unless it would start range
+// maxRanges+1.
+func (c *rangeCount) add(id int64) bool {
+	if id != c.last+1 || c.n == 0 {
+		if c.n >= maxRanges {
+			return false
+		}
+		c.n++
+	}
+	c.last = id
+	return true
+}
+
+// encodeRanges writes sorted ids as ranges: "3-7,9,12-13".
+func encodeRanges(ids []int64) string {
+	var b strings.Builder
+	for i := 0; i < len(ids); {
+		j := i
+		for j+1 < len(ids) && ids[j+1] == ids[j]+1 {
+			j++
+		}
+		if b.Len() > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.FormatInt(ids[i], 10))
+		if j > i {
+			b.WriteByte('-')
+			b.WriteString(strconv.FormatInt(ids[j], 10))
+		}
+		i = j + 1
+	}
+	return b.String()
+}
+
+// decodeRanges reads what encodeRanges wrote.
+func decodeRanges(s string) ([][2]int64, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out [][2]int64
+	for _, part := range strings.Split(s, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.ParseInt(lo, 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("usage id ranges %.40q: %w", s, err)
+		}
+		b := a
+		if isRange {
+			if b, err = strconv.ParseInt(hi, 10, 64); err != nil || b < a {
+				return nil, fmt.Errorf("usage id ranges %.40q: bad range %q", s, part)
+			}
+		}
+		if len(out) > 0 && a <= out[len(out)-1][1] {
+			return nil, fmt.Errorf("usage id ranges %.40q: not increasing at %q", s, part)
+		}
+		out = append(out, [2]int64{a, b})
+	}
+	return out, nil
+}
+
+// includes reports which usage ids a meter record item includes: those it
+// lists, or for records stored before the list existed, every id up to
+// its maxUsageId.
+func includes(item map[string]types.AttributeValue) (func(int64) bool, error) {
+	if _, ok := item["usageIds"]; !ok {
+		max := getN(item, "maxUsageId")
+		return func(id int64) bool { return id <= max }, nil
+	}
+	ranges, err := decodeRanges(getS(item, "usageIds"))
+	if err != nil {
+		return nil, fmt.Errorf("meter record %d: %w", getN(item, "id"), err)
+	}
+	return func(id int64) bool {
+		i := sort.Search(len(ranges), func(i int) bool { return ranges[i][1] >= id })
+		return i < len(ranges) && ranges[i][0] <= id
+	}, nil
 }

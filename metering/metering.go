@@ -306,7 +306,9 @@ func (s *Service) sealBefore(now time.Time) time.Time {
 
 // seal aggregates pending usage into meter records. It streams the sums of
 // pending usage in key order, stores meter records a chunk at a time (each
-// remembering the highest usage id it sums), then marks the usage it summed
+// remembering which usage it sums: the highest usage id on a store whose
+// scan sees every committed row, the ids themselves on DynamoDB, whose
+// pending index can miss a row a moment old), then marks the usage it summed
 // sealed. A crash in between is safe: a record already stored for a key
 // keeps what it summed, and usage it does not include moves on to a later
 // open hour. Every decision uses now: which hours are closed is decided
@@ -512,6 +514,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber, late
 		rec.Quantity += x.Quantity
 		rec.UsageQuantity += x.Quantity
 		rec.UsageRecords += int64(x.Records)
+		rec.UsageIDs = append(rec.UsageIDs, x.IDs...)
 		alloc[x.TagSig] += x.Quantity
 		byHour[x.UsageHour.Unix()] += x.Quantity
 		if x.TagSig != "" {
@@ -521,6 +524,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber, late
 	if tagged {
 		rec.Allocations = alloc
 	}
+	slices.Sort(rec.UsageIDs)
 	if sub == nil {
 		rec.State, rec.Reason = mpsaas.UsageFlagged, "unknown subscriber"
 		return rec

@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -268,9 +269,11 @@ func scanRecords(t *testing.T, st MeterStore, scan *mpsaas.PendingScan) []mpsaas
 			recs[n-1].Quantity += g.Quantity
 			recs[n-1].UsageQuantity += g.Quantity
 			recs[n-1].UsageRecords += int64(g.Records)
+			recs[n-1].UsageIDs = append(recs[n-1].UsageIDs, g.IDs...)
 			return nil
 		}
 		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity, UsageQuantity: g.Quantity, UsageRecords: int64(g.Records),
+			UsageIDs:             slices.Clone(g.IDs),
 			CustomerAWSAccountID: "111122223333", LicenseArn: "arn:aws:license-manager::1:license:l-" + g.SubscriberKey, ProductCode: "p"})
 		return nil
 	})
@@ -355,7 +358,13 @@ func testInterruptedSeal(t *testing.T, st MeterStore) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, UsageQuantity: 5, UsageRecords: 2, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	scan.Before = open
+	var ids []int64 // the usage the scan summed, when the store lists it in records
+	if err := st.ScanPending(ctx, &scan, func(g mpsaas.UsageGroup) error { ids = append(ids, g.IDs...); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: h10, Quantity: 5, UsageQuantity: 5, UsageRecords: 2, UsageIDs: ids,
+		CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
 	if c, err := st.InsertMeterRecords(ctx, []mpsaas.MeterRecord{rec}, scan.Hi); err != nil || len(c) != 0 {
 		t.Fatalf("InsertMeterRecords = %v, %v", c, err)
 	}
