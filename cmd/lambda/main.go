@@ -8,18 +8,16 @@
 //	meter     scheduled: seal closed hours and send usage with BatchMeterUsage
 //
 // Each is a thin adapter (package awslambda) over the services `mpsaas serve`
-// uses; storage is DynamoDB.
+// uses, built from the same settings by the same code (internal/config);
+// storage is DynamoDB.
 package main
 
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -27,30 +25,27 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
-	"github.com/aws/aws-sdk-go-v2/service/sesv2"
-	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/awslambda"
 	"github.com/mpsaas/mpsaas/dynamodb"
-	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/metering"
-	"github.com/mpsaas/mpsaas/notify"
-	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
-	"github.com/mpsaas/mpsaas/webhook"
 	"github.com/mpsaas/mpsaas/worker"
 )
 
 func main() {
-	logger := slog.New(slog.NewJSONHandler(os.Stderr, nil))
+	var level slog.LevelVar
+	logger := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: &level}))
 	slog.SetDefault(logger)
 	app, err := build(context.Background(), os.Getenv, logger)
 	if err != nil {
 		logger.Error("start", "err", err)
 		os.Exit(1)
 	}
+	_ = level.UnmarshalText([]byte(app.logLevel)) // MPSAAS_LOG_LEVEL, validated
 	lambda.StartWithOptions(app.handler(), lambda.WithEnableSIGTERM())
 }
 
@@ -63,20 +58,9 @@ type App struct {
 	meter      *metering.Service
 	sample     *dynamodb.SampleMeteringTable
 	logger     *slog.Logger
+	logLevel   string
 	// metrics are CloudWatch metrics written to the log stream (EMF).
 	metrics *awslambda.Metrics
-}
-
-// Environment variables the functions read (the SAM template sets them).
-var envVars = []string{
-	"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_PRODUCT_NAME", "MPSAAS_SECRET",
-	"MPSAAS_SIGN_IN_URL", "MPSAAS_SUPPORT_EMAIL", "MPSAAS_CORS_ORIGINS", "MPSAAS_WEB_PAGES",
-	"MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE",
-	"MPSAAS_WEBHOOK_URL", "MPSAAS_WEBHOOK_SECRET", "MPSAAS_ACCESS_TOPIC_ARN",
-	"MPSAAS_DYNAMODB_ENDPOINT", "MPSAAS_METERING_ENDPOINT", "MPSAAS_ENTITLEMENT_ENDPOINT", "MPSAAS_SNS_ENDPOINT",
-	"MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE", "MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE",
-	"MPSAAS_USAGE_API_KEYS", "MPSAAS_HEARTBEAT_DIMENSION", "MPSAAS_METER_GRACE", "MPSAAS_SES_FROM", "MPSAAS_ADMIN_EMAIL", "MPSAAS_SES_ENDPOINT",
-	"MPSAAS_SAMPLE_METERING_TABLE", "MPSAAS_REVOKE_ON_CANCEL", "MPSAAS_DIMENSIONS",
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -101,121 +85,33 @@ var requiredEnv = map[string][]string{
 }
 
 func build(ctx context.Context, getenv func(string) string, logger *slog.Logger, awsOpts ...func(*awsconfig.LoadOptions) error) (*App, error) {
-	role := getenv("MPSAAS_FUNCTION")
-	if !slices.Contains([]string{"api", "events", "dispatch", "meter"}, role) {
-		return nil, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events, dispatch or meter", role)
-	}
-	listing := getenv("MPSAAS_LISTING")
-	if listing == "" {
-		listing = mpsaas.ListingContractsWithSubscription
-	}
-	if listing != mpsaas.ListingSubscriptions && !mpsaas.IsContract(listing) {
-		return nil, fmt.Errorf("MPSAAS_LISTING %q: want subscriptions, contracts or contracts_with_subscription", listing)
+	var cfg config.Config
+	cfg.LoadEnv(config.Lambda, getenv)
+	if err := cfg.Validate(config.Lambda); err != nil {
+		return nil, err
 	}
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("load AWS configuration: %w", err)
 	}
 	client := ddb.NewFromConfig(awsCfg, func(o *ddb.Options) {
-		if e := getenv("MPSAAS_DYNAMODB_ENDPOINT"); e != "" {
-			o.BaseEndpoint = aws.String(e)
+		if cfg.DynamoDBEndpoint != "" {
+			o.BaseEndpoint = aws.String(cfg.DynamoDBEndpoint)
 		}
 	})
-	tables := dynamodb.DefaultTables()
-	for _, t := range []struct {
-		env string
-		dst *string
-	}{{"MPSAAS_SUBSCRIBERS_TABLE", &tables.Subscribers}, {"MPSAAS_EVENTS_TABLE", &tables.Events}, {"MPSAAS_OUTBOX_TABLE", &tables.Outbox},
-		{"MPSAAS_USAGE_TABLE", &tables.Usage}, {"MPSAAS_USAGE_REQUESTS_TABLE", &tables.UsageRequests},
-		{"MPSAAS_METER_RECORDS_TABLE", &tables.MeterRecords}, {"MPSAAS_METER_BATCHES_TABLE", &tables.MeterBatches}} {
-		if v := getenv(t.env); v != "" {
-			*t.dst = v
-		}
-	}
-	store := dynamodb.New(client, tables)
-	// Every function that decides access queues changes on the configured
-	// channels; only the dispatch function sends (and needs the secrets).
-	channels := []string{}
-	senders := map[string]worker.Sender{}
-	if u := getenv("MPSAAS_WEBHOOK_URL"); u != "" {
-		channels = append(channels, mpsaas.ChannelWebhook)
-		if role == "dispatch" {
-			secret := getenv("MPSAAS_WEBHOOK_SECRET")
-			if len(secret) < 16 {
-				return nil, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters")
-			}
-			senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: u, Secret: []byte(secret)}
-		}
-	}
-	if arn := getenv("MPSAAS_ACCESS_TOPIC_ARN"); arn != "" {
-		channels = append(channels, mpsaas.ChannelSNS)
-		senders[mpsaas.ChannelSNS] = &mpsaassns.Sender{TopicArn: arn, Client: awssns.NewFromConfig(awsCfg, func(o *awssns.Options) {
-			if e := getenv("MPSAAS_SNS_ENDPOINT"); e != "" {
-				o.BaseEndpoint = aws.String(e)
-			}
-		})}
-	}
-	if from := getenv("MPSAAS_SES_FROM"); from != "" {
-		channels = append(channels, mpsaas.ChannelNotify)
-		senders[mpsaas.ChannelNotify] = &notify.SESSender{From: from, AdminEmail: getenv("MPSAAS_ADMIN_EMAIL"), ProductName: getenv("MPSAAS_PRODUCT_NAME"),
-			Client: sesv2.NewFromConfig(awsCfg, func(o *sesv2.Options) {
-				if e := getenv("MPSAAS_SES_ENDPOINT"); e != "" {
-					o.BaseEndpoint = aws.String(e)
-				}
-			})}
-	}
-	codes := list(getenv("MPSAAS_PRODUCT_CODES"))
-	app := &App{role: role, logger: logger,
+	store := dynamodb.New(client, dynamodb.Tables{Subscribers: cfg.SubscribersTable, Events: cfg.EventsTable, Outbox: cfg.OutboxTable,
+		Usage: cfg.UsageTable, UsageRequests: cfg.UsageRequestsTable, MeterRecords: cfg.MeterRecordsTable, MeterBatches: cfg.MeterBatchesTable})
+	role := cfg.Function
+	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI})
+	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, svc: svc.Subscriptions, meter: svc.Metering, web: svc.Web,
 		metrics: &awslambda.Metrics{W: os.Stdout, Namespace: "mpsaas", Dimensions: map[string]string{"Function": role}}}
-	mp := marketplace.New(awsCfg, marketplace.Options{MeteringEndpoint: getenv("MPSAAS_METERING_ENDPOINT"), EntitlementEndpoint: getenv("MPSAAS_ENTITLEMENT_ENDPOINT")})
-	if t := getenv("MPSAAS_SAMPLE_METERING_TABLE"); t != "" {
-		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: t}
+	if cfg.SampleMeteringTable != "" {
+		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: cfg.SampleMeteringTable}
 	}
-	grace, err := metering.ParseSealGrace(getenv("MPSAAS_METER_GRACE"))
-	if err != nil {
-		return nil, err
-	}
-	revokeOnCancel, err := subscription.ParseRevokeOnCancel(getenv("MPSAAS_REVOKE_ON_CANCEL"))
-	if err != nil {
-		return nil, err
-	}
-	dimensions, err := metering.ParseDimensions(getenv("MPSAAS_DIMENSIONS"))
-	if err != nil {
-		return nil, err
-	}
-	app.meter = &metering.Service{Store: store, Subscribers: store, Meterer: mp, Logger: logger, Listing: listing,
-		HeartbeatDimension: getenv("MPSAAS_HEARTBEAT_DIMENSION"), SealGrace: grace, Dimensions: dimensions}
-	app.svc = &subscription.Service{
-		Store: store, Logger: logger, Listing: listing, ProductCodes: codes, Channels: channels,
-		Marketplace: mp, RevokeOnCancel: revokeOnCancel,
-	}
-	switch role {
-	case "api":
-		secret := getenv("MPSAAS_SECRET")
-		if len(secret) < 32 {
-			return nil, errors.New("MPSAAS_SECRET: required for the api function, at least 32 characters")
-		}
-		cors := list(getenv("MPSAAS_CORS_ORIGINS"))
-		app.web = web.New(web.Config{Secret: []byte(secret), ProductName: getenv("MPSAAS_PRODUCT_NAME"), SignInURL: getenv("MPSAAS_SIGN_IN_URL"),
-			SupportEmail: getenv("MPSAAS_SUPPORT_EMAIL"), CORSOrigins: cors, Logger: logger, EmailsBuyers: getenv("MPSAAS_SES_FROM") != "",
-			APIOnly: getenv("MPSAAS_WEB_PAGES") == "false"}, app.svc)
-		keys := list(getenv("MPSAAS_USAGE_API_KEYS"))
-		(&web.UsageAPI{Keys: keys, Metering: app.meter, Ledger: store, Logger: logger}).Register(app.web)
-	case "dispatch":
-		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: senders, Logger: logger}
+	if role == config.RoleDispatch {
+		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: svc.Senders, Logger: logger}
 	}
 	return app, nil
-}
-
-// list splits a comma-separated setting, dropping blanks.
-func list(v string) []string {
-	var out []string
-	for _, p := range strings.Split(v, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // handler returns the Lambda handler of the app's role.

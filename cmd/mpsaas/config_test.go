@@ -13,6 +13,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mpsaas/mpsaas/internal/config"
 )
 
 func loadConfig(t *testing.T, env map[string]string, args ...string) (Config, error) {
@@ -23,7 +25,7 @@ func loadConfig(t *testing.T, env map[string]string, args ...string) (Config, er
 	if err := c.Load(fs, args, func(k string) string { return env[k] }); err != nil {
 		return c, err
 	}
-	return c, c.Validate()
+	return c, c.Validate(config.Serve)
 }
 
 func TestConfigDefaultsAndOverrides(t *testing.T) {
@@ -60,9 +62,9 @@ func TestReadmeDocumentsEveryVariable(t *testing.T) {
 		t.Fatal(err)
 	}
 	var c Config
-	for _, s := range c.settings() {
-		if !bytes.Contains(readme, []byte("`"+s.env+"`")) && !bytes.Contains(readme, []byte(s.env+"`, `")) && !bytes.Contains(readme, []byte("`"+s.env)) {
-			t.Errorf("README does not document %s", s.env)
+	for _, s := range c.Settings() {
+		if !bytes.Contains(readme, []byte("`"+s.Env+"`")) && !bytes.Contains(readme, []byte(s.Env+"`, `")) && !bytes.Contains(readme, []byte("`"+s.Env)) {
+			t.Errorf("README does not document %s", s.Env)
 		}
 	}
 }
@@ -109,8 +111,8 @@ func TestCommandLine(t *testing.T) {
 func TestConfigMeterGrace(t *testing.T) {
 	for v, want := range map[string]string{"": "5m0s", "30m": "30m0s", "4h": "4h0m0s", "1s": "1s"} {
 		c, err := loadConfig(t, map[string]string{"MPSAAS_METER_GRACE": v})
-		if err != nil || c.meterGrace.String() != want {
-			t.Errorf("MPSAAS_METER_GRACE=%q: %v, %v; want %s", v, c.meterGrace, err, want)
+		if err != nil || c.MeterGrace.String() != want {
+			t.Errorf("MPSAAS_METER_GRACE=%q: %v, %v; want %s", v, c.MeterGrace, err, want)
 		}
 	}
 	for _, v := range []string{"0s", "-5m", "5h", "soon", "10"} {
@@ -123,8 +125,8 @@ func TestConfigMeterGrace(t *testing.T) {
 func TestConfigRevokeOnCancel(t *testing.T) {
 	for v, want := range map[string]bool{"": false, "false": false, "true": true, "1": true} {
 		c, err := loadConfig(t, map[string]string{"MPSAAS_REVOKE_ON_CANCEL": v})
-		if err != nil || c.revokeOnCancel != want {
-			t.Errorf("MPSAAS_REVOKE_ON_CANCEL=%q: %v, %v; want %v", v, c.revokeOnCancel, err, want)
+		if err != nil || c.RevokeOnCancel != want {
+			t.Errorf("MPSAAS_REVOKE_ON_CANCEL=%q: %v, %v; want %v", v, c.RevokeOnCancel, err, want)
 		}
 	}
 	if _, err := loadConfig(t, map[string]string{"MPSAAS_REVOKE_ON_CANCEL": "yes please"}); err == nil || !strings.Contains(err.Error(), "MPSAAS_REVOKE_ON_CANCEL") {
@@ -155,7 +157,7 @@ func TestAutoEmulatorAsksTheSDK(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c.useEmulator(context.Background(), func(string) string { return "" })
+		return c.UseEmulator(context.Background(), func(string) string { return "" })
 	}
 	t.Run("no credentials anywhere", func(t *testing.T) {
 		isolate(t)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/webhook"
 )
 
@@ -115,7 +116,7 @@ func startApp(t *testing.T, listing string, extraEnv ...string) *testApp {
 	if err := cfg.Load(flag.NewFlagSet("test", flag.ContinueOnError), nil, func(k string) string { return env[k] }); err != nil {
 		t.Fatal(err)
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Validate(config.Serve); err != nil {
 		t.Fatal(err)
 	}
 	logs := &strings.Builder{}

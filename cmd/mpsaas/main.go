@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/config"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -108,16 +109,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	dump := fs.Bool("config-dump", false, "print the configuration (secrets redacted) and exit")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: mpsaas serve [flags]\n\nRuns the buyer-facing web server (fulfillment URL, registration, status pages),\nthe notification worker and the access-change dispatcher on a SQLite file.\nWith no AWS credentials or endpoints configured it also runs the AWS Marketplace\nemulator with a buyer simulator, so the whole buyer journey works offline.\n\nFlags:\n")
-		printFlags(fs)
+		config.PrintFlags(fs)
 	}
 	if err := cfg.Load(fs, args, getenv); err != nil {
 		return err
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Validate(config.Serve); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	if *dump {
-		cfg.Dump(stdout)
+		cfg.Dump(stdout, config.Serve)
 		return nil
 	}
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)

@@ -26,6 +26,7 @@ import (
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/client"
+	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/sqlite"
@@ -53,7 +54,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("mpsaas meter "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name()); printFlags(fs) }
+	fs.Usage = func() { fmt.Fprintf(fs.Output(), "Usage of %s:\n", fs.Name()); config.PrintFlags(fs) }
 	var cfg Config
 	var once, asJSON bool
 	var state, customer string
@@ -88,7 +89,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	if state != "" && !slices.Contains(ledgerStates, state) {
 		return usageError{fmt.Errorf("meter status: unknown --state %q: want one of %s", state, strings.Join(ledgerStates, ", "))}
 	}
-	if err := cfg.Validate(); err != nil {
+	if err := cfg.Validate(config.Serve); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
 	if _, err := os.Stat(cfg.DB); err != nil {
@@ -104,9 +105,9 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	case "status":
 		return meterStatus(ctx, db, state, customer, asJSON, stdout)
 	case "verify":
-		return meterVerify(ctx, newMeteringService(cfg, db, nil, logger), limit, asJSON, stdout)
+		return meterVerify(ctx, cfg.MeteringService(db, db, nil, logger), limit, asJSON, stdout)
 	case "replay":
-		m := newMeteringService(cfg, db, nil, logger)
+		m := cfg.MeteringService(db, db, nil, logger)
 		n, err := m.Replay(ctx, ids)
 		if err != nil {
 			return err
@@ -153,7 +154,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	if err := checkMeteringTarget(ctx, db, target); err != nil {
 		return err
 	}
-	m := newMeteringService(cfg, db, mp, logger)
+	m := cfg.MeteringService(db, db, mp, logger)
 	for pass := 1; ; pass++ {
 		res, err := m.Run(ctx)
 		if err != nil {
@@ -233,7 +234,7 @@ func meteringClient(ctx context.Context, cfg Config, getenv func(string) string)
 		}
 		return marketplace.New(awsCfg, opts), target, nil
 	}
-	if cfg.useEmulator(ctx, getenv) {
+	if cfg.UseEmulator(ctx, getenv) {
 		return nil, "", errors.New("no AWS configuration: set AWS credentials (or AWS_PROFILE), or MPSAAS_METERING_ENDPOINT to a running emulator")
 	}
 	awsCfg, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region))

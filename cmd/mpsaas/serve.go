@@ -15,20 +15,17 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/credentials"
-	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
 	awssqs "github.com/aws/aws-sdk-go-v2/service/sqs"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
-	"github.com/mpsaas/mpsaas/notify"
-	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/sqlite"
 	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
-	"github.com/mpsaas/mpsaas/webhook"
 	"github.com/mpsaas/mpsaas/worker"
 )
 
@@ -62,14 +59,6 @@ type App struct {
 	generatedUsageKey bool
 }
 
-func newMeteringService(cfg Config, db *sqlite.DB, m mpsaas.Meterer, logger *slog.Logger) *metering.Service {
-	return &metering.Service{
-		Store: db, Subscribers: db, Meterer: m, Logger: logger.With("component", "metering"),
-		Listing: cfg.Listing, HeartbeatDimension: cfg.HeartbeatDimension, Concurrency: cfg.meterConcurrency, SealGrace: cfg.meterGrace,
-		Dimensions: cfg.dimensions,
-	}
-}
-
 // openApp builds the object graph and binds the listeners; Run serves.
 func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger *slog.Logger) (_ *App, err error) {
 	a := &App{cfg: cfg, log: logger, wakeQ: make(chan struct{}, 1), wakeD: make(chan struct{}, 1)}
@@ -95,7 +84,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	var awsCfg aws.Config
 	mpOpts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
 	target := targetAWS
-	if cfg.useEmulator(ctx, getenv) {
+	if cfg.UseEmulator(ctx, getenv) {
 		target = targetEmulator
 		if a.emLn, err = net.Listen("tcp", cfg.EmulatorAddr); err != nil {
 			return nil, fmt.Errorf("listen on MPSAAS_EMULATOR_ADDR %s: %w", cfg.EmulatorAddr, err)
@@ -140,74 +129,48 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		logger.Warn("EMULATOR MODE: usage is metered to an AWS Marketplace emulator, not to AWS; nothing is billed to buyers")
 	}
 
-	channels := []string{mpsaas.ChannelNotify}
-	senders := map[string]worker.Sender{mpsaas.ChannelNotify: notify.LogSender{Logger: logger}}
-	if cfg.SMTPAddr != "" {
-		senders[mpsaas.ChannelNotify] = &notify.SMTPSender{Addr: cfg.SMTPAddr, Username: cfg.SMTPUsername, Password: cfg.SMTPPassword,
-			From: cfg.SMTPFrom, AdminEmail: cfg.AdminEmail, ProductName: cfg.ProductName}
-	}
-	if cfg.WebhookURL != "" {
-		channels = append(channels, mpsaas.ChannelWebhook)
-		senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: cfg.WebhookURL, Secret: []byte(cfg.WebhookSecret)}
-	}
-	if cfg.AccessTopicArn != "" || cfg.SQSQueueURL != "" {
-		queueCfg, err := awsServiceConfig(ctx, cfg, getenv)
-		if err != nil {
+	var channelAWS aws.Config
+	if cfg.AccessTopicArn != "" || cfg.SQSQueueURL != "" || cfg.SESFrom != "" {
+		if channelAWS, err = awsServiceConfig(ctx, cfg, getenv); err != nil {
 			return nil, err
 		}
-		if cfg.AccessTopicArn != "" {
-			channels = append(channels, mpsaas.ChannelSNS)
-			senders[mpsaas.ChannelSNS] = &mpsaassns.Sender{TopicArn: cfg.AccessTopicArn, Client: awssns.NewFromConfig(queueCfg, func(o *awssns.Options) {
-				if cfg.SNSEndpoint != "" {
-					o.BaseEndpoint = aws.String(cfg.SNSEndpoint)
-				}
-			})}
-		}
-		if cfg.SQSQueueURL != "" {
-			a.poller = &mpsaassqs.Poller{QueueURL: cfg.SQSQueueURL, Logger: logger, Client: awssqs.NewFromConfig(queueCfg, func(o *awssqs.Options) {
-				if cfg.SQSEndpoint != "" {
-					o.BaseEndpoint = aws.String(cfg.SQSEndpoint)
-					mpsaassqs.QueryProtocol(o)
-				}
-			})}
-		}
 	}
-	a.svc = &subscription.Service{
-		Store: outboxWaker{a.db, a.wakeD}, Marketplace: marketplace.New(awsCfg, mpOpts), Logger: logger,
-		Listing: cfg.Listing, ProductCodes: a.cfg.ProductCodes, Channels: channels, RevokeOnCancel: a.cfg.revokeOnCancel,
-	}
-	if a.em != nil {
-		// The subscription lifecycle follows the embedded emulator's clock,
-		// so advancing it (buyer simulator, control API) ends final
-		// metering windows and contracts as it would on AWS.
-		a.svc.Clock = mpsaas.ClockFunc(a.em.Clock.Now)
-	}
-	a.web = web.New(web.Config{
-		Secret: []byte(a.cfg.Secret), ProductName: cfg.ProductName, SignInURL: cfg.SignInURL,
-		SupportEmail: cfg.SupportEmail, CORSOrigins: cfg.CORSOrigins, Logger: logger, EmailsBuyers: cfg.SMTPAddr != "",
-		Emulator: target == targetEmulator,
-	}, a.svc)
-	a.meter = newMeteringService(a.cfg, a.db, a.svc.Marketplace.(mpsaas.Meterer), logger)
-	if a.em != nil {
-		a.meter.Clock = a.svc.Clock // metering follows the emulator's clock too
+	if cfg.SQSQueueURL != "" {
+		a.poller = &mpsaassqs.Poller{QueueURL: cfg.SQSQueueURL, Logger: logger, Client: awssqs.NewFromConfig(channelAWS, func(o *awssqs.Options) {
+			if cfg.SQSEndpoint != "" {
+				o.BaseEndpoint = aws.String(cfg.SQSEndpoint)
+				mpsaassqs.QueryProtocol(o)
+			}
+		})}
 	}
 	if len(a.cfg.UsageAPIKeys) == 0 && a.em != nil {
 		a.cfg.UsageAPIKeys = []string{"local-" + randomSecret()[:32]}
 		a.generatedUsageKey = true
 	}
-	(&web.UsageAPI{Keys: a.cfg.UsageAPIKeys, Metering: a.meter, Ledger: a.db, Logger: logger}).Register(a.web)
+	built := a.cfg
+	built.MeteringEndpoint, built.EntitlementEndpoint = mpOpts.MeteringEndpoint, mpOpts.EntitlementEndpoint
+	deps := config.Deps{Runtime: config.Serve, Store: outboxWaker{a.db, a.wakeD}, AWS: awsCfg, ChannelAWS: channelAWS, Logger: logger,
+		LogEmails: true, Web: true, Emulator: target == targetEmulator}
+	if a.em != nil {
+		// The subscription lifecycle and metering follow the embedded
+		// emulator's clock, so advancing it (buyer simulator, control API)
+		// ends final metering windows and contracts as it would on AWS.
+		deps.Clock = mpsaas.ClockFunc(a.em.Clock.Now)
+	}
+	svc := built.Build(deps)
+	a.svc, a.meter, a.web = svc.Subscriptions, svc.Metering, svc.Web
 	if a.poller != nil {
 		a.poller.Handler = a.svc
 	}
 	a.queue = &worker.QueueWorker{Queue: a.db, Handler: a.svc, Logger: logger, Wake: a.wakeQ}
-	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: senders, Logger: logger, Wake: a.wakeD}
+	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: svc.Senders, Logger: logger, Wake: a.wakeD}
 	return a, nil
 }
 
-// awsServiceConfig is the AWS configuration for SQS and SNS: the default
+// awsServiceConfig is the AWS configuration for SQS, SNS and SES: the default
 // chain, or static local credentials when only endpoint overrides are used.
 func awsServiceConfig(ctx context.Context, cfg Config, getenv func(string) string) (aws.Config, error) {
-	if (cfg.SQSEndpoint != "" || cfg.SNSEndpoint != "") && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == "" {
+	if (cfg.SQSEndpoint != "" || cfg.SNSEndpoint != "" || cfg.SESEndpoint != "") && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == "" {
 		return aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}, nil
 	}
 	c, err := awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region))
@@ -308,7 +271,7 @@ func (a *App) PrintBanner(w io.Writer) {
 	if a.cfg.AccessTopicArn != "" {
 		fmt.Fprintf(w, "  Access changes to: %s\n", a.cfg.AccessTopicArn)
 	}
-	fmt.Fprintf(w, "  Usage API:         %s/v1/usage (metering every %s)\n", a.URL(), a.cfg.meterInterval)
+	fmt.Fprintf(w, "  Usage API:         %s/v1/usage (metering every %s)\n", a.URL(), a.cfg.MeterInterval)
 	if a.generatedUsageKey {
 		fmt.Fprintf(w, "  Usage API key:     %s   (local only; set MPSAAS_USAGE_API_KEYS)\n", a.cfg.UsageAPIKeys[0])
 	}
@@ -423,7 +386,7 @@ func (a *App) pullEmulator(ctx context.Context, client *http.Client, after *int)
 
 // meterLoop runs metering at start and then every interval.
 func (a *App) meterLoop(ctx context.Context) {
-	t := time.NewTicker(a.cfg.meterInterval)
+	t := time.NewTicker(a.cfg.MeterInterval)
 	defer t.Stop()
 	for {
 		res, err := a.meter.Run(ctx)
