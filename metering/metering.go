@@ -204,6 +204,29 @@ func (s *Service) Run(ctx context.Context) (RunResult, error) {
 	return res, err
 }
 
+// RunWhileTime runs metering passes while the last one sent something
+// and the context's deadline leaves more than reserve: a scheduled
+// invocation with a time limit (the meter Lambda function, `mpsaas bench
+// dynamodb`). A pass with batches waiting for a retry ends it (the retry is
+// due later). report, when set, gets every pass's result.
+func (s *Service) RunWhileTime(ctx context.Context, reserve time.Duration, report func(RunResult)) error {
+	for {
+		res, err := s.Run(ctx)
+		if report != nil {
+			report(res)
+		}
+		if err != nil {
+			return err
+		}
+		if res.Calls == 0 || res.Retrying > 0 {
+			return nil
+		}
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
+			return nil
+		}
+	}
+}
+
 // verify checks the invariant in scope and logs every violation.
 func (s *Service) verify(ctx context.Context, scope mpsaas.VerifyScope) (int, error) {
 	vs, err := s.Store.VerifyMetering(ctx, scope, 100)

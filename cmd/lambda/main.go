@@ -157,11 +157,7 @@ func (a *App) meterRun(ctx context.Context) error {
 	if err := a.importSample(ctx); err != nil {
 		return err
 	}
-	for {
-		res, err := a.meter.Run(ctx)
-		if err != nil {
-			return err
-		}
+	return a.meter.RunWhileTime(ctx, 10*time.Second, func(res metering.RunResult) {
 		a.logger.InfoContext(ctx, "metering run", "sealed", res.Sealed, "calls", res.Calls, "billed", res.Billed,
 			"rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying, "violations", res.Violations)
 		// Alarm on MeteringInvariantViolations > 0 (and on Flagged).
@@ -170,13 +166,7 @@ func (a *App) meterRun(ctx context.Context) error {
 			"BatchMeterUsageCalls": int64(res.Calls)}); err != nil {
 			a.logger.WarnContext(ctx, "writing metrics", "err", err)
 		}
-		if res.Calls == 0 || res.Retrying > 0 {
-			return nil
-		}
-		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < 10*time.Second {
-			return nil
-		}
-	}
+	})
 }
 
 // importSample takes the usage existing applications write to the sample

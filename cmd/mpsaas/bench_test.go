@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mpsaas/mpsaas/internal/testenv"
 )
 
 // BenchmarkMeter1M is `mpsaas bench` as a Go benchmark: it ingests 1,000,000
@@ -84,5 +86,28 @@ func TestBenchHTTP(t *testing.T) {
 	var stderr strings.Builder
 	if err := run(context.Background(), []string{"bench", "http", "--request-records", "0"}, os.Getenv, io.Discard, &stderr); err == nil || !strings.Contains(err.Error(), "--request-records") {
 		t.Errorf("bench http --request-records 0: %v", err)
+	}
+}
+
+// TestBenchDynamoDB runs `mpsaas bench dynamodb` small, through its CLI,
+// against DynamoDB Local: ingestion, meter invocations, units, hot keys,
+// and billed == ingested (it fails otherwise).
+func TestBenchDynamoDB(t *testing.T) {
+	endpoint := testenv.DynamoDB(t)
+	var out, stderr strings.Builder
+	if err := run(context.Background(), []string{"bench", "dynamodb", "--endpoint", endpoint, "--buyers", "30", "--hours", "2", "--timeout", "60s"},
+		os.Getenv, &out, &stderr); err != nil {
+		t.Fatalf("%v\n%s\n%s", err, out.String(), stderr.String())
+	}
+	t.Logf("\n%s", out.String())
+	for _, want := range []string{"= 180 records", "finished", "BatchMeterUsage calls 8 (minimum 8)", "WRU", "hot keys", "pending-id-index"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q", want)
+		}
+	}
+	for _, args := range [][]string{{"--buyers", "0"}, {"--hours", "24"}, {"--dimensions", "4"}, {"--timeout", "1s"}} {
+		if err := run(context.Background(), append([]string{"bench", "dynamodb", "--endpoint", endpoint}, args...), os.Getenv, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), args[0]) {
+			t.Errorf("bench dynamodb %v: %v, want an error naming the flag", args, err)
+		}
 	}
 }

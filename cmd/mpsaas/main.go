@@ -56,6 +56,9 @@ Usage:
   mpsaas bench [flags]      measure ingestion and metering of 1,000,000 records for 100,000 buyers
   mpsaas bench http [flags] measure a running serve over HTTP: ingestion by N clients,
                             status latency, idle CPU
+  mpsaas bench dynamodb [flags]
+                            measure the serverless metering on DynamoDB (Local): records/s,
+                            meter invocations, heap, read/write units, hot partition keys
   mpsaas version            print the version
 
 Run "mpsaas <command> -h" for the flags of a command. Every flag can also be
@@ -79,6 +82,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "bench":
 		if len(args) > 1 && args[1] == "http" {
 			return runBenchHTTP(ctx, args[2:], stdout, stderr)
+		}
+		if len(args) > 1 && args[1] == "dynamodb" {
+			return runBenchDynamoDB(ctx, args[2:], stdout, stderr)
 		}
 		return runBench(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
