@@ -662,11 +662,17 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 		return 0, nil
 	}
 	end := s.sealBefore(now)
-	if end.Equal(s.heartbeatsTo) {
+	mark := s.heartbeatsTo
+	marker, persisted := s.Store.(HeartbeatMarker)
+	if mark.IsZero() && persisted {
+		var err error
+		if mark, err = marker.HeartbeatMark(ctx); err != nil {
+			return 0, err
+		}
+	}
+	if !end.After(mark) {
 		// The last pass covered every hour before end for every buyer then
-		// subscribed; a buyer created since starts in an hour >= end. (A
-		// buyer stored with an earlier creation time, e.g. imported, gets
-		// the hours it lacks when end moves on, within the hour.)
+		// subscribed; a buyer created since starts in an hour >= end.
 		return 0, nil
 	}
 	s.heartbeatsTo = time.Time{}
@@ -674,7 +680,14 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	if err != nil {
 		return 0, err
 	}
+	// Only the hours that closed since the last pass, and the one before
+	// them again: a buyer created before the last pass but subscribed only
+	// after it (subscribe-success came later) gets that hour too. A buyer
+	// stored with a creation time further back (imported) starts there.
 	earliest := mpsaas.Hour(now.Add(-mpsaas.MeteringWindow + time.Hour))
+	if from := mark.Add(-time.Hour); !mark.IsZero() && from.After(earliest) {
+		earliest = from
+	}
 	var recs []mpsaas.MeterRecord
 	added := 0
 	for _, sub := range subs {
@@ -700,10 +713,25 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 		}
 	}
 	n, err := s.Store.AddHeartbeats(ctx, recs)
-	if err == nil {
-		s.heartbeatsTo = end
+	if err != nil {
+		return added + n, err
 	}
-	return added + n, err
+	if persisted {
+		if err := marker.SetHeartbeatMark(ctx, end); err != nil {
+			return added + n, err
+		}
+	}
+	s.heartbeatsTo = end
+	return added + n, nil
+}
+
+// HeartbeatMarker is implemented by stores that remember up to which hour
+// every buyer has its hourly zero records, for processes that start often
+// (a Lambda cold start): a pass then adds only the hours closed since the
+// last one, in whichever process ran it.
+type HeartbeatMarker interface {
+	HeartbeatMark(ctx context.Context) (time.Time, error)
+	SetHeartbeatMark(ctx context.Context, end time.Time) error
 }
 
 // send makes the calls for every due batch, Concurrency at a time. The

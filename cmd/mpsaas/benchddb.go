@@ -263,6 +263,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	before = capacity.Snapshot()
 	for res.Invocations < o.Invocations {
 		res.Invocations++
+		fmt.Fprintf(progress, "meter invocation %d (time limit %s)...\n", res.Invocations, o.Timeout)
 		runtime.GC()
 		base := heapBytes()
 		var peak atomic.Uint64
