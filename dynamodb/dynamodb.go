@@ -65,6 +65,25 @@ type Store struct {
 	client *ddb.Client
 	tables Tables
 	Now    func() time.Time
+	// Retention, when positive, is how long items that are done are kept:
+	// the idempotency keys of usage requests, delivered access changes and
+	// finished BatchMeterUsage batches get a "ttl" attribute (epoch
+	// seconds) that DynamoDB's time to live deletes them at. Usage, meter
+	// records, subscribers and events (whose fold is the subscriber's
+	// state) are kept. A usage request resent with the same key after its
+	// key expired is taken as new.
+	Retention time.Duration
+}
+
+// TTLAttribute is the attribute DynamoDB's time to live reads.
+const TTLAttribute = "ttl"
+
+// expiry is the ttl value of an item done at t (0: none).
+func (s *Store) expiry(t time.Time) int64 {
+	if s.Retention <= 0 {
+		return 0
+	}
+	return t.Add(s.Retention).Unix()
 }
 
 var (
@@ -147,8 +166,30 @@ func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput
 		if err := w.Wait(ctx, &ddb.DescribeTableInput{TableName: in.TableName}, 2*time.Minute); err != nil {
 			return fmt.Errorf("wait for table %s: %w", aws.ToString(in.TableName), err)
 		}
+		if ttlTables[tableRole(s.tables, aws.ToString(in.TableName))] {
+			if _, err := s.client.UpdateTimeToLive(ctx, &ddb.UpdateTimeToLiveInput{TableName: in.TableName,
+				TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String(TTLAttribute), Enabled: aws.Bool(true)}}); err != nil {
+				return fmt.Errorf("time to live of table %s: %w", aws.ToString(in.TableName), err)
+			}
+		}
 	}
 	return nil
+}
+
+// ttlTables are the tables with items that expire (template.yaml enables
+// time to live on the same ones).
+var ttlTables = map[string]bool{"UsageRequests": true, "Outbox": true, "MeterBatches": true}
+
+func tableRole(t Tables, name string) string {
+	switch name {
+	case t.UsageRequests:
+		return "UsageRequests"
+	case t.Outbox:
+		return "Outbox"
+	case t.MeterBatches:
+		return "MeterBatches"
+	}
+	return ""
 }
 
 // Attribute helpers.

@@ -10,7 +10,9 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
+	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/internal/testenv"
 )
 
@@ -85,5 +87,61 @@ func TestMeteringLease(t *testing.T) {
 	}
 	if m, err := b.HeartbeatMark(ctx); err != nil || !m.Equal(end) {
 		t.Errorf("mark = %v, %v; want %v", m, err, end)
+	}
+}
+
+// TestRetention: with a retention, finished items get a time to live on
+// the attribute the tables expire by; without one, none.
+func TestRetention(t *testing.T) {
+	endpoint := testenv.DynamoDB(t)
+	ctx := context.Background()
+	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	tables := Tables{Subscribers: "TTLSubs" + suffix, Events: "TTLEvents" + suffix, Outbox: "TTLOutbox" + suffix, Usage: "TTLUsage" + suffix,
+		UsageRequests: "TTLReq" + suffix, MeterRecords: "TTLMeter" + suffix, MeterBatches: "TTLBatches" + suffix}
+	st := New(client, tables)
+	if err := st.CreateTables(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range []string{tables.UsageRequests, tables.Outbox, tables.MeterBatches} {
+		out, err := client.DescribeTimeToLive(ctx, &ddb.DescribeTimeToLiveInput{TableName: aws.String(tb)})
+		if err != nil || out.TimeToLiveDescription == nil || aws.ToString(out.TimeToLiveDescription.AttributeName) != TTLAttribute {
+			t.Errorf("table %s: time to live %+v, %v", tb, out, err)
+		}
+	}
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	st.Now = func() time.Time { return now }
+	row := []mpsaas.UsageRow{{SubscriberKey: "A", Dimension: "users", Quantity: 1, Time: now}}
+	if _, err := st.AddUsage(ctx, "kept", "h", row, mpsaas.Hour(now), now); err != nil {
+		t.Fatal(err)
+	}
+	st.Retention = 30 * 24 * time.Hour
+	if _, err := st.AddUsage(ctx, "expires", "h", row, mpsaas.Hour(now), now); err != nil {
+		t.Fatal(err)
+	}
+	for key, want := range map[string]int64{"kept": 0, "expires": now.Add(30 * 24 * time.Hour).Unix()} {
+		out, err := client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(tables.UsageRequests), Key: map[string]types.AttributeValue{"key": sv("request:" + key)}})
+		if err != nil || getN(out.Item, TTLAttribute) != want {
+			t.Errorf("request %s: ttl %d, %v; want %d", key, getN(out.Item, TTLAttribute), err, want)
+		}
+	}
+	// A delivered access change expires; one still pending does not.
+	sub := &mpsaas.Subscriber{Key: "TTL1", Identity: mpsaas.Identity{CustomerIdentifier: "TTL1"}, State: mpsaas.State{Status: mpsaas.StatusActive}, Access: mpsaas.AccessGranted, AccessVersion: 1}
+	change := mpsaas.NewAccessChange(sub, now)
+	if err := st.SaveSubscriber(ctx, sub, &change, []string{mpsaas.ChannelWebhook, mpsaas.ChannelSNS}); err != nil {
+		t.Fatal(err)
+	}
+	due, err := st.DueMessages(ctx, now.Add(time.Minute), 10)
+	if err != nil || len(due) != 2 {
+		t.Fatalf("due = %v, %v", due, err)
+	}
+	if err := st.MarkDelivered(ctx, due[0].ID, now); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []int64{now.Add(30 * 24 * time.Hour).Unix(), 0} {
+		out, err := client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(tables.Outbox), Key: map[string]types.AttributeValue{"id": sv(due[i].ID)}})
+		if err != nil || getN(out.Item, TTLAttribute) != want {
+			t.Errorf("outbox message %d: ttl %d, %v; want %d", i, getN(out.Item, TTLAttribute), err, want)
+		}
 	}
 }

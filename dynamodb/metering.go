@@ -217,8 +217,8 @@ func (s *Store) AddUsage(ctx context.Context, key, hash string, rows []mpsaas.Us
 			return mpsaas.UsageReceipt{}, err
 		}
 		_, err = s.client.PutItem(ctx, &ddb.PutItemInput{TableName: aws.String(s.tables.UsageRequests),
-			Item: map[string]types.AttributeValue{"key": reqKey["key"], "hash": sv(hash), "accepted": nv(int64(len(rows))), "firstId": nv(first),
-				"receivedAt": nv(timeN(now)), "writing": sv("1")},
+			Item: withTTL(map[string]types.AttributeValue{"key": reqKey["key"], "hash": sv(hash), "accepted": nv(int64(len(rows))), "firstId": nv(first),
+				"receivedAt": nv(timeN(now)), "writing": sv("1")}, s.expiry(now)),
 			ConditionExpression: aws.String("attribute_not_exists(#k)"), ExpressionAttributeNames: map[string]string{"#k": "key"}})
 		if isConditionFailed(err) {
 			continue // the same key arrived concurrently; read what it stored
@@ -887,10 +887,10 @@ func (s *Store) FinishBatches(ctx context.Context, results []mpsaas.BatchOutcome
 		if len(left) > 0 {
 			continue
 		}
+		names, vals := map[string]string{"#s": "state"}, map[string]types.AttributeValue{":done": sv("done"), ":now": nv(timeN(now)), ":one": nv(1)}
 		_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterBatches), Key: bkey,
-			UpdateExpression:          aws.String("SET #s = :done, doneAt = :now, attempts = attempts + :one REMOVE pending"),
-			ExpressionAttributeNames:  map[string]string{"#s": "state"},
-			ExpressionAttributeValues: map[string]types.AttributeValue{":done": sv("done"), ":now": nv(timeN(now)), ":one": nv(1)}})
+			UpdateExpression:         aws.String("SET #s = :done, doneAt = :now, attempts = attempts + :one" + s.setTTL(now, names, vals) + " REMOVE pending"),
+			ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
 		if err != nil {
 			return fmt.Errorf("finish batch %d: %w", b.BatchID, err)
 		}
@@ -917,9 +917,10 @@ func (s *Store) SplitBatch(ctx context.Context, batchID int64, now time.Time) er
 			return err
 		}
 	}
+	names, vals := map[string]string{"#s": "state"}, map[string]types.AttributeValue{":split": sv("split")}
 	_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.MeterBatches), Key: map[string]types.AttributeValue{"id": nv(batchID)},
-		UpdateExpression: aws.String("SET #s = :split REMOVE pending"), ExpressionAttributeNames: map[string]string{"#s": "state"},
-		ExpressionAttributeValues: map[string]types.AttributeValue{":split": sv("split")}})
+		UpdateExpression: aws.String("SET #s = :split" + s.setTTL(now, names, vals) + " REMOVE pending"), ExpressionAttributeNames: names,
+		ExpressionAttributeValues: vals})
 	if err != nil {
 		return fmt.Errorf("split batch %d: %w", batchID, err)
 	}
@@ -1371,4 +1372,23 @@ func includes(item map[string]types.AttributeValue) (func(int64) bool, error) {
 		i := sort.Search(len(ranges), func(i int) bool { return ranges[i][1] >= id })
 		return i < len(ranges) && ranges[i][0] <= id
 	}, nil
+}
+
+// withTTL sets the item's time-to-live attribute when ttl is positive.
+func withTTL(item map[string]types.AttributeValue, ttl int64) map[string]types.AttributeValue {
+	if ttl > 0 {
+		item[TTLAttribute] = nv(ttl)
+	}
+	return item
+}
+
+// setTTL adds the time-to-live of an item done at t to an update's names
+// and values and returns the SET clause to append ("" without retention).
+func (s *Store) setTTL(t time.Time, names map[string]string, vals map[string]types.AttributeValue) string {
+	ttl := s.expiry(t)
+	if ttl <= 0 {
+		return ""
+	}
+	names["#ttl"], vals[":ttl"] = TTLAttribute, nv(ttl) // "ttl" is a reserved word
+	return ", #ttl = :ttl"
 }

@@ -42,12 +42,17 @@ func (s *Store) DueMessages(ctx context.Context, now time.Time, limit int) ([]mp
 
 // MarkDelivered records a delivery: the entry leaves the pending index.
 func (s *Store) MarkDelivered(ctx context.Context, id string, at time.Time) error {
-	_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{
+	names, vals := map[string]string{}, map[string]types.AttributeValue{":at": nv(timeN(at)), ":one": nv(1)}
+	in := &ddb.UpdateItemInput{
 		TableName: aws.String(s.tables.Outbox), Key: map[string]types.AttributeValue{"id": sv(id)},
-		UpdateExpression:          aws.String("SET deliveredAt = :at, attempts = attempts + :one REMOVE pending, lastError"),
+		UpdateExpression:          aws.String("SET deliveredAt = :at, attempts = attempts + :one" + s.setTTL(at, names, vals) + " REMOVE pending, lastError"),
 		ConditionExpression:       aws.String("attribute_exists(id)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":at": nv(timeN(at)), ":one": nv(1)},
-	})
+		ExpressionAttributeValues: vals,
+	}
+	if len(names) > 0 {
+		in.ExpressionAttributeNames = names
+	}
+	_, err := s.client.UpdateItem(ctx, in)
 	if err != nil {
 		return fmt.Errorf("mark outbox %s delivered: %w", id, err)
 	}

@@ -101,6 +101,7 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	})
 	store := dynamodb.New(client, dynamodb.Tables{Subscribers: cfg.SubscribersTable, Events: cfg.EventsTable, Outbox: cfg.OutboxTable,
 		Usage: cfg.UsageTable, UsageRequests: cfg.UsageRequestsTable, MeterRecords: cfg.MeterRecordsTable, MeterBatches: cfg.MeterBatchesTable})
+	store.Retention = cfg.Retention
 	role := cfg.Function
 	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI})
 	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, svc: svc.Subscriptions, meter: svc.Metering, web: svc.Web,

@@ -11,6 +11,7 @@ import (
 	"github.com/awslabs/goformation/v7/cloudformation"
 	"github.com/awslabs/goformation/v7/intrinsics"
 
+	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/internal/config"
 )
 
@@ -211,6 +212,16 @@ func TestTemplateOperations(t *testing.T) {
 			if res["DeletionPolicy"] != "Retain" || res["UpdateReplacePolicy"] != "Retain" || pitr["PointInTimeRecoveryEnabled"] != true {
 				t.Errorf("%s: table %s: DeletionPolicy %v, UpdateReplacePolicy %v, PITR %v; want Retain, Retain, enabled",
 					listing, name, res["DeletionPolicy"], res["UpdateReplacePolicy"], pitr)
+			}
+		}
+		// Time to live on the tables whose finished items expire, on the
+		// attribute the store writes (and on no other table).
+		for name, wantTTL := range map[string]bool{"OutboxTable": true, "UsageRequestsTable": true, "MeterBatchesTable": true,
+			"SubscribersTable": false, "EventsTable": false, "UsageTable": false, "MeterRecordsTable": false} {
+			ttl, _ := resources[name].(map[string]any)["Properties"].(map[string]any)["TimeToLiveSpecification"].(map[string]any)
+			got := ttl["Enabled"] == true && ttl["AttributeName"] == dynamodb.TTLAttribute
+			if got != wantTTL {
+				t.Errorf("%s: table %s: time to live %v, want enabled on %q: %v", listing, name, ttl, dynamodb.TTLAttribute, wantTTL)
 			}
 		}
 		if tables < 7 {

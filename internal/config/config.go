@@ -115,6 +115,7 @@ type Config struct {
 	MeterRecordsTable   string
 	MeterBatchesTable   string
 	SampleMeteringTable string
+	RetentionText       string
 
 	// Parsed by Validate.
 	WebPages         bool
@@ -123,6 +124,7 @@ type Config struct {
 	MeterGrace       time.Duration
 	RevokeOnCancel   bool
 	Dimensions       []string
+	Retention        time.Duration
 }
 
 // Setting describes one configuration value for flags, the environment,
@@ -188,6 +190,7 @@ func (c *Config) Settings() []Setting {
 		{Name: "usage-requests-table", Env: "MPSAAS_USAGE_REQUESTS_TABLE", Def: "MpsaasUsageRequests", Runtimes: Lambda, Usage: "DynamoDB table of usage requests (idempotency keys)", ptr: &c.UsageRequestsTable},
 		{Name: "meter-records-table", Env: "MPSAAS_METER_RECORDS_TABLE", Def: "MpsaasMeterRecords", Runtimes: Lambda, Usage: "DynamoDB table of hourly meter records", ptr: &c.MeterRecordsTable},
 		{Name: "meter-batches-table", Env: "MPSAAS_METER_BATCHES_TABLE", Def: "MpsaasMeterBatches", Runtimes: Lambda, Usage: "DynamoDB table of BatchMeterUsage batches", ptr: &c.MeterBatchesTable},
+		{Name: "retention", Env: "MPSAAS_RETENTION", Def: "30d", Runtimes: Lambda, Usage: "how long DynamoDB keeps finished items (usage request idempotency keys, delivered access changes, finished batches) before its time to live deletes them: a duration such as 30d or 720h, at least 2d; 0 keeps them", ptr: &c.RetentionText},
 		{Name: "sample-metering-table", Env: "MPSAAS_SAMPLE_METERING_TABLE", Runtimes: Lambda, Usage: "the sample stack's metering table to take usage from (applications that write to it keep working)", ptr: &c.SampleMeteringTable},
 	}
 }
@@ -342,10 +345,37 @@ func (c *Config) Validate(rt Runtime) error {
 	default:
 		errs = append(errs, fmt.Errorf("MPSAAS_LOG_LEVEL %q: want debug, info, warn or error", c.LogLevel))
 	}
+	if rt&Lambda != 0 {
+		if c.Retention, err = ParseRetention(c.RetentionText); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if rt&Serve != 0 {
 		errs = append(errs, c.validateServe()...)
 	}
 	return errors.Join(errs...)
+}
+
+// ParseRetention reads MPSAAS_RETENTION: a Go duration or a number of
+// days ("30d"), at least two days (a client may retry a usage request
+// until its idempotency key expires), or "0" to keep everything.
+func ParseRetention(v string) (time.Duration, error) {
+	if v == "0" || v == "0d" {
+		return 0, nil
+	}
+	var d time.Duration
+	var err error
+	if days, ok := strings.CutSuffix(v, "d"); ok {
+		var n int
+		n, err = strconv.Atoi(days)
+		d = time.Duration(n) * 24 * time.Hour
+	} else {
+		d, err = time.ParseDuration(v)
+	}
+	if err != nil || d < 48*time.Hour || d > 10*365*24*time.Hour {
+		return 0, fmt.Errorf("MPSAAS_RETENTION %q: want a duration from 2d to 3650d (such as 30d or 720h), or 0 to keep everything", v)
+	}
+	return d, nil
 }
 
 // Sends reports whether this process delivers access changes (and so

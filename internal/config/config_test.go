@@ -29,6 +29,10 @@ func TestValidateByRuntimeAndRole(t *testing.T) {
 		{"two ways to send email", Serve, map[string]string{"MPSAAS_SMTP_ADDR": "smtp:25", "MPSAAS_SMTP_FROM": "a@b.example", "MPSAAS_SES_FROM": "a@b.example"}, "not both"},
 		{"bad endpoint", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_SES_ENDPOINT": "ses"}, "MPSAAS_SES_ENDPOINT"},
 		{"web pages", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_WEB_PAGES": "sometimes"}, "MPSAAS_WEB_PAGES"},
+		{"retention too short for retries", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "1d"}, "MPSAAS_RETENTION"},
+		{"retention in days", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "90d"}, ""},
+		{"retention off (the template's 0 days)", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "0d"}, ""},
+		{"retention as a duration", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "72h"}, ""},
 		{"serve-only settings are not checked on Lambda", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_METER_INTERVAL": "often"}, ""},
 		{"...but are on serve", Serve, map[string]string{"MPSAAS_METER_INTERVAL": "often"}, "MPSAAS_METER_INTERVAL"},
 	} {
