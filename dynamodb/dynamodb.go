@@ -22,6 +22,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"time"
 
@@ -114,13 +115,10 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	}
 	if err := s.createTables(ctx, []*ddb.CreateTableInput{
 		{
-			TableName:            aws.String(s.tables.Subscribers),
-			AttributeDefinitions: []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending")},
-			KeySchema:            hash("customerIdentifier"),
-			GlobalSecondaryIndexes: []types.GlobalSecondaryIndex{
-				gsi(indexLicense, hash("licenseId")),
-				gsi(indexOutbox, hash("outboxPending")),
-			},
+			TableName:              aws.String(s.tables.Subscribers),
+			AttributeDefinitions:   []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending")},
+			KeySchema:              hash("customerIdentifier"),
+			GlobalSecondaryIndexes: subscriberIndexes(),
 		},
 		{
 			TableName:            aws.String(s.tables.Events),
@@ -190,6 +188,96 @@ func tableRole(t Tables, name string) string {
 		return "MeterBatches"
 	}
 	return ""
+}
+
+// subscriberIndexes are the indexes mpsaas adds to the subscribers table
+// (the sample stack's has none): buyers by license id, and subscribers
+// with access changes not yet copied to the outbox.
+func subscriberIndexes() []types.GlobalSecondaryIndex {
+	var out []types.GlobalSecondaryIndex
+	for _, ix := range [][2]string{{indexLicense, "licenseId"}, {indexOutbox, "outboxPending"}} {
+		out = append(out, types.GlobalSecondaryIndex{IndexName: aws.String(ix[0]), Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll},
+			KeySchema: []types.KeySchemaElement{{AttributeName: aws.String(ix[1]), KeyType: types.KeyTypeHash}}})
+	}
+	return out
+}
+
+// PrepareSubscribersTable adds the indexes mpsaas needs to an existing
+// subscribers table (the sample stack's, when a seller migrates and keeps
+// it), one at a time, waiting for each to become active; it reports each
+// step to progress and returns the indexes it added. Existing items are
+// kept; DynamoDB fills the new indexes from them.
+func (s *Store) PrepareSubscribersTable(ctx context.Context, progress io.Writer) ([]string, error) {
+	var added []string
+	for _, ix := range subscriberIndexes() {
+		name := aws.ToString(ix.IndexName)
+		desc, err := s.client.DescribeTable(ctx, &ddb.DescribeTableInput{TableName: aws.String(s.tables.Subscribers)})
+		if err != nil {
+			return added, fmt.Errorf("subscribers table %s: %w", s.tables.Subscribers, err)
+		}
+		if pk := keyAttr(desc.Table.KeySchema); pk != "customerIdentifier" {
+			return added, fmt.Errorf("subscribers table %s: its partition key is %q, not the sample stack's customerIdentifier", s.tables.Subscribers, pk)
+		}
+		if hasIndex(desc.Table, name) {
+			fmt.Fprintf(progress, "%s: index %s exists\n", s.tables.Subscribers, name)
+			continue
+		}
+		create := &types.CreateGlobalSecondaryIndexAction{IndexName: ix.IndexName, KeySchema: ix.KeySchema, Projection: ix.Projection}
+		if desc.Table.BillingModeSummary == nil || desc.Table.BillingModeSummary.BillingMode != types.BillingModePayPerRequest {
+			// A provisioned table needs the index's throughput: the table's.
+			if pt := desc.Table.ProvisionedThroughput; pt != nil && aws.ToInt64(pt.ReadCapacityUnits) > 0 {
+				create.ProvisionedThroughput = &types.ProvisionedThroughput{ReadCapacityUnits: pt.ReadCapacityUnits, WriteCapacityUnits: pt.WriteCapacityUnits}
+			}
+		}
+		fmt.Fprintf(progress, "%s: adding index %s...\n", s.tables.Subscribers, name)
+		if _, err := s.client.UpdateTable(ctx, &ddb.UpdateTableInput{TableName: aws.String(s.tables.Subscribers),
+			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: ix.KeySchema[0].AttributeName, AttributeType: types.ScalarAttributeTypeS}},
+			GlobalSecondaryIndexUpdates: []types.GlobalSecondaryIndexUpdate{{Create: create}}}); err != nil {
+			return added, fmt.Errorf("add index %s to %s: %w", name, s.tables.Subscribers, err)
+		}
+		for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
+			desc, err := s.client.DescribeTable(ctx, &ddb.DescribeTableInput{TableName: aws.String(s.tables.Subscribers)})
+			if err != nil {
+				return added, fmt.Errorf("subscribers table %s: %w", s.tables.Subscribers, err)
+			}
+			if indexActive(desc.Table, name) {
+				break
+			}
+			fmt.Fprintf(progress, "%s: index %s is being built from the existing items...\n", s.tables.Subscribers, name)
+			if err := sleepCtx(ctx, wait); err != nil {
+				return added, err
+			}
+		}
+		added = append(added, name)
+	}
+	return added, nil
+}
+
+func keyAttr(ks []types.KeySchemaElement) string {
+	for _, k := range ks {
+		if k.KeyType == types.KeyTypeHash {
+			return aws.ToString(k.AttributeName)
+		}
+	}
+	return ""
+}
+
+func hasIndex(t *types.TableDescription, name string) bool {
+	for _, g := range t.GlobalSecondaryIndexes {
+		if aws.ToString(g.IndexName) == name {
+			return true
+		}
+	}
+	return false
+}
+
+func indexActive(t *types.TableDescription, name string) bool {
+	for _, g := range t.GlobalSecondaryIndexes {
+		if aws.ToString(g.IndexName) == name {
+			return g.IndexStatus == types.IndexStatusActive && !aws.ToBool(g.Backfilling)
+		}
+	}
+	return false
 }
 
 // Attribute helpers.

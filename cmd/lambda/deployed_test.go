@@ -32,8 +32,22 @@ import (
 
 // deployedEnv returns each function's environment exactly as template.yaml
 // gives it (globals, then the function's own), for the parameters given.
-func deployedEnv(t *testing.T, params map[string]any) map[string]map[string]string {
+func deployedEnv(t *testing.T, given map[string]any) map[string]map[string]string {
 	t.Helper()
+	// CloudFormation takes a parameter's default when none is given.
+	first, err := goformation.OpenWithOptions("../../template.yaml", &intrinsics.ProcessorOptions{ParameterOverrides: given})
+	if err != nil {
+		t.Fatal(err)
+	}
+	params := map[string]any{}
+	for name, p := range first.Parameters {
+		if p.Default != nil {
+			params[name] = fmt.Sprint(p.Default)
+		}
+	}
+	for k, v := range given {
+		params[k] = v
+	}
 	// Conditions are evaluated (the !If of optional settings), and a Ref to
 	// a resource stands for it by its logical id (a table's name; a topic's ARN
 	// ends with it).
@@ -229,10 +243,11 @@ func TestDeployedStackDeliversOnEveryChannel(t *testing.T) {
 	}
 
 	params := map[string]any{"TypeOfSaaSListing": "subscriptions", "ProductCode": "deployed-prod", "MarketplaceTechAdminEmail": "admin@seller.example",
-		"RegistrationSecret": strings.Repeat("s", 32), "WebhookUrl": hookSrv.URL, "WebhookSecret": hookSecret, "MarketplaceSellerEmail": "seller@seller.example"}
+		"RegistrationSecret": strings.Repeat("s", 32), "WebhookUrl": hookSrv.URL, "WebhookSecret": hookSecret, "MarketplaceSellerEmail": "seller@seller.example",
+		"NewSubscribersTableName": f.env["MPSAAS_SUBSCRIBERS_TABLE"]}
 	// What AWS supplies at deployment: resource names and ARNs.
 	resources := map[string]string{
-		"SubscribersTable": f.env["MPSAAS_SUBSCRIBERS_TABLE"], "EventsTable": f.env["MPSAAS_EVENTS_TABLE"], "OutboxTable": f.env["MPSAAS_OUTBOX_TABLE"],
+		"EventsTable": f.env["MPSAAS_EVENTS_TABLE"], "OutboxTable": f.env["MPSAAS_OUTBOX_TABLE"],
 		"UsageTable": f.env["MPSAAS_USAGE_TABLE"], "UsageRequestsTable": f.env["MPSAAS_USAGE_REQUESTS_TABLE"],
 		"MeterRecordsTable": f.env["MPSAAS_METER_RECORDS_TABLE"], "MeterBatchesTable": f.env["MPSAAS_METER_BATCHES_TABLE"],
 		"arn:aws:sns:us-east-1:123456789012:AccessChangesTopic": aws.ToString(topic.TopicArn),
@@ -319,5 +334,43 @@ func TestDeployedStackDeliversOnEveryChannel(t *testing.T) {
 	_ = json.Unmarshal([]byte(aws.ToString(msg.Messages[0].Body)), &env)
 	if err := json.Unmarshal([]byte(env.Message), &c); err != nil || c.Access != mpsaas.AccessGranted || c.Subscriber.Contact.ContactEmail != "ann@acme.example" {
 		t.Errorf("SNS access change = %+v, %v", c, err)
+	}
+}
+
+// TestExistingSubscribersTable (issue 8): a seller migrating from the
+// sample stack keeps its subscribers table: with SubscribersTableExists the
+// template does not create it (creating a table whose name exists fails),
+// and every function uses it by name, with IAM access to it and its indexes.
+func TestExistingSubscribersTable(t *testing.T) {
+	params := map[string]any{"ProductCode": "prodcode", "RegistrationSecret": strings.Repeat("s", 32),
+		"SubscribersTableExists": "true", "NewSubscribersTableName": "SampleSubscribers"}
+	for role, env := range deployedEnv(t, params) {
+		if role != "" && env["MPSAAS_SUBSCRIBERS_TABLE"] != "SampleSubscribers" {
+			t.Errorf("%s function: MPSAAS_SUBSCRIBERS_TABLE = %q", role, env["MPSAAS_SUBSCRIBERS_TABLE"])
+		}
+	}
+	for exists, want := range map[string]bool{"true": false, "false": true} {
+		tmpl, err := goformation.OpenWithOptions("../../template.yaml", &intrinsics.ProcessorOptions{
+			ParameterOverrides: map[string]any{"ProductCode": "prodcode", "SubscribersTableExists": exists, "NewSubscribersTableName": "SampleSubscribers"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := tmpl.JSON()
+		var raw struct {
+			Conditions map[string]any // evaluated by goformation
+			Resources  map[string]struct{ Condition string }
+		}
+		if err := json.Unmarshal(b, &raw); err != nil {
+			t.Fatal(err)
+		}
+		cond := raw.Resources["SubscribersTable"].Condition
+		if creates := cond == "" || raw.Conditions[cond] == true; creates != want {
+			t.Errorf("SubscribersTableExists=%s: template creates the table: %v (condition %s = %v), want %v", exists, creates, cond, raw.Conditions[cond], want)
+		}
+		for _, arn := range []string{"table/SampleSubscribers\"", "table/SampleSubscribers/index/*"} {
+			if !strings.Contains(string(b), arn) {
+				t.Errorf("SubscribersTableExists=%s: no policy names %s", exists, arn)
+			}
+		}
 	}
 }

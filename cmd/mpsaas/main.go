@@ -59,6 +59,8 @@ Usage:
   mpsaas bench dynamodb [flags]
                             measure the serverless metering on DynamoDB (Local): records/s,
                             meter invocations, heap, read/write units, hot partition keys
+  mpsaas dynamodb prepare   add mpsaas's indexes to the sample stack's subscribers table
+                            (migrating with template parameter SubscribersTableExists)
   mpsaas version            print the version
 
 Run "mpsaas <command> -h" for the flags of a command. Every flag can also be
@@ -79,6 +81,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMeter(ctx, args[1:], getenv, stdout, stderr)
 	case "usage":
 		return runUsage(ctx, args[1:], getenv, stdout, stderr)
+	case "dynamodb":
+		return runDynamoDB(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":
 		if len(args) > 1 && args[1] == "http" {
 			return runBenchHTTP(ctx, args[2:], stdout, stderr)
