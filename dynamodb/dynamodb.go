@@ -231,7 +231,7 @@ func (s *Store) PrepareSubscribersTable(ctx context.Context, progress io.Writer)
 		}
 		fmt.Fprintf(progress, "%s: adding index %s...\n", s.tables.Subscribers, name)
 		if _, err := s.client.UpdateTable(ctx, &ddb.UpdateTableInput{TableName: aws.String(s.tables.Subscribers),
-			AttributeDefinitions: []types.AttributeDefinition{{AttributeName: ix.KeySchema[0].AttributeName, AttributeType: types.ScalarAttributeTypeS}},
+			AttributeDefinitions:        []types.AttributeDefinition{{AttributeName: ix.KeySchema[0].AttributeName, AttributeType: types.ScalarAttributeTypeS}},
 			GlobalSecondaryIndexUpdates: []types.GlobalSecondaryIndexUpdate{{Create: create}}}); err != nil {
 			return added, fmt.Errorf("add index %s to %s: %w", name, s.tables.Subscribers, err)
 		}
