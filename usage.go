@@ -207,6 +207,17 @@ type MeterRecord struct {
 // ProductCode) rather than CustomerIdentifier + ProductCode.
 func (m MeterRecord) LicenseMode() bool { return m.CustomerIdentifier == "" }
 
+// BatchGroup is what records must share to go in one BatchMeterUsage call:
+// "each BatchMeterUsage request is for only one product", whether the
+// request names it (ProductCode, with CustomerIdentifier records) or not
+// (LicenseArn records: each license is for one product).
+func BatchGroup(r MeterRecord) string {
+	if r.LicenseMode() {
+		return "license:" + r.ProductCode
+	}
+	return "product:" + r.ProductCode
+}
+
 // MeterBatch is one BatchMeterUsage call, stored before it is made.
 type MeterBatch struct {
 	ID          int64

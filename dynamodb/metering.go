@@ -676,13 +676,6 @@ func (s *Store) AddHeartbeats(ctx context.Context, records []mpsaas.MeterRecord)
 	return added, nil
 }
 
-func batchGroup(r mpsaas.MeterRecord) string {
-	if r.LicenseMode() {
-		return ""
-	}
-	return "product:" + r.ProductCode
-}
-
 // CreateBatches puts sealed records into batches of at most 25, one
 // product code (or license mode) per batch.
 func (s *Store) CreateBatches(ctx context.Context, now time.Time) (int, error) {
@@ -700,7 +693,7 @@ func (s *Store) CreateBatches(ctx context.Context, now time.Time) (int, error) {
 		recs = append(recs, r)
 	}
 	sort.SliceStable(recs, func(i, j int) bool {
-		if gi, gj := batchGroup(recs[i]), batchGroup(recs[j]); gi != gj {
+		if gi, gj := mpsaas.BatchGroup(recs[i]), mpsaas.BatchGroup(recs[j]); gi != gj {
 			return gi < gj
 		}
 		return recs[i].ID < recs[j].ID
@@ -708,7 +701,7 @@ func (s *Store) CreateBatches(ctx context.Context, now time.Time) (int, error) {
 	created := 0
 	for start := 0; start < len(recs); {
 		end := start + 1
-		for end < len(recs) && end-start < mpsaas.MaxBatchRecords && batchGroup(recs[end]) == batchGroup(recs[start]) {
+		for end < len(recs) && end-start < mpsaas.MaxBatchRecords && mpsaas.BatchGroup(recs[end]) == mpsaas.BatchGroup(recs[start]) {
 			end++
 		}
 		if err := s.insertBatch(ctx, recs[start:end], now); err != nil {

@@ -64,6 +64,32 @@ type Config struct {
 	NotificationLog int
 	// Logger receives one line per API call; nil discards.
 	Logger *slog.Logger
+	// Undocumented answers (see the table in the README, "The AWS
+	// Marketplace emulator"): the error code for each, easy to change.
+	Answers Answers
+}
+
+// Answers are the emulator's choices where AWS documents a rule but not
+// the answer that enforces it.
+type Answers struct {
+	// MixedProducts: a BatchMeterUsage request whose records belong to
+	// more than one product ("each BatchMeterUsage request is for only one
+	// product"). ASSUMPTION: ValidationException.
+	MixedProducts string
+	// ProductCodeWithLicense: a request-level ProductCode alongside
+	// LicenseArn records ("for LicenseArn integrations, do NOT include it").
+	// ASSUMPTION: ValidationException.
+	ProductCodeWithLicense string
+	// MissingLicense: a record without LicenseArn for a product created for
+	// concurrent agreements ("new SaaS products must use
+	// CustomerAWSAccountId and LicenseArn"). ASSUMPTION: ValidationException.
+	MissingLicense string
+	// UsageBeforeStart decides usage timestamped before the agreement
+	// started: "hour" answers CustomerNotSubscribed for an hour before the
+	// agreement's start hour (usage in the start hour, sent with the hour's
+	// timestamp as hourly metering does, is billed); "instant" also for a
+	// timestamp earlier in the start hour; "" accepts it. ASSUMPTION: "hour".
+	UsageBeforeStart string
 }
 
 // DefaultConfig returns the limits documented in the specification.
@@ -76,6 +102,8 @@ func DefaultConfig() Config {
 		FinalMeteringWindow: time.Hour,
 		MaxRequestBytes:     1 << 20,
 		NotificationLog:     10000,
+		Answers: Answers{MixedProducts: "ValidationException", ProductCodeWithLicense: "ValidationException",
+			MissingLicense: "ValidationException", UsageBeforeStart: "hour"},
 	}
 }
 
@@ -146,6 +174,18 @@ type Subscription struct {
 	Entitlements map[string]int32 `json:"entitlements,omitempty"`
 	// ExpiresAt is the contract's end (contracts only).
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+}
+
+// startedBy reports whether usage at t falls within the agreement (rule:
+// Answers.UsageBeforeStart).
+func (s *Subscription) startedBy(t time.Time, rule string) bool {
+	switch rule {
+	case "instant":
+		return !t.Before(s.StartedAt)
+	case "hour":
+		return !t.Truncate(time.Hour).Before(s.StartedAt.Truncate(time.Hour))
+	}
+	return true
 }
 
 // meteringAllowed reports whether usage at time now is still accepted.
@@ -331,6 +371,9 @@ type SubscribeOptions struct {
 	Entitlements   map[string]int32 `json:"entitlements,omitempty"`
 	// ContractMonths is the contract duration (contracts only; default 12).
 	ContractMonths int `json:"contractMonths,omitempty"`
+	// StartedAt backdates the agreement (zero: now), for usage of earlier
+	// hours: usage from before an agreement started is not billed.
+	StartedAt time.Time `json:"startedAt,omitzero"`
 }
 
 // SubscribeResult is what the buyer simulator needs to post to the seller.
@@ -361,6 +404,14 @@ func (s *Server) Subscribe(opts SubscribeOptions) (SubscribeResult, error) {
 		}
 	}
 	now := s.Clock.Now()
+	if opts.StartedAt.After(now) {
+		s.mu.Unlock()
+		return SubscribeResult{}, fmt.Errorf("%w: startedAt %s is in the future", ErrInvalid, opts.StartedAt.Format(time.RFC3339))
+	}
+	started := now
+	if !opts.StartedAt.IsZero() {
+		started = opts.StartedAt.UTC()
+	}
 	sub := &Subscription{
 		AgreementID:    "agmt-" + randomString(25, lowerAlnum),
 		OfferID:        "offer-" + randomString(13, lowerAlnum),
@@ -369,7 +420,7 @@ func (s *Server) Subscribe(opts SubscribeOptions) (SubscribeResult, error) {
 		LicenseArn:     fmt.Sprintf("arn:aws:license-manager::%s:license:l-%s", opts.BuyerAccountID, randomString(32, hexDigits)),
 		Status:         StatusActive,
 		FreeTrial:      opts.FreeTrial,
-		StartedAt:      now,
+		StartedAt:      started,
 	}
 	if !p.LicenseBased {
 		sub.CustomerIdentifier = randomString(11, alnum)
@@ -387,7 +438,7 @@ func (s *Server) Subscribe(opts SubscribeOptions) (SubscribeResult, error) {
 		if months <= 0 {
 			months = 12
 		}
-		sub.ExpiresAt = now.AddDate(0, months, 0)
+		sub.ExpiresAt = started.AddDate(0, months, 0)
 	}
 	s.subscriptions[sub.AgreementID] = sub
 	s.byLicense[sub.LicenseArn] = sub

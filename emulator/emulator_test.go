@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -48,7 +49,9 @@ func awsConfig(url string, attempts int) aws.Config {
 func newFixture(t *testing.T) *fixture {
 	t.Helper()
 	em := emulator.New(emulator.DefaultConfig())
-	em.Clock.Set(now)
+	// The buyers subscribed a day before now, so usage of the last 24 hours
+	// is within their agreements.
+	em.Clock.Set(now.Add(-25 * time.Hour))
 	srv := httptest.NewServer(em.Handler())
 	t.Cleanup(srv.Close)
 	cfg := awsConfig(srv.URL, 1)
@@ -87,6 +90,14 @@ func newFixture(t *testing.T) *fixture {
 	f.contract = sub("contractprod", "111111111111", map[string]int32{"seats": 10, "storage": 5})
 	f.contract2 = sub("contractprod", "333333333333", map[string]int32{"seats": 3})
 	f.cancelled = sub("legacyprod", "444444444444", nil)
+	em.Clock.Set(now)
+	// Fresh registration tokens, issued now (as when the buyer clicks
+	// "set up your account" again).
+	for _, r := range []*emulator.SubscribeResult{&f.legacy, &f.license, &f.contract, &f.contract2} {
+		if *r, err = em.NewToken(r.Subscription.AgreementID); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := em.Cancel(f.cancelled.Subscription.AgreementID); err != nil {
 		t.Fatal(err)
 	}
@@ -324,19 +335,20 @@ func TestBatchMeterUsageIdempotentRecordID(t *testing.T) {
 func TestLicenseAndProductCodeAreSeparateKeys(t *testing.T) {
 	// AWS warns that ProductCode-based and LicenseArn-based records for the
 	// same customer and hour double-bill; the emulator reproduces that.
+	// (A legacy product: its buyers can be metered either way.)
 	f := newFixture(t)
 	ctx := context.Background()
 	hour := now.Truncate(time.Hour)
-	byProduct := rec("", "222222222222", "requests", 1, hour)
-	byLicense := rec("", "222222222222", "requests", 1, hour)
-	byLicense.LicenseArn = aws.String(f.license.Subscription.LicenseArn)
-	if _, err := f.metering.BatchMeterUsage(ctx, &mm.BatchMeterUsageInput{ProductCode: aws.String("newprod"), UsageRecords: []mmtypes.UsageRecord{byProduct}}); err != nil {
+	byProduct := rec(f.legacy.Subscription.CustomerIdentifier, "", "users", 1, hour)
+	byLicense := rec("", "111111111111", "users", 1, hour)
+	byLicense.LicenseArn = aws.String(f.legacy.Subscription.LicenseArn)
+	if _, err := f.metering.BatchMeterUsage(ctx, &mm.BatchMeterUsageInput{ProductCode: aws.String("legacyprod"), UsageRecords: []mmtypes.UsageRecord{byProduct}}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := f.metering.BatchMeterUsage(ctx, &mm.BatchMeterUsageInput{UsageRecords: []mmtypes.UsageRecord{byLicense}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := len(f.em.Billed("222222222222")); got != 2 {
+	if got := len(f.em.Billed("111111111111")); got != 2 {
 		t.Errorf("billed records = %d, want 2 (double billing reproduced)", got)
 	}
 }
@@ -573,7 +585,15 @@ func TestMeterUsage(t *testing.T) {
 	in := func(q int32, ts time.Time, token string) *mm.MeterUsageInput {
 		return &mm.MeterUsageInput{ProductCode: aws.String("legacyprod"), UsageDimension: aws.String("users"), UsageQuantity: aws.Int32(q), Timestamp: aws.Time(ts), ClientToken: aws.String(token)}
 	}
-	first, err := f.metering.MeterUsage(ctx, in(4, hour, "tok-1"))
+	// MeterUsage is signed by the buyer's account (the emulator takes a
+	// 12-digit access key id as the account).
+	asBuyer := func(acct string) *mm.Client {
+		cfg := awsConfig(f.url, 1)
+		cfg.Credentials = credentials.NewStaticCredentialsProvider(acct, "secret", "")
+		return mm.NewFromConfig(cfg)
+	}
+	buyer := asBuyer("111111111111")
+	first, err := buyer.MeterUsage(ctx, in(4, hour, "tok-1"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -592,7 +612,7 @@ func TestMeterUsage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			out, err := f.metering.MeterUsage(ctx, tt.in)
+			out, err := buyer.MeterUsage(ctx, tt.in)
 			if got := errorCode(err); got != tt.wantErr {
 				t.Fatalf("MeterUsage error = %q (%v), want %q", got, err, tt.wantErr)
 			}
@@ -606,6 +626,124 @@ func TestMeterUsage(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestMeterUsageEntitlement (issue 11): MeterUsage from an account that is
+// not entitled to the product fails with CustomerNotEntitledException, and
+// de-duplication is per (customer, product, dimension, hour).
+func TestMeterUsageEntitlement(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	hour := now.Truncate(time.Hour)
+	client := func(acct string) *mm.Client {
+		cfg := awsConfig(f.url, 1)
+		cfg.Credentials = credentials.NewStaticCredentialsProvider(acct, "secret", "")
+		return mm.NewFromConfig(cfg)
+	}
+	in := func(q int32) *mm.MeterUsageInput {
+		return &mm.MeterUsageInput{ProductCode: aws.String("legacyprod"), UsageDimension: aws.String("users"), UsageQuantity: aws.Int32(q), Timestamp: aws.Time(hour)}
+	}
+	for name, acct := range map[string]string{"the seller's own account": "AKIDEXAMPLE", "a buyer of another product": "222222222222", "an unknown account": "999999999999"} {
+		if _, err := client(acct).MeterUsage(ctx, in(1)); errorCode(err) != "CustomerNotEntitledException" {
+			t.Errorf("%s: %v, want CustomerNotEntitledException", name, err)
+		}
+	}
+	// Two entitled buyers report the same product, dimension and hour with
+	// different quantities: two customers, two records.
+	a, err := client("111111111111").MeterUsage(ctx, in(3))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := client("444444444444").MeterUsage(ctx, in(5)) // cancelled, within the final hour
+	if err != nil {
+		t.Fatal(err)
+	}
+	if aws.ToString(a.MeteringRecordId) == aws.ToString(b.MeteringRecordId) {
+		t.Error("two customers got the same metering record")
+	}
+	if _, err := client("111111111111").MeterUsage(ctx, in(4)); errorCode(err) != "DuplicateRequestException" {
+		t.Errorf("the same customer, another quantity: %v, want DuplicateRequestException", err)
+	}
+}
+
+// TestBatchMeterUsageProductRules (issue 11): a request is for one product;
+// LicenseArn records come without a request ProductCode; a product created
+// for concurrent agreements takes only LicenseArn records; usage from
+// before the agreement started is not billed.
+func TestBatchMeterUsageProductRules(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	hour := now.Truncate(time.Hour)
+	licRec := func(sub emulator.SubscribeResult, dim string, ts time.Time) mmtypes.UsageRecord {
+		r := rec("", sub.Subscription.BuyerAccountID, dim, 1, ts)
+		r.LicenseArn = aws.String(sub.Subscription.LicenseArn)
+		return r
+	}
+	late, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "legacyprod", BuyerAccountID: "333333333333"}) // starts now, 12:30
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, productCode string
+		records           []mmtypes.UsageRecord
+		wantErr           string
+		wantStatuses      []string
+	}{
+		{name: "licenses of two products in one request", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour), licRec(f.legacy, "users", hour)}, wantErr: "ValidationException"},
+		{name: "ProductCode sent with LicenseArn records", productCode: "newprod", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour)}, wantErr: "ValidationException"},
+		{name: "account id without LicenseArn for a concurrent-agreements product", productCode: "newprod", records: []mmtypes.UsageRecord{rec("", "222222222222", "requests", 1, hour)}, wantErr: "ValidationException"},
+		{name: "usage of an hour before the agreement started", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(late.Subscription.CustomerIdentifier, "", "users", 1, hour.Add(-time.Hour))}, wantStatuses: []string{"CustomerNotSubscribed"}},
+		{name: "usage of the hour the agreement started in", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(late.Subscription.CustomerIdentifier, "", "users", 1, hour)}, wantStatuses: []string{"Success"}},
+		{name: "two records of one license", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour), licRec(f.license, "requests", hour.Add(-time.Hour))}, wantStatuses: []string{"Success", "Success"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			in := &mm.BatchMeterUsageInput{UsageRecords: tt.records}
+			if tt.productCode != "" {
+				in.ProductCode = aws.String(tt.productCode)
+			}
+			out, err := f.metering.BatchMeterUsage(ctx, in)
+			if got := errorCode(err); got != tt.wantErr {
+				t.Fatalf("error = %q (%v), want %q", got, err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			var got []string
+			for _, r := range out.Results {
+				got = append(got, string(r.Status))
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tt.wantStatuses) {
+				t.Errorf("statuses = %v, want %v", got, tt.wantStatuses)
+			}
+		})
+	}
+	// The answers AWS does not document are configurable.
+	cfg := emulator.DefaultConfig()
+	cfg.Answers.MixedProducts = "InvalidProductCodeException"
+	em := emulator.New(cfg)
+	srv := httptest.NewServer(em.Handler())
+	defer srv.Close()
+	var subs []emulator.SubscribeResult
+	for _, code := range []string{"p1", "p2"} {
+		if _, err := em.AddProduct(emulator.Product{Code: code, Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := em.AddBuyer(emulator.Buyer{AccountID: "555555555555"}); err != nil {
+		t.Fatal(err)
+	}
+	for _, code := range []string{"p1", "p2"} {
+		r, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: code, BuyerAccountID: "555555555555"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		subs = append(subs, r)
+	}
+	_, err = mm.NewFromConfig(awsConfig(srv.URL, 1)).BatchMeterUsage(ctx, &mm.BatchMeterUsageInput{UsageRecords: []mmtypes.UsageRecord{
+		licRec(subs[0], "users", em.Clock.Now()), licRec(subs[1], "users", em.Clock.Now())}})
+	if errorCode(err) != "InvalidProductCodeException" {
+		t.Errorf("with Answers.MixedProducts changed: %v", err)
 	}
 }
 

@@ -181,11 +181,20 @@ func (s *Server) batchMeterUsage(c call, body []byte) (any, *apiError) {
 		}
 		reqProduct = p
 	}
+	var product *Product // of the first record: a request is for one product
 	for i := range recs {
 		r := &recs[i]
 		p, apiErr := s.resolveRecordLocked(i, r, reqProduct)
 		if apiErr != nil {
 			return nil, apiErr
+		}
+		if r.mode == "license" && reqProduct != nil {
+			return nil, newAPIError(s.cfg.Answers.ProductCodeWithLicense, "usageRecords.%d: ProductCode must not be sent with LicenseArn records (it is for legacy CustomerIdentifier integrations only)", i+1)
+		}
+		if product == nil {
+			product = p
+		} else if p != product {
+			return nil, newAPIError(s.cfg.Answers.MixedProducts, "usageRecords.%d is for product %s, usageRecords.1 for %s: each BatchMeterUsage request is for only one product", i+1, p.Code, product.Code)
 		}
 		if !p.hasDimension(str(r.raw.Dimension)) {
 			return nil, newAPIError("InvalidUsageDimensionException", "usageRecords.%d: dimension %q is not a dimension of product %s", i+1, str(r.raw.Dimension), p.Code)
@@ -212,7 +221,7 @@ func (s *Server) batchMeterUsage(c call, body []byte) (any, *apiError) {
 			// idempotent and can be retried"), so a client whose first
 			// answer was lost learns the record was billed.
 			res.Status, res.MeteringRecordId = s.billLocked(r, now)
-		case r.sub == nil || !r.sub.meteringAllowed(now, s.cfg.FinalMeteringWindow):
+		case r.sub == nil || !r.sub.meteringAllowed(now, s.cfg.FinalMeteringWindow) || !r.sub.startedBy(r.raw.Timestamp.Time, s.cfg.Answers.UsageBeforeStart):
 			res.Status = "CustomerNotSubscribed"
 		default:
 			res.Status, res.MeteringRecordId = s.billLocked(r, now)
@@ -303,10 +312,13 @@ func (s *Server) resolveRecordLocked(i int, r *checked, reqProduct *Product) (*P
 		return nil, newAPIError("InvalidProductCodeException", "usageRecords.%d: ProductCode is required for records without a LicenseArn", n)
 	}
 	p := reqProduct
+	if ci != "" && p.LicenseBased {
+		return nil, newAPIError("InvalidCustomerIdentifierException", "usageRecords.%d: CustomerIdentifier is not supported for product %s; use CustomerAWSAccountId and LicenseArn", n, p.Code)
+	}
+	if p.LicenseBased {
+		return nil, newAPIError(s.cfg.Answers.MissingLicense, "usageRecords.%d: product %s takes records with CustomerAWSAccountId and LicenseArn", n, p.Code)
+	}
 	if ci != "" {
-		if p.LicenseBased {
-			return nil, newAPIError("InvalidCustomerIdentifierException", "usageRecords.%d: CustomerIdentifier is not supported for product %s; use CustomerAWSAccountId and LicenseArn", n, p.Code)
-		}
 		r.customerKey = ci
 		r.sub = s.byProductCI[p.Code+"\x00"+ci]
 		return p, nil
@@ -477,10 +489,23 @@ func (s *Server) meterUsageOp(c call, body []byte) (any, *apiError) {
 	if _, apiErr := checkAllocations(0, in.UsageAllocations, q); apiErr != nil {
 		return nil, apiErr
 	}
+	// MeterUsage runs in the buyer's account (AMI and container products):
+	// the signing account must be entitled to the product.
+	account := c.callerAccount()
+	entitled := false
+	for _, sub := range s.byProductAcc[p.Code+"\x00"+account] {
+		if sub.meteringAllowed(now, s.cfg.FinalMeteringWindow) {
+			entitled = true
+		}
+	}
+	if !entitled {
+		return nil, newAPIError("CustomerNotEntitledException", "account %s is not entitled to product %s", account, p.Code)
+	}
 	if in.DryRun != nil && *in.DryRun {
 		return nil, newAPIError("DryRunOperation", "request would have succeeded")
 	}
-	params := fmt.Sprintf("%s|%s|%d|%d", p.Code, *in.UsageDimension, in.Timestamp.Truncate(time.Hour).Unix(), q)
+	// De-duplicated per (customer, product, dimension, hour).
+	params := fmt.Sprintf("%s|%s|%s|%d|%d", account, p.Code, *in.UsageDimension, in.Timestamp.Truncate(time.Hour).Unix(), q)
 	if tok := str(in.ClientToken); tok != "" {
 		if prev, ok := s.meterUsage["token:"+tok]; ok {
 			if prev != params {
@@ -489,7 +514,7 @@ func (s *Server) meterUsageOp(c call, body []byte) (any, *apiError) {
 		}
 		s.meterUsage["token:"+tok] = params
 	}
-	hourKey := fmt.Sprintf("%s|%s|%d", p.Code, *in.UsageDimension, in.Timestamp.Truncate(time.Hour).Unix())
+	hourKey := fmt.Sprintf("%s|%s|%s|%d", account, p.Code, *in.UsageDimension, in.Timestamp.Truncate(time.Hour).Unix())
 	if prev, ok := s.meterUsage[hourKey]; ok {
 		id, prevParams, _ := strings.Cut(prev, " ")
 		if prevParams != params {

@@ -239,7 +239,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, p protocol, targe
 		p.writeError(w, validationError("request size exceeds %d bytes", s.cfg.MaxRequestBytes))
 		return
 	}
-	out, apiErr := op(call{protocol: p, unprocessedRate: d.unprocessedRate}, body)
+	out, apiErr := op(call{protocol: p, unprocessedRate: d.unprocessedRate, accessKey: accessKeyOf(r)}, body)
 	if apiErr != nil {
 		s.log.Info("emulator call", "operation", name, "error", apiErr.Type, "message", apiErr.Message)
 		p.writeError(w, apiErr)
@@ -258,6 +258,31 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, p protocol, targe
 type call struct {
 	protocol
 	unprocessedRate float64
+	// accessKey is the access key id the request was signed with ("" unsigned).
+	accessKey string
+}
+
+// callerAccount is the AWS account a request was signed by. The emulator
+// does not verify signatures; by its convention an access key id of 12
+// digits is that account (sign as a buyer with the buyer's account id as
+// the access key id), any other is the seller's.
+func (c call) callerAccount() string {
+	if len(c.accessKey) == 12 && strings.Trim(c.accessKey, "0123456789") == "" {
+		return c.accessKey
+	}
+	return SellerAccountID
+}
+
+// accessKeyOf reads the access key id from a SigV4 Authorization header.
+func accessKeyOf(r *http.Request) string {
+	auth := r.Header.Get("Authorization")
+	i := strings.Index(auth, "Credential=")
+	if i < 0 {
+		return ""
+	}
+	cred := auth[i+len("Credential="):]
+	key, _, _ := strings.Cut(cred, "/")
+	return key
 }
 
 // checkSigningScope refuses requests whose SigV4 scope names another service.

@@ -44,7 +44,7 @@ func (h *harness) buyer(t *testing.T, product string, ents map[string]int32) (st
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err := h.em.Subscribe(emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: b.AccountID, Entitlements: ents})
+	res, err := h.em.Subscribe(emulator.SubscribeOptions{StartedAt: h.em.Clock.Now().Add(-24 * time.Hour), ProductCode: product, BuyerAccountID: b.AccountID, Entitlements: ents})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -693,5 +693,25 @@ func TestLateOverageAfterAnInterruptedPass(t *testing.T) {
 	// Hour 12: 1 + 2 + 6 = 9 used, 5 entitled: 4. Hour 13: 1, covered.
 	if billed != 4 {
 		t.Errorf("AWS billed %d, want 4 (hour 12's overage)\nbilled %v", billed, h.billed())
+	}
+}
+
+// TestLicenseRecordsOfTwoProductsGoInSeparateCalls (issue 11): "each
+// BatchMeterUsage request is for only one product", also when the request
+// names none (LicenseArn records): the emulator refuses a request mixing
+// two products' licenses, as AWS says it does.
+func TestLicenseRecordsOfTwoProductsGoInSeparateCalls(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("one", emulator.ProductSubscription, true), product("two", emulator.ProductSubscription, true))
+	a, ares := h.buyer(t, "one", nil)
+	b, bres := h.buyer(t, "two", nil)
+	hour := start.Add(-2 * time.Hour)
+	h.ingest(t, "k", mpsaas.Usage{Customer: a, Dimension: "users", Quantity: 3, Time: hour}, mpsaas.Usage{Customer: b, Dimension: "users", Quantity: 4, Time: hour})
+	r := h.runUntilDone(t)
+	want := map[string]int64{ares.Subscription.BuyerAccountID + "/users/" + hour.Format("15h"): 3, bres.Subscription.BuyerAccountID + "/users/" + hour.Format("15h"): 4}
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want %v", got, want)
+	}
+	if r.Calls != 2 || r.Billed != 2 || r.Rejected+r.Flagged != 0 {
+		t.Errorf("run = %+v, want 2 calls (one per product) billing both", r)
 	}
 }

@@ -471,7 +471,7 @@ func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (cr
 	err = d.withTx(ctx, func(tx *sql.Tx) error {
 		t := totals{}
 		rows, err := tx.QueryContext(ctx, `SELECT `+meterColumns+` FROM meter_records WHERE state = 'sealed'
-			ORDER BY CASE WHEN customer_identifier = '' THEN '' ELSE product_code END, id LIMIT ?`, chunk)
+			ORDER BY CASE WHEN customer_identifier = '' THEN 'l:' || product_code ELSE 'p:' || product_code END, id LIMIT ?`, chunk)
 		if err != nil {
 			return err
 		}
@@ -492,14 +492,8 @@ func (d *DB) createBatchChunk(ctx context.Context, now time.Time, chunk int) (cr
 			batch = batch[:0]
 			return nil
 		}
-		group := func(r mpsaas.MeterRecord) string {
-			if r.LicenseMode() {
-				return ""
-			}
-			return "product:" + r.ProductCode
-		}
 		for _, r := range recs {
-			if len(batch) == mpsaas.MaxBatchRecords || (len(batch) > 0 && group(batch[0]) != group(r)) {
+			if len(batch) == mpsaas.MaxBatchRecords || (len(batch) > 0 && mpsaas.BatchGroup(batch[0]) != mpsaas.BatchGroup(r)) {
 				if err := flush(); err != nil {
 					return err
 				}

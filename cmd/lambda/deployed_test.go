@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-lambda-go/events"
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -286,7 +287,7 @@ func TestDeployedStackDeliversOnEveryChannel(t *testing.T) {
 	}
 
 	// The buyer subscribes: SNS messages arrive through the queue, and the EventBridge events.
-	res, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "deployed-prod", BuyerAccountID: "123456789012"})
+	res, err := f.em.Subscribe(emulator.SubscribeOptions{StartedAt: f.em.Clock.Now().Add(-24 * time.Hour), ProductCode: "deployed-prod", BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -105,7 +105,7 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	}
 
 	// The buyer subscribes; SNS messages arrive through SQS before the buyer registers.
-	res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "lambda-prod", BuyerAccountID: "123456789012"})
+	res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: "lambda-prod", BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -46,7 +46,7 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: []string{"fault-legacy", "fault-license"}[i%2], BuyerAccountID: b.AccountID})
+		res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: []string{"fault-legacy", "fault-license"}[i%2], BuyerAccountID: b.AccountID})
 		if err != nil {
 			t.Fatal(err)
 		}

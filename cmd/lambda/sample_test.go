@@ -32,7 +32,7 @@ func TestSampleMeteringTableThroughLambda(t *testing.T) {
 	if _, err := em.AddBuyer(emulator.Buyer{AccountID: "123456789012"}); err != nil {
 		t.Fatal(err)
 	}
-	res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "sample-prod", BuyerAccountID: "123456789012"})
+	res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: "sample-prod", BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

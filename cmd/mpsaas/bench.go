@@ -113,7 +113,7 @@ func bench(ctx context.Context, bin, dir string, buyers, records int, progress i
 		if _, err := em.AddBuyer(emulator.Buyer{AccountID: acct}); err != nil {
 			return res, err
 		}
-		sr, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "bench", BuyerAccountID: acct})
+		sr, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: "bench", BuyerAccountID: acct})
 		if err != nil {
 			return res, err
 		}

@@ -205,7 +205,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 		if _, err := em.AddBuyer(emulator.Buyer{AccountID: acct}); err != nil {
 			return err
 		}
-		sr, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "bench", BuyerAccountID: acct})
+		sr, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: "bench", BuyerAccountID: acct})
 		if err != nil {
 			return err
 		}

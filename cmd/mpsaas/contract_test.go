@@ -20,7 +20,7 @@ import (
 // given entitlements and registers them through serve's HTTP API.
 func contractBuyer(t *testing.T, app *testApp, account string, ents map[string]int32) (string, emulator.Subscription) {
 	t.Helper()
-	return subscribeAndRegister(t, app, emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: account, Entitlements: ents})
+	return subscribeAndRegister(t, app, emulator.SubscribeOptions{StartedAt: app.em.Clock.Now().Add(-24 * time.Hour), ProductCode: demoLicenseProduct, BuyerAccountID: account, Entitlements: ents})
 }
 
 // emulatorControl calls the emulator's control API over HTTP.
@@ -147,7 +147,7 @@ func TestLateContractUsageBillsTheHoursOverage(t *testing.T) {
 // registration page, none in a 409.
 func TestConcurrentFulfillmentPosts(t *testing.T) {
 	app := startApp(t, mpsaas.ListingSubscriptions)
-	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: "123456789012"})
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{StartedAt: app.em.Clock.Now().Add(-24 * time.Hour), ProductCode: demoLicenseProduct, BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

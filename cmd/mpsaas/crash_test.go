@@ -73,7 +73,7 @@ func TestMeteringSurvivesKillsAndFaults(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: []string{"crash-legacy", "crash-license"}[i%2], BuyerAccountID: b.AccountID})
+		res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: []string{"crash-legacy", "crash-license"}[i%2], BuyerAccountID: b.AccountID})
 		if err != nil {
 			t.Fatal(err)
 		}

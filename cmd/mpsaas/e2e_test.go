@@ -304,7 +304,7 @@ func TestFulfillmentBadInput(t *testing.T) {
 
 func TestSampleRegistrationAPI(t *testing.T) {
 	app := startApp(t, mpsaas.ListingContractsWithSubscription)
-	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLegacyProduct, BuyerAccountID: "210987654321", Entitlements: map[string]int32{"users": 25}})
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{StartedAt: app.em.Clock.Now().Add(-24 * time.Hour), ProductCode: demoLegacyProduct, BuyerAccountID: "210987654321", Entitlements: map[string]int32{"users": 25}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,7 +61,7 @@ func TestServeConsumesSQSAndPublishesToSNS(t *testing.T) {
 		"MPSAAS_ACCESS_TOPIC_ARN", accessTopic, "MPSAAS_SNS_ENDPOINT", endpoint)
 	// Only the SQS path may deliver notifications in this test.
 	seq := len(app.em.Notifications(0))
-	res, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLegacyProduct, BuyerAccountID: "123456789012"})
+	res, err := app.em.Subscribe(emulator.SubscribeOptions{StartedAt: app.em.Clock.Now().Add(-24 * time.Hour), ProductCode: demoLegacyProduct, BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

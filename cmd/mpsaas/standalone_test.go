@@ -6,6 +6,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
@@ -24,7 +25,7 @@ func TestServeWithStandaloneEmulator(t *testing.T) {
 	if app.em != nil {
 		t.Fatal("an embedded emulator started although MPSAAS_EMULATOR_URL is set")
 	}
-	res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: "123456789012"})
+	res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: demoLicenseProduct, BuyerAccountID: "123456789012"})
 	if err != nil {
 		t.Fatal(err)
 	}

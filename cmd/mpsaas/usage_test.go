@@ -26,7 +26,7 @@ const testUsageKey = "usage-key-0123456789abcdef"
 // HTTP API and returns the subscriber key and the agreement.
 func registeredBuyer(t *testing.T, app *testApp, product, account string) (string, emulator.Subscription) {
 	t.Helper()
-	return subscribeAndRegister(t, app, emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: account})
+	return subscribeAndRegister(t, app, emulator.SubscribeOptions{StartedAt: app.em.Clock.Now().Add(-24 * time.Hour), ProductCode: product, BuyerAccountID: account})
 }
 
 // subscribeAndRegister subscribes in the emulator and registers through

@@ -186,7 +186,7 @@ func Run(t *testing.T, cfg Config) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		opts := emulator.SubscribeOptions{ProductCode: []string{"model-license", "model-legacy"}[i%2], BuyerAccountID: b.AccountID}
+		opts := emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: []string{"model-license", "model-legacy"}[i%2], BuyerAccountID: b.AccountID}
 		users := int64(0)
 		if cfg.Contracts {
 			users = int64(5 + 10*i)
