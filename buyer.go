@@ -165,8 +165,10 @@ type Subscriber struct {
 	LicenseArn string `json:"licenseArn,omitempty"`
 	Contact
 	RegisteredAt time.Time `json:"registeredAt,omitzero"`
-	// OfferType is x-amzn-marketplace-offer-type from the fulfillment POST
-	// ("free-trial" or empty).
+	// OfferType is "free-trial" when AWS reports a free trial term in the
+	// buyer's agreement (Agreement API), empty otherwise. (It is not the
+	// fulfillment POST's x-amzn-marketplace-offer-type, which the buyer's
+	// browser could change.)
 	OfferType string `json:"offerType,omitempty"`
 
 	// State is folded from the subscription events.

@@ -169,6 +169,9 @@ func (s *Server) operations() map[string]operation {
 		"AWSMPMeteringService.MeterUsage":         s.meterUsageOp,
 		"AWSMPMeteringService.RegisterUsage":      s.registerUsage,
 		"AWSMPEntitlementService.GetEntitlements": s.getEntitlements,
+		agreementService + "SearchAgreements":     s.searchAgreements,
+		agreementService + "DescribeAgreement":    s.describeAgreement,
+		agreementService + "GetAgreementTerms":    s.getAgreementTerms,
 	}
 }
 
@@ -205,7 +208,7 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, p protocol, targe
 	// ASSUMPTION: only the metering operations are on the metering endpoint and
 	// GetEntitlements on the entitlement endpoint; the emulator serves both on
 	// one listener, so it does not check which host name was used.
-	if _, isCBOR := p.(cborProtocol); isCBOR && !strings.HasPrefix(target, "AWSMPEntitlementService.") {
+	if _, isCBOR := p.(cborProtocol); isCBOR && !strings.HasPrefix(target, "AWSMPEntitlementService.") && !strings.HasPrefix(target, agreementService) {
 		p.writeError(w, newAPIError("UnknownOperationException", "operation %q is not served over rpc-v2-cbor", target))
 		return
 	}

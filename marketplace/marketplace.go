@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
+	agr "github.com/aws/aws-sdk-go-v2/service/marketplaceagreement"
+	agrtypes "github.com/aws/aws-sdk-go-v2/service/marketplaceagreement/types"
 	ent "github.com/aws/aws-sdk-go-v2/service/marketplaceentitlementservice"
 	enttypes "github.com/aws/aws-sdk-go-v2/service/marketplaceentitlementservice/types"
 	mm "github.com/aws/aws-sdk-go-v2/service/marketplacemetering"
@@ -25,6 +27,8 @@ import (
 type Client struct {
 	Metering    *mm.Client
 	Entitlement *ent.Client
+	// Agreement reads buyers' agreements (AWS Marketplace Agreement API).
+	Agreement *agr.Client
 }
 
 var _ mpsaas.Marketplace = (*Client)(nil)
@@ -35,6 +39,7 @@ type Options struct {
 	// (e.g. the emulator's URL). Empty means AWS.
 	MeteringEndpoint    string
 	EntitlementEndpoint string
+	AgreementEndpoint   string
 }
 
 // New builds the clients from an AWS config. The entitlement service is
@@ -52,7 +57,45 @@ func New(cfg aws.Config, opts Options) *Client {
 				o.BaseEndpoint = aws.String(opts.EntitlementEndpoint)
 			}
 		}),
+		// The Agreement API, like the entitlement service, is served in us-east-1.
+		Agreement: agr.NewFromConfig(cfg, func(o *agr.Options) {
+			o.Region = "us-east-1"
+			if opts.AgreementEndpoint != "" {
+				o.BaseEndpoint = aws.String(opts.AgreementEndpoint)
+			}
+		}),
 	}
+}
+
+// FreeTrial reports whether the buyer's agreement for a license has a free
+// trial term: AWS's own answer, where the fulfillment POST's
+// x-amzn-marketplace-offer-type comes through the buyer's browser. It
+// finds the agreement by its license (SearchAgreements as the proposer)
+// and reads its accepted terms (GetAgreementTerms).
+func (c *Client) FreeTrial(ctx context.Context, licenseArn string) (bool, error) {
+	filter := func(name, v string) agrtypes.Filter {
+		return agrtypes.Filter{Name: aws.String(name), Values: []string{v}}
+	}
+	found, err := c.Agreement.SearchAgreements(ctx, &agr.SearchAgreementsInput{Catalog: aws.String("AWSMarketplace"),
+		Filters: []agrtypes.Filter{filter("AgreementType", "PurchaseAgreement"), filter("PartyType", "Proposer"), filter("LicenseArn", licenseArn)}})
+	if err != nil {
+		return false, translate("SearchAgreements", err)
+	}
+	for _, a := range found.AgreementViewSummaries {
+		p := agr.NewGetAgreementTermsPaginator(c.Agreement, &agr.GetAgreementTermsInput{AgreementId: a.AgreementId})
+		for p.HasMorePages() {
+			page, err := p.NextPage(ctx)
+			if err != nil {
+				return false, translate("GetAgreementTerms", err)
+			}
+			for _, t := range page.AcceptedTerms {
+				if _, ok := t.(*agrtypes.AcceptedTermMemberFreeTrialPricingTerm); ok {
+					return true, nil
+				}
+			}
+		}
+	}
+	return false, nil
 }
 
 // ResolveCustomer exchanges a registration token for the customer.

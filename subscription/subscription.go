@@ -24,8 +24,11 @@ import (
 type Service struct {
 	Store       mpsaas.SubscriberStore
 	Marketplace mpsaas.Marketplace
-	Clock       mpsaas.Clock
-	Logger      *slog.Logger
+	// Agreements, when set, tells whether a buyer's agreement has a free
+	// trial (without it, only SNS messages say).
+	Agreements Agreements
+	Clock      mpsaas.Clock
+	Logger     *slog.Logger
 	// Listing is the TypeOfSaaSListing: subscriptions, contracts or
 	// contracts_with_subscription. Contracts read entitlements.
 	Listing string
@@ -92,9 +95,17 @@ func (s *Service) log() *slog.Logger {
 // ResolveOptions carry what the fulfillment POST says besides the token.
 type ResolveOptions struct {
 	// FreeTrial is set when the POST had x-amzn-marketplace-offer-type=free-trial.
-	// It is used only when no SNS message says whether a free trial applies
-	// (EventBridge events do not).
+	// The buyer's browser sends that POST, so it decides nothing: whether a
+	// free trial applies comes from AWS (the agreement's terms, or the SNS
+	// message's isFreeTrialTermPresent). A claim AWS does not back is logged.
 	FreeTrial bool
+}
+
+// Agreements reads buyers' agreements (the AWS Marketplace Agreement API).
+type Agreements interface {
+	// FreeTrial reports whether the agreement of a license has a free
+	// trial term.
+	FreeTrial(ctx context.Context, licenseArn string) (bool, error)
 }
 
 // Resolve exchanges a registration token for the customer and makes sure a
@@ -118,8 +129,20 @@ func (s *Service) Resolve(ctx context.Context, token string, opts ResolveOptions
 		s.log().Warn("registration token for another product", "productCode", cust.ProductCode)
 		return nil, mpsaas.Errorf(mpsaas.EINVALID, "This registration is for a product (%s) that this site does not sell.", cust.ProductCode)
 	}
+	trial := false
+	if s.Agreements != nil && cust.LicenseArn != "" {
+		t, err := s.Agreements.FreeTrial(ctx, cust.LicenseArn)
+		if err != nil {
+			// Not fatal: the buyer registers; an SNS message may still say.
+			s.log().Warn("reading the buyer's agreement terms (free trial unknown)", "productCode", cust.ProductCode, "err", err)
+		}
+		trial = t && err == nil
+	}
+	if opts.FreeTrial && !trial {
+		s.log().Warn("the fulfillment POST claims a free trial that AWS does not report; ignored", "productCode", cust.ProductCode)
+	}
 	return s.update(ctx, cust, "", func(sub *mpsaas.Subscriber) error {
-		if opts.FreeTrial {
+		if trial {
 			sub.OfferType = mpsaas.OfferTypeFreeTrial
 		}
 		return nil

@@ -31,7 +31,7 @@ func newHarness(t *testing.T, listing string, products ...emulator.Product) *har
 		codes = append(codes, p.Code)
 	}
 	return &harness{em: em, db: db, svc: &subscription.Service{
-		Store: db, Marketplace: mp, Clock: mpsaas.ClockFunc(em.Clock.Now),
+		Store: db, Marketplace: mp, Agreements: mp, Clock: mpsaas.ClockFunc(em.Clock.Now),
 		Listing: listing, ProductCodes: codes, Channels: []string{mpsaas.ChannelWebhook},
 	}}
 }

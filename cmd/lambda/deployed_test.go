@@ -255,7 +255,7 @@ func TestDeployedStackDeliversOnEveryChannel(t *testing.T) {
 	}
 	// And where the local stand-ins listen.
 	endpoints := map[string]string{"MPSAAS_DYNAMODB_ENDPOINT": f.env["MPSAAS_DYNAMODB_ENDPOINT"], "MPSAAS_METERING_ENDPOINT": f.env["MPSAAS_METERING_ENDPOINT"],
-		"MPSAAS_ENTITLEMENT_ENDPOINT": f.env["MPSAAS_ENTITLEMENT_ENDPOINT"], "MPSAAS_SNS_ENDPOINT": sqsEndpoint, "MPSAAS_SES_ENDPOINT": sesSrv.URL}
+		"MPSAAS_ENTITLEMENT_ENDPOINT": f.env["MPSAAS_ENTITLEMENT_ENDPOINT"], "MPSAAS_AGREEMENT_ENDPOINT": f.env["MPSAAS_AGREEMENT_ENDPOINT"], "MPSAAS_SNS_ENDPOINT": sqsEndpoint, "MPSAAS_SES_ENDPOINT": sesSrv.URL}
 	apps := map[string]*App{}
 	for role, env := range deployedEnv(t, params) {
 		if role == "" {

@@ -57,7 +57,7 @@ func newFixture(t *testing.T, products ...emulator.Product) *fixture {
 		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
 		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
 		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
-		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL,
+		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL, "MPSAAS_AGREEMENT_ENDPOINT": emSrv.URL,
 	}}
 }
 

@@ -68,7 +68,7 @@ type App struct {
 // the real calls by TestBuyerJourneyThroughLambdaHandlers).
 var awsActions = map[string][]string{
 	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
-		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements"},
+		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements", "aws-marketplace:SearchAgreements", "aws-marketplace:GetAgreementTerms"},
 	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
 		"aws-marketplace:GetEntitlements"},
 	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},

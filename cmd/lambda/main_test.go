@@ -236,6 +236,8 @@ func (r *actionRecorder) Do(req *http.Request) (*http.Response, error) {
 		action = "aws-marketplace:" + target[strings.IndexByte(target, '.')+1:]
 	case strings.HasPrefix(req.URL.Path, "/service/AWSMPEntitlementService/operation/"):
 		action = "aws-marketplace:" + strings.TrimPrefix(req.URL.Path, "/service/AWSMPEntitlementService/operation/")
+	case strings.HasPrefix(req.URL.Path, "/service/AWSMPCommerceService_v20200301/operation/"):
+		action = "aws-marketplace:" + strings.TrimPrefix(req.URL.Path, "/service/AWSMPCommerceService_v20200301/operation/")
 	default:
 		action = "unknown:" + req.URL.String()
 	}

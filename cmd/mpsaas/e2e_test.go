@@ -159,6 +159,38 @@ func (a *testApp) agreement(t *testing.T, product string) emulator.Subscription 
 
 var journeyContact = mpsaas.Contact{CompanyName: "Acme Robotics", ContactPerson: "Ann Lee", ContactPhone: "+1 206 555 0100", ContactEmail: "ann@acme.example"}
 
+// TestFreeTrialComesFromAWS (issue 9): the fulfillment POST comes through
+// the buyer's browser, so its offer type decides nothing: a buyer who
+// edits the form into a free trial gets none, and a buyer whose agreement
+// has a free trial gets it without the form saying so (the Agreement API).
+func TestFreeTrialComesFromAWS(t *testing.T) {
+	for _, tc := range []struct {
+		name      string
+		trial     bool   // the agreement has a free trial term
+		offerType string // what the (edited) POST says
+	}{{"forged claim", false, "free-trial"}, {"claim removed", true, ""}} {
+		t.Run(tc.name, func(t *testing.T) {
+			app := startApp(t, mpsaas.ListingSubscriptions)
+			client := &http.Client{}
+			form := url.Values{"productCode": {demoLicenseProduct}, "buyerAccountId": {"123456789012"}}
+			if tc.trial {
+				form.Set("freeTrial", "1")
+			}
+			page := postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscribe", form, 200)
+			action, fields := parseForm(t, page, "setup-form")
+			fields.Set("x-amzn-marketplace-offer-type", tc.offerType)
+			page = postForm(t, client, action, fields, 200)
+			_, reg := parseForm(t, page, "register-form")
+			postForm(t, client, app.URL()+"/register", url.Values{"session": reg["session"], "companyName": {journeyContact.CompanyName},
+				"contactPerson": {journeyContact.ContactPerson}, "contactPhone": {journeyContact.ContactPhone}, "contactEmail": {journeyContact.ContactEmail}}, 200)
+			granted := app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessGranted)
+			if granted.Subscriber.FreeTrial != tc.trial {
+				t.Errorf("free trial = %v, want %v (the agreement's)", granted.Subscriber.FreeTrial, tc.trial)
+			}
+		})
+	}
+}
+
 // TestBuyerJourneyHTTP drives the journey with a plain HTTP client posting
 // the same forms a browser would (fast; runs everywhere).
 func TestBuyerJourneyHTTP(t *testing.T) {

@@ -82,7 +82,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	}
 
 	var awsCfg aws.Config
-	mpOpts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
+	mpOpts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint, AgreementEndpoint: cfg.AgreementEndpoint}
 	target := targetAWS
 	if cfg.UseEmulator(ctx, getenv) {
 		target = targetEmulator
@@ -110,7 +110,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 			wake(a.wakeQ)
 		})
 		awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("emulator", "emulator", "")}
-		mpOpts = marketplace.Options{MeteringEndpoint: emURL, EntitlementEndpoint: emURL}
+		mpOpts = marketplace.Options{MeteringEndpoint: emURL, EntitlementEndpoint: emURL, AgreementEndpoint: emURL}
 	} else {
 		local := cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == ""
 		if local {
@@ -148,7 +148,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		a.generatedUsageKey = true
 	}
 	built := a.cfg
-	built.MeteringEndpoint, built.EntitlementEndpoint = mpOpts.MeteringEndpoint, mpOpts.EntitlementEndpoint
+	built.MeteringEndpoint, built.EntitlementEndpoint, built.AgreementEndpoint = mpOpts.MeteringEndpoint, mpOpts.EntitlementEndpoint, mpOpts.AgreementEndpoint
 	deps := config.Deps{Runtime: config.Serve, Store: outboxWaker{a.db, a.wakeD}, AWS: awsCfg, ChannelAWS: channelAWS, Logger: logger,
 		LogEmails: true, Web: true, Emulator: target == targetEmulator}
 	if a.em != nil {

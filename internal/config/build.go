@@ -68,10 +68,11 @@ func (c *Config) Build(d Deps) *Services {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	logger := d.Logger
-	s := &Services{Marketplace: marketplace.New(d.AWS, marketplace.Options{MeteringEndpoint: c.MeteringEndpoint, EntitlementEndpoint: c.EntitlementEndpoint})}
+	s := &Services{Marketplace: marketplace.New(d.AWS, marketplace.Options{MeteringEndpoint: c.MeteringEndpoint, EntitlementEndpoint: c.EntitlementEndpoint,
+		AgreementEndpoint: c.AgreementEndpoint})}
 	s.Channels, s.Senders = c.channels(d)
 	s.Subscriptions = &subscription.Service{
-		Store: d.Store, Marketplace: s.Marketplace, Logger: logger, Clock: d.Clock,
+		Store: d.Store, Marketplace: s.Marketplace, Agreements: s.Marketplace, Logger: logger, Clock: d.Clock,
 		Listing: c.Listing, ProductCodes: c.ProductCodes, Channels: s.Channels, RevokeOnCancel: c.RevokeOnCancel,
 	}
 	s.Metering = c.MeteringService(d.Store, d.Store, s.Marketplace, logger)

@@ -80,6 +80,7 @@ type Config struct {
 	// AWS Marketplace.
 	MeteringEndpoint    string
 	EntitlementEndpoint string
+	AgreementEndpoint   string
 	Region              string
 
 	// Usage and metering.
@@ -166,6 +167,7 @@ func (c *Config) Settings() []Setting {
 		{Name: "emulator-url", Arg: "URL", Env: "MPSAAS_EMULATOR_URL", Runtimes: Serve, Usage: "a running \"mpsaas emulator\" to use instead of the embedded one: its API endpoints and its notifications", ptr: &c.EmulatorURL},
 		{Name: "metering-endpoint", Arg: "URL", Env: "MPSAAS_METERING_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Metering endpoint (e.g. a standalone emulator)", ptr: &c.MeteringEndpoint},
 		{Name: "entitlement-endpoint", Arg: "URL", Env: "MPSAAS_ENTITLEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
+		{Name: "agreement-endpoint", Arg: "URL", Env: "MPSAAS_AGREEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Agreement API endpoint (free trials are read from the buyer's agreement)", ptr: &c.AgreementEndpoint},
 		{Name: "region", Arg: "REGION", Env: "AWS_REGION", Def: "us-east-1", Runtimes: Serve, Usage: "AWS region for metering", ptr: &c.Region},
 		{Name: "usage-api-keys", Arg: "KEYS", Env: "MPSAAS_USAGE_API_KEYS", Runtimes: Both, Usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", Secret: true, list: &c.UsageAPIKeys},
 		{Name: "meter-interval", Arg: "DURATION", Env: "MPSAAS_METER_INTERVAL", Def: "1m", Runtimes: Serve, Usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
@@ -310,7 +312,7 @@ func (c *Config) Validate(rt Runtime) error {
 	if c.AccessTopicArn != "" && !strings.HasPrefix(c.AccessTopicArn, "arn:") {
 		errs = append(errs, fmt.Errorf("MPSAAS_ACCESS_TOPIC_ARN %q: want an SNS topic ARN", c.AccessTopicArn))
 	}
-	for name, v := range map[string]string{"MPSAAS_METERING_ENDPOINT": c.MeteringEndpoint, "MPSAAS_ENTITLEMENT_ENDPOINT": c.EntitlementEndpoint,
+	for name, v := range map[string]string{"MPSAAS_METERING_ENDPOINT": c.MeteringEndpoint, "MPSAAS_ENTITLEMENT_ENDPOINT": c.EntitlementEndpoint, "MPSAAS_AGREEMENT_ENDPOINT": c.AgreementEndpoint,
 		"MPSAAS_SNS_ENDPOINT": c.SNSEndpoint, "MPSAAS_SES_ENDPOINT": c.SESEndpoint, "MPSAAS_DYNAMODB_ENDPOINT": c.DynamoDBEndpoint} {
 		if v != "" && !httpURL(v) {
 			errs = append(errs, fmt.Errorf("%s %q: want an http(s) URL", name, v))
@@ -412,6 +414,9 @@ func (c *Config) validateServe() []error {
 		}
 		if c.EntitlementEndpoint == "" {
 			c.EntitlementEndpoint = c.EmulatorURL
+		}
+		if c.AgreementEndpoint == "" {
+			c.AgreementEndpoint = c.EmulatorURL
 		}
 	}
 	if c.SQSQueueURL != "" && !httpURL(c.SQSQueueURL) {

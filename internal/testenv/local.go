@@ -37,5 +37,5 @@ func Local(t testing.TB, start time.Time, products ...emulator.Product) (*emulat
 		}
 	}
 	cfg := aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("A", "B", ""), RetryMaxAttempts: 1}
-	return em, db, marketplace.New(cfg, marketplace.Options{MeteringEndpoint: srv.URL, EntitlementEndpoint: srv.URL})
+	return em, db, marketplace.New(cfg, marketplace.Options{MeteringEndpoint: srv.URL, EntitlementEndpoint: srv.URL, AgreementEndpoint: srv.URL})
 }
