@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -489,4 +491,31 @@ func findChromium() string {
 		}
 	}
 	return ""
+}
+
+// TestSlowClientsAreCutOff (issue 9): a client that sends its request
+// headers slowly (slowloris) is disconnected by the web server and by the
+// embedded emulator once the header timeout passes.
+func TestSlowClientsAreCutOff(t *testing.T) {
+	old := httpTimeouts
+	httpTimeouts.header = 300 * time.Millisecond
+	t.Cleanup(func() { httpTimeouts = old })
+	app := startApp(t, mpsaas.ListingSubscriptions)
+	for name, base := range map[string]string{"web server": app.URL(), "emulator": app.EmulatorURL()} {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(conn, "GET / HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n") // never finished
+		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+		start := time.Now()
+		_, err = io.ReadAll(conn)
+		conn.Close()
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			t.Errorf("%s kept a connection with unfinished headers open for 5 s", name)
+		} else if took := time.Since(start); took > 3*time.Second {
+			t.Errorf("%s closed it after %s", name, took)
+		}
+	}
 }

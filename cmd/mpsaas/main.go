@@ -173,7 +173,7 @@ func runEmulator(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	url := "http://" + ln.Addr().String()
 	fmt.Fprintf(stdout, "AWS Marketplace emulator listening on %s\n  Buyer simulator: %s/emulator/\n  SDK endpoint:    %s (set BaseEndpoint or AWS_ENDPOINT_URL_MARKETPLACE_METERING / _ENTITLEMENT_SERVICE)\n",
 		strings.TrimPrefix(url, "http://"), url, url)
-	srv := &http.Server{Handler: em.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := newHTTPServer(em.Handler())
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)

@@ -167,6 +167,16 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	return a, nil
 }
 
+// httpTimeouts bound every connection of the servers mpsaas runs (the web
+// server, the emulator): a client that sends its headers slowly
+// (slowloris), or never reads, cannot hold a connection open. A variable
+// so a test can shorten it.
+var httpTimeouts = struct{ header, read, write, idle time.Duration }{10 * time.Second, 30 * time.Second, 60 * time.Second, 2 * time.Minute}
+
+func newHTTPServer(h http.Handler) *http.Server {
+	return &http.Server{Handler: h, ReadHeaderTimeout: httpTimeouts.header, ReadTimeout: httpTimeouts.read, WriteTimeout: httpTimeouts.write, IdleTimeout: httpTimeouts.idle}
+}
+
 // awsServiceConfig is the AWS configuration for SQS, SNS and SES: the default
 // chain, or static local credentials when only endpoint overrides are used.
 func awsServiceConfig(ctx context.Context, cfg Config, getenv func(string) string) (aws.Config, error) {
@@ -281,12 +291,12 @@ func (a *App) PrintBanner(w io.Writer) {
 // Run serves until ctx is done, then shuts down in order: stop intake,
 // drain the workers, close the store.
 func (a *App) Run(ctx context.Context) error {
-	webSrv := &http.Server{Handler: a.web, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
+	webSrv := newHTTPServer(a.web)
 	var emSrv *http.Server
 	errc := make(chan error, 2)
 	go func() { errc <- webSrv.Serve(a.webLn) }()
 	if a.em != nil {
-		emSrv = &http.Server{Handler: a.em.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second, IdleTimeout: 2 * time.Minute}
+		emSrv = newHTTPServer(a.em.Handler())
 		go func() { errc <- emSrv.Serve(a.emLn) }()
 	}
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
