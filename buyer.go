@@ -351,3 +351,54 @@ func wholeNumber(v any) int64 {
 	}
 	return 0
 }
+
+// AccessView is a buyer's current access as the entitlements API answers
+// it (GET /v1/entitlements): from the store, without calling AWS.
+type AccessView struct {
+	// Customer is what was asked for: a subscriber key, CustomerIdentifier
+	// or LicenseArn.
+	Customer             string        `json:"customer"`
+	SubscriberKey        string        `json:"subscriberKey"`
+	ProductCode          string        `json:"productCode,omitempty"`
+	CustomerIdentifier   string        `json:"customerIdentifier,omitempty"`
+	CustomerAWSAccountID string        `json:"customerAWSAccountId,omitempty"`
+	LicenseArn           string        `json:"licenseArn,omitempty"`
+	Access               Access        `json:"access"`
+	Status               Status        `json:"status"`
+	FreeTrial            bool          `json:"freeTrial"`
+	Entitlements         []Entitlement `json:"entitlements"`
+	// Version counts the buyer's access changes (the webhooks' version):
+	// a view with a lower one is older.
+	Version int `json:"version"`
+}
+
+// NewAccessView is the view of s asked for as customer.
+func NewAccessView(customer string, s *Subscriber) AccessView {
+	ents := s.Entitlements
+	if ents == nil {
+		ents = []Entitlement{}
+	}
+	return AccessView{Customer: customer, SubscriberKey: s.Key, ProductCode: s.ProductCode, CustomerIdentifier: s.CustomerIdentifier,
+		CustomerAWSAccountID: s.CustomerAWSAccountID, LicenseArn: s.LicenseArn, Access: s.Access, Status: s.Status,
+		FreeTrial: s.FreeTrial, Entitlements: ents, Version: s.AccessVersion}
+}
+
+// Entitled reports whether the buyer may use dimension at now: they have
+// access (granted, or cancelling within the final window) and, when they
+// hold contract entitlements, one for dimension that has not expired. A
+// buyer without entitlements (a subscription, paid by usage) may use any
+// dimension; an empty dimension asks about access alone.
+func (v AccessView) Entitled(dimension string, now time.Time) bool {
+	if v.Access != AccessGranted && v.Access != AccessPendingCancellation {
+		return false
+	}
+	if dimension == "" || len(v.Entitlements) == 0 {
+		return true
+	}
+	for _, e := range v.Entitlements {
+		if e.Dimension == dimension && (e.ExpirationDate.IsZero() || now.Before(e.ExpirationDate)) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,5 +1,6 @@
 // Package client is a small Go client for the mpsaas usage API. A seller's
-// application uses it to report usage:
+// application uses it to report usage, and to ask whether a buyer is
+// entitled (c.Entitled(ctx, customer, "requests"), cached):
 //
 //	c := client.New("https://mpsaas.example.com", os.Getenv("MPSAAS_USAGE_API_KEY"))
 //	receipt, err := c.RecordUsage(ctx, "order-1234", []mpsaas.Usage{{
@@ -22,6 +23,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -34,6 +36,12 @@ type Client struct {
 	HTTP    *http.Client
 	// Attempts is how many times a request is tried (default 5).
 	Attempts int
+	// CacheTTL is how long Entitled trusts an answer before it asks again
+	// (default a minute; Invalidate forgets one at once).
+	CacheTTL time.Duration
+
+	cacheMu sync.Mutex
+	cache   map[string]cachedView
 }
 
 // New returns a client for baseURL authenticated with apiKey.

@@ -144,6 +144,12 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 
 // findSubscriber accepts a subscriber key, a CustomerIdentifier, or a
 // license ARN or id.
+// Subscriber finds the buyer usage names as customer: a subscriber key,
+// CustomerIdentifier or LicenseArn.
+func (s *Service) Subscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error) {
+	return s.findSubscriber(ctx, customer)
+}
+
 func (s *Service) findSubscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error) {
 	sub, err := s.Subscribers.GetSubscriber(ctx, customer)
 	if mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {

@@ -2,7 +2,9 @@ package web
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mpsaas/mpsaas"
 )
@@ -21,6 +25,11 @@ import (
 type Metering interface {
 	Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.UsageReceipt, error)
 	Replay(ctx context.Context, ids []int64) (int, error)
+}
+
+// Subscribers finds buyers as usage names them.
+type Subscribers interface {
+	Subscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error)
 }
 
 // Ledger answers questions about usage records.
@@ -43,7 +52,9 @@ type UsageAPI struct {
 	Keys     []string
 	Metering Metering
 	Ledger   Ledger
-	Logger   *slog.Logger
+	// Subscribers answers the entitlements API; nil turns it off.
+	Subscribers Subscribers
+	Logger      *slog.Logger
 	// MaxBodies bounds how many request bodies are read and decoded at
 	// once (default 8: at most 32 MiB of bodies, a few times that decoded).
 	// A request beyond it waits up to a second, then gets 503 with
@@ -101,6 +112,45 @@ func (a *UsageAPI) Register(s *Server) {
 	s.Handle("GET /v1/usage/ledger", a.auth(a.handleLedger))
 	s.Handle("GET /v1/meter/status", a.auth(a.handleStatus))
 	s.Handle("POST /v1/meter/replay", a.auth(a.handleReplay))
+	if a.Subscribers != nil {
+		s.Handle("GET /v1/entitlements", a.auth(a.handleEntitlements))
+	}
+}
+
+// handleEntitlements answers whether a buyer has access, and to what, from
+// the store (no AWS call). The answer carries an ETag (If-None-Match gets
+// 304) and may be cached briefly; webhooks tell of changes at once.
+func (a *UsageAPI) handleEntitlements(w http.ResponseWriter, r *http.Request) {
+	customer := r.URL.Query().Get("customer")
+	if customer == "" || len(customer) > 2048 || !utf8.ValidString(customer) || strings.ContainsFunc(customer, unicode.IsControl) {
+		a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "customer is required: ?customer= a subscriber key, CustomerIdentifier or LicenseArn"))
+		return
+	}
+	sub, err := a.Subscribers.Subscriber(r.Context(), customer)
+	if err != nil {
+		if mpsaas.ErrorCode(err) == mpsaas.ENOTFOUND {
+			err = mpsaas.Errorf(mpsaas.ENOTFOUND, "no buyer %q", customer)
+		}
+		a.fail(w, err)
+		return
+	}
+	body, err := json.Marshal(mpsaas.NewAccessView(customer, sub))
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	sum := sha256.Sum256(body)
+	etag := `"` + hex.EncodeToString(sum[:16]) + `"`
+	w.Header().Set("ETag", etag)
+	w.Header().Set("Cache-Control", "private, max-age=30")
+	for _, m := range strings.Split(r.Header.Get("If-None-Match"), ",") {
+		if strings.TrimSpace(m) == etag {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(append(body, '\n'))
 }
 
 type apiError struct {

@@ -161,6 +161,14 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 			t.Fatalf("POST /v1/usage: %d %s %v", res.StatusCode, res.Body, err)
 		}
 	}
+	// The seller's app asks whether the buyer is entitled (issue 12): from
+	// DynamoDB, through the same handler as serve's.
+	ent := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: "/v1/entitlements", RawQueryString: "customer=" + url.QueryEscape(granted.Subscriber.Key),
+		Headers: map[string]string{"authorization": "Bearer lambda-usage-key-0123456789"}}
+	ent.RequestContext.HTTP.Method = "GET"
+	if res, err := apiHandler(ctx, ent); err != nil || res.StatusCode != 200 || !strings.Contains(res.Body, `"access":"granted"`) || res.Headers["ETag"] == "" && res.Headers["Etag"] == "" {
+		t.Errorf("GET /v1/entitlements: %d %s %v %v", res.StatusCode, res.Body, res.Headers, err)
+	}
 	meterRun := meter.handler().(func(context.Context, events.EventBridgeEvent) error)
 	if err := meterRun(ctx, events.EventBridgeEvent{DetailType: "Scheduled Event"}); err != nil {
 		t.Fatal(err)

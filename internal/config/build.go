@@ -83,7 +83,7 @@ func (c *Config) Build(d Deps) *Services {
 			CORSOrigins: c.CORSOrigins, APIOnly: !c.WebPages, EmailsBuyers: c.emails(), Emulator: d.Emulator,
 			Logger: logger,
 		}, s.Subscriptions)
-		(&web.UsageAPI{Keys: c.UsageAPIKeys, Metering: s.Metering, Ledger: d.Store, Logger: logger}).Register(s.Web)
+		(&web.UsageAPI{Keys: c.UsageAPIKeys, Metering: s.Metering, Ledger: d.Store, Subscribers: s.Metering, Logger: logger}).Register(s.Web)
 	}
 	return s
 }

@@ -1,0 +1,94 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/client"
+)
+
+// TestEntitlementsAPI (issue 12): the seller's application asks, through
+// the Go client over HTTP, whether a buyer is entitled and to what; the
+// answer comes from the store with an ETag; the client caches it until a
+// webhook says the buyer's access changed.
+func TestEntitlementsAPI(t *testing.T) {
+	app := startApp(t, mpsaas.ListingContractsWithSubscription, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
+	key, agreement := contractBuyer(t, app, "123456789012", map[string]int32{"users": 5})
+	ctx := context.Background()
+	c := client.New(app.URL(), testUsageKey)
+	c.CacheTTL = time.Hour
+
+	for _, customer := range []string{key, agreement.LicenseArn} {
+		v, err := c.Entitlements(ctx, customer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.SubscriberKey != key || v.Access != mpsaas.AccessGranted || len(v.Entitlements) != 1 || v.Entitlements[0].Dimension != "users" || v.Customer != customer {
+			t.Errorf("entitlements of %s: %+v", customer, v)
+		}
+	}
+	for dim, want := range map[string]bool{"users": true, "": true, "requests": false} {
+		if got, err := c.Entitled(ctx, key, dim); err != nil || got != want {
+			t.Errorf("Entitled(%q) = %v, %v; want %v", dim, got, err, want)
+		}
+	}
+
+	// HTTP caching: an ETag, and 304 for a request that has it.
+	get := func(etag string) *http.Response {
+		req, _ := http.NewRequest(http.MethodGet, app.URL()+"/v1/entitlements?customer="+url.QueryEscape(key), nil)
+		req.Header.Set("Authorization", "Bearer "+testUsageKey)
+		if etag != "" {
+			req.Header.Set("If-None-Match", etag)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp
+	}
+	first := get("")
+	etag := first.Header.Get("ETag")
+	if first.StatusCode != 200 || etag == "" || first.Header.Get("Cache-Control") == "" {
+		t.Fatalf("GET: %d, ETag %q, Cache-Control %q", first.StatusCode, etag, first.Header.Get("Cache-Control"))
+	}
+	if r := get(etag); r.StatusCode != http.StatusNotModified {
+		t.Errorf("GET with If-None-Match: %d, want 304", r.StatusCode)
+	}
+
+	// The buyer cancels; the final window ends; access is revoked. The
+	// cached answer stands until the webhook invalidates it.
+	emulatorControl(t, app, "subscriptions/"+agreement.AgreementID+"/cancel")
+	app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessPendingCancellation)
+	emulatorClock(t, app, "61m")
+	revoked := app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessRevoked)
+	if ok, _ := c.Entitled(ctx, key, "users"); !ok {
+		t.Error("the cached answer changed before the webhook invalidated it (CacheTTL is an hour)")
+	}
+	c.InvalidateChange(revoked)
+	if ok, err := c.Entitled(ctx, key, "users"); ok || err != nil {
+		t.Errorf("after the revocation webhook: entitled %v, %v", ok, err)
+	}
+	if r := get(etag); r.StatusCode != 200 {
+		t.Errorf("GET with the old ETag after a change: %d, want 200", r.StatusCode)
+	}
+
+	// Errors.
+	for customer, want := range map[string]int{"": 400, "nobody-at-all": 404} {
+		_, err := c.Entitlements(ctx, customer)
+		var apiErr *client.Error
+		if !errors.As(err, &apiErr) || apiErr.Status != want {
+			t.Errorf("customer %q: %v, want %d", customer, err, want)
+		}
+	}
+	if _, err := client.New(app.URL(), "wrong-key-0123456789").Entitlements(ctx, key); err == nil {
+		t.Error("a wrong API key was accepted")
+	}
+}
