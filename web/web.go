@@ -74,6 +74,8 @@ type Server struct {
 	tmpl  *template.Template
 	mux   *http.ServeMux
 	clock mpsaas.Clock
+	// patterns are the routes registered, for Routes.
+	patterns []string
 }
 
 // New returns the handler. It panics only if the embedded templates are broken.
@@ -152,27 +154,45 @@ func (r *statusRecorder) WriteHeader(code int) {
 }
 
 // Handle lets other packages mount routes on the same server (the usage API).
-func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+func (s *Server) Handle(pattern string, h http.Handler) {
+	s.mux.Handle(pattern, h)
+	s.patterns = append(s.patterns, pattern)
+}
+
+// Routes lists the patterns the server answers ("METHOD /path").
+func (s *Server) Routes() []string { return slices.Clone(s.patterns) }
+
+// OpenAPI is the OpenAPI 3.1 document of the JSON APIs, served at
+// /openapi.json and checked against Routes by the tests.
+//
+//go:embed openapi.json
+var OpenAPI []byte
 
 func (s *Server) routes() {
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+	s.Handle("GET /openapi.json", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "public, max-age=300")
+		_, _ = w.Write(OpenAPI)
+	}))
+	s.Handle("GET /healthz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if s.cfg.Emulator {
 			_, _ = w.Write([]byte("ok (EMULATOR MODE: usage goes to an AWS Marketplace emulator; nothing is billed)\n"))
 			return
 		}
 		_, _ = w.Write([]byte("ok\n"))
-	})
-	s.mux.HandleFunc("POST /subscriber", s.handleSubscriberAPI)
-	s.mux.HandleFunc("OPTIONS /subscriber", s.handleSubscriberAPI)
+	}))
+	s.Handle("POST /subscriber", http.HandlerFunc(s.handleSubscriberAPI))
+	s.Handle("OPTIONS /subscriber", http.HandlerFunc(s.handleSubscriberAPI))
 	if s.cfg.APIOnly {
 		return
 	}
-	s.mux.HandleFunc("GET /{$}", s.handleHome)
-	s.mux.Handle("GET /static/", http.FileServerFS(staticFS))
-	s.mux.HandleFunc("POST /fulfillment", s.handleFulfillment)
-	s.mux.HandleFunc("GET /fulfillment", s.handleFulfillmentGet)
-	s.mux.HandleFunc("POST /register", s.handleRegister)
-	s.mux.HandleFunc("GET /account/{link}", s.handleStatus)
+	// The buyer pages (HTML; not part of the OpenAPI document).
+	s.Handle("GET /{$}", http.HandlerFunc(s.handleHome))
+	s.Handle("GET /static/", http.FileServerFS(staticFS))
+	s.Handle("POST /fulfillment", http.HandlerFunc(s.handleFulfillment))
+	s.Handle("GET /fulfillment", http.HandlerFunc(s.handleFulfillmentGet))
+	s.Handle("POST /register", http.HandlerFunc(s.handleRegister))
+	s.Handle("GET /account/{link}", http.HandlerFunc(s.handleStatus))
 }
 
 // page is the data every template gets.

@@ -2,15 +2,20 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/client"
+	"github.com/mpsaas/mpsaas/emulator"
+	"github.com/mpsaas/mpsaas/web"
 )
 
 // TestEntitlementsAPI (issue 12): the seller's application asks, through
@@ -90,5 +95,64 @@ func TestEntitlementsAPI(t *testing.T) {
 	}
 	if _, err := client.New(app.URL(), "wrong-key-0123456789").Entitlements(ctx, key); err == nil {
 		t.Error("a wrong API key was accepted")
+	}
+}
+
+// TestOpenAPIExamplesAreAccepted (issue 12): the example request of every
+// documented operation, sent to a running serve (placeholders filled in
+// with a real buyer, token and time), gets a documented 2xx answer; and
+// serve answers every documented GET without a body.
+func TestOpenAPIExamplesAreAccepted(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey)
+	key, agreement := registeredBuyer(t, app, demoLegacyProduct, "123456789012")
+	other, err := app.em.Subscribe(emulator.SubscribeOptions{ProductCode: demoLicenseProduct, BuyerAccountID: "210987654321"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fill := strings.NewReplacer(`"CUSTOMER"`, strconv.Quote(agreement.CustomerIdentifier), `"TIME"`, strconv.Quote(time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)),
+		`"TOKEN"`, strconv.Quote(other.Token))
+	var doc struct {
+		Paths map[string]map[string]struct {
+			RequestBody struct {
+				Content map[string]struct{ Example json.RawMessage }
+			}
+			Parameters []struct{ Name, In string }
+			Responses  map[string]any
+		}
+	}
+	if err := json.Unmarshal(web.OpenAPI, &doc); err != nil {
+		t.Fatal(err)
+	}
+	tried := 0
+	for path, ops := range doc.Paths {
+		for method, op := range ops {
+			method = strings.ToUpper(method)
+			example := op.RequestBody.Content["application/json"].Example
+			if method == http.MethodOptions || (method != http.MethodGet && example == nil) {
+				continue
+			}
+			url := app.URL() + path
+			for _, p := range op.Parameters {
+				if p.In == "query" && p.Name == "customer" {
+					url += "?customer=" + key
+				}
+			}
+			req, _ := http.NewRequest(method, url, strings.NewReader(fill.Replace(string(example))))
+			req.Header.Set("Authorization", "Bearer "+testUsageKey)
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if _, documented := op.Responses[strconv.Itoa(resp.StatusCode)]; !documented || resp.StatusCode >= 300 {
+				t.Errorf("%s %s with the documented example: %d %s", method, path, resp.StatusCode, body)
+			}
+			tried++
+		}
+	}
+	if tried < 8 {
+		t.Errorf("tried %d operations", tried)
 	}
 }
