@@ -165,6 +165,12 @@ type Subscriber struct {
 	LicenseArn string `json:"licenseArn,omitempty"`
 	Contact
 	RegisteredAt time.Time `json:"registeredAt,omitzero"`
+	// LinkedAccountID is the seller's own account id for the buyer, set
+	// when the seller's sign-up redeems a claim code (sign-up handoff).
+	LinkedAccountID string `json:"linkedAccountId,omitempty"`
+	// ClaimID identifies the claim code last redeemed for the buyer: a
+	// code redeems once.
+	ClaimID string `json:"-"`
 	// OfferType is "free-trial" when AWS reports a free trial term in the
 	// buyer's agreement (Agreement API), empty otherwise. (It is not the
 	// fulfillment POST's x-amzn-marketplace-offer-type, which the buyer's
@@ -363,6 +369,8 @@ type AccessView struct {
 	CustomerIdentifier   string        `json:"customerIdentifier,omitempty"`
 	CustomerAWSAccountID string        `json:"customerAWSAccountId,omitempty"`
 	LicenseArn           string        `json:"licenseArn,omitempty"`
+	LinkedAccountID      string        `json:"linkedAccountId,omitempty"`
+	AgreementID          string        `json:"agreementId,omitempty"`
 	Access               Access        `json:"access"`
 	Status               Status        `json:"status"`
 	FreeTrial            bool          `json:"freeTrial"`
@@ -379,7 +387,7 @@ func NewAccessView(customer string, s *Subscriber) AccessView {
 		ents = []Entitlement{}
 	}
 	return AccessView{Customer: customer, SubscriberKey: s.Key, ProductCode: s.ProductCode, CustomerIdentifier: s.CustomerIdentifier,
-		CustomerAWSAccountID: s.CustomerAWSAccountID, LicenseArn: s.LicenseArn, Access: s.Access, Status: s.Status,
+		CustomerAWSAccountID: s.CustomerAWSAccountID, LicenseArn: s.LicenseArn, LinkedAccountID: s.LinkedAccountID, AgreementID: s.AgreementID, Access: s.Access, Status: s.Status,
 		FreeTrial: s.FreeTrial, Entitlements: ents, Version: s.AccessVersion}
 }
 

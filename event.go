@@ -272,6 +272,8 @@ type SubscriberDTO struct {
 	CustomerAWSAccountID string `json:"customerAWSAccountId,omitempty"`
 	LicenseArn           string `json:"licenseArn,omitempty"`
 	ProductCode          string `json:"productCode"`
+	// LinkedAccountID is the seller's account id for the buyer (sign-up handoff).
+	LinkedAccountID string `json:"linkedAccountId,omitempty"`
 	Contact
 	Status       Status        `json:"status"`
 	FreeTrial    bool          `json:"freeTrial"`
@@ -288,7 +290,7 @@ func NewAccessChange(s *Subscriber, now time.Time) AccessChange {
 		OccurredAt:     now,
 		Subscriber: SubscriberDTO{
 			Key: s.Key, CustomerIdentifier: s.CustomerIdentifier, CustomerAWSAccountID: s.CustomerAWSAccountID,
-			LicenseArn: s.LicenseArn, ProductCode: s.ProductCode, Contact: s.Contact,
+			LicenseArn: s.LicenseArn, ProductCode: s.ProductCode, LinkedAccountID: s.LinkedAccountID, Contact: s.Contact,
 			Status: s.Status, FreeTrial: s.FreeTrial, Entitlements: s.Entitlements,
 		},
 	}

@@ -53,6 +53,8 @@ func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.Attri
 	putS(item, "licenseId", s.LicenseID)
 	putS(item, "offerId", s.OfferID)
 	putS(item, "offerType", s.OfferType)
+	putS(item, "linkedAccountId", s.LinkedAccountID)
+	putS(item, "claimId", s.ClaimID)
 	putS(item, "access", string(s.Access))
 	putS(item, "accessFingerprint", s.AccessFingerprint)
 	if len(s.EntitlementHistory) > 0 {
@@ -83,8 +85,10 @@ func subscriberFrom(item map[string]types.AttributeValue) (*mpsaas.Subscriber, e
 			CompanyName: getS(item, "companyName"), ContactPerson: getS(item, "contactPerson"),
 			ContactPhone: getS(item, "contactPhone"), ContactEmail: getS(item, "contactEmail"),
 		},
-		RegisteredAt: fromN(getN(item, "registeredAt")),
-		OfferType:    getS(item, "offerType"),
+		RegisteredAt:    fromN(getN(item, "registeredAt")),
+		OfferType:       getS(item, "offerType"),
+		LinkedAccountID: getS(item, "linkedAccountId"),
+		ClaimID:         getS(item, "claimId"),
 		State: mpsaas.State{
 			Status: mpsaas.Status(getS(item, "status")), FreeTrial: getB(item, "is_free_trial_term_present"),
 			OfferID: getS(item, "offerId"), LastEventAt: fromN(getN(item, "lastEventAt")),
@@ -163,7 +167,7 @@ func (s *Store) FindSubscriber(ctx context.Context, id mpsaas.Identity) (*mpsaas
 
 // optionalAttributes are removed from the item when the subscriber has no value.
 var optionalAttributes = []string{"productCode", "companyName", "contactPerson", "contactPhone", "contactEmail",
-	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created"}
+	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created", "linkedAccountId", "claimId"}
 
 // outboxEntry is an access change waiting in the subscriber item until it
 // is copied to the outbox table.

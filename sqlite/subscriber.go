@@ -15,7 +15,7 @@ var _ mpsaas.SubscriberStore = (*DB)(nil)
 const subscriberColumns = `key, customer_identifier, aws_account_id, license_arn, license_id, product_code,
 	company_name, contact_person, contact_phone, contact_email, registered_at, offer_type,
 	status, free_trial, offer_id, last_event_at, entitlements, entitlements_raw, entitlements_checked_at,
-	access, access_version, access_fingerprint, entitlement_history, final_window_from, created_at, updated_at, version`
+	access, access_version, access_fingerprint, entitlement_history, final_window_from, linked_account_id, claim_id, created_at, updated_at, version`
 
 type rowScanner interface{ Scan(...any) error }
 
@@ -27,7 +27,7 @@ func scanSubscriber(row rowScanner) (*mpsaas.Subscriber, error) {
 	err := row.Scan(&s.Key, &s.CustomerIdentifier, &s.CustomerAWSAccountID, &s.LicenseArn, &s.LicenseID, &s.ProductCode,
 		&s.CompanyName, &s.ContactPerson, &s.ContactPhone, &s.ContactEmail, &registered, &s.OfferType,
 		&s.Status, &freeTrial, &s.OfferID, &lastEvent, &ents, &s.EntitlementsRaw, &entChecked,
-		&s.Access, &s.AccessVersion, &s.AccessFingerprint, &history, &finalWindow, &created, &updated, &s.Version)
+		&s.Access, &s.AccessVersion, &s.AccessFingerprint, &history, &finalWindow, &s.LinkedAccountID, &s.ClaimID, &created, &updated, &s.Version)
 	if err != nil {
 		return nil, err
 	}
@@ -100,14 +100,14 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 		args := []any{s.Key, s.CustomerIdentifier, s.CustomerAWSAccountID, s.LicenseArn, s.LicenseID, s.ProductCode,
 			s.CompanyName, s.ContactPerson, s.ContactPhone, s.ContactEmail, unixNano(s.RegisteredAt), s.OfferType,
 			string(s.Status), boolInt(s.FreeTrial), s.OfferID, unixNano(s.LastEventAt), string(ents), s.EntitlementsRaw, unixNano(s.EntitlementsCheckedAt),
-			string(s.Access), s.AccessVersion, s.AccessFingerprint, string(history), unixNano(s.FinalWindowFrom)}
+			string(s.Access), s.AccessVersion, s.AccessFingerprint, string(history), unixNano(s.FinalWindowFrom), s.LinkedAccountID, s.ClaimID}
 		if s.Version == 0 {
 			created := s.CreatedAt
 			if created.IsZero() {
 				created = now
 			}
 			_, err := tx.ExecContext(ctx, `INSERT INTO subscribers (`+subscriberColumns+`)
-				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
+				VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,1)`, append(args, unixNano(created), unixNano(now))...)
 			if err != nil {
 				if strings.Contains(err.Error(), "UNIQUE constraint failed") {
 					return mpsaas.Errorf(mpsaas.ECONFLICT, "subscriber %s already exists", s.Key)
@@ -119,8 +119,9 @@ func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *m
 			res, err := tx.ExecContext(ctx, `UPDATE subscribers SET customer_identifier=?2, aws_account_id=?3, license_arn=?4, license_id=?5, product_code=?6,
 				company_name=?7, contact_person=?8, contact_phone=?9, contact_email=?10, registered_at=?11, offer_type=?12,
 				status=?13, free_trial=?14, offer_id=?15, last_event_at=?16, entitlements=?17, entitlements_raw=?18, entitlements_checked_at=?19,
-				access=?20, access_version=?21, access_fingerprint=?22, entitlement_history=?23, final_window_from=?24, updated_at=?25, version=version+1
-				WHERE key=?1 AND version=?26`, append(args, unixNano(now), s.Version)...)
+				access=?20, access_version=?21, access_fingerprint=?22, entitlement_history=?23, final_window_from=?24,
+				linked_account_id=?25, claim_id=?26, updated_at=?27, version=version+1
+				WHERE key=?1 AND version=?28`, append(args, unixNano(now), s.Version)...)
 			if err != nil {
 				return fmt.Errorf("update subscriber %s: %w", s.Key, err)
 			}

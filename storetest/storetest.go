@@ -43,6 +43,7 @@ func testSubscriber(t *testing.T, st Store) {
 			{Entitlement: mpsaas.Entitlement{Dimension: "seats", Value: float64(10), ExpirationDate: t0.AddDate(1, 0, 0)}, From: t0},
 		},
 		Access: mpsaas.AccessGranted, AccessVersion: 1, AccessFingerprint: "fp",
+		LinkedAccountID: "seller-account-42", ClaimID: "claim-1",
 	}
 	if err := st.SaveSubscriber(ctx, s, nil, nil); err != nil {
 		t.Fatalf("insert: %v", err)
@@ -60,7 +61,7 @@ func testSubscriber(t *testing.T, st Store) {
 	}
 	a, _ := json.Marshal(s)
 	b, _ := json.Marshal(got)
-	if string(a) != string(b) || got.EntitlementsRaw != s.EntitlementsRaw || got.AccessFingerprint != "fp" {
+	if string(a) != string(b) || got.EntitlementsRaw != s.EntitlementsRaw || got.AccessFingerprint != "fp" || got.ClaimID != "claim-1" {
 		t.Errorf("round trip:\n got %s\nwant %s", b, a)
 	}
 	for _, id := range []mpsaas.Identity{{CustomerIdentifier: "CI123"}, {LicenseID: "l-abc"}} {

@@ -149,6 +149,31 @@ func (s *Service) Resolve(ctx context.Context, token string, opts ResolveOptions
 	})
 }
 
+// Claim redeems a sign-up handoff code for the buyer under key: the
+// seller's application signed the buyer up, so the buyer counts as
+// registered (access is granted as AWS confirms the subscription), and with
+// accountID the buyer is linked to the seller's account. A code (claimID)
+// redeems once: a second redemption is ECONFLICT with nothing changed, as
+// is linking a buyer already linked to another account.
+func (s *Service) Claim(ctx context.Context, key, claimID, accountID string) (*mpsaas.Subscriber, error) {
+	return s.update(ctx, mpsaas.Customer{}, key, func(sub *mpsaas.Subscriber) error {
+		if sub.ClaimID == claimID {
+			return mpsaas.Errorf(mpsaas.ECONFLICT, "this claim code was already redeemed")
+		}
+		if accountID != "" && sub.LinkedAccountID != "" && sub.LinkedAccountID != accountID {
+			return mpsaas.Errorf(mpsaas.ECONFLICT, "the buyer is linked to another account (%s)", sub.LinkedAccountID)
+		}
+		sub.ClaimID = claimID
+		if accountID != "" {
+			sub.LinkedAccountID = accountID
+		}
+		if !sub.Registered() {
+			sub.RegisteredAt = s.now()
+		}
+		return nil
+	})
+}
+
 // Register stores the buyer's contact details for the subscriber under key.
 // Registering again updates the details; it never creates a second record.
 func (s *Service) Register(ctx context.Context, key string, c mpsaas.Contact) (*mpsaas.Subscriber, error) {

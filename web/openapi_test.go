@@ -28,7 +28,7 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 		t.Errorf("openapi %q, want 3.1.0", doc.OpenAPI)
 	}
 	s := web.New(web.Config{Secret: []byte(strings.Repeat("s", 32))}, nil)
-	(&web.UsageAPI{Keys: []string{"key-0123456789abcdef"}, Subscribers: noSubscribers{}}).Register(s)
+	(&web.UsageAPI{Keys: []string{"key-0123456789abcdef"}, Subscribers: noSubscribers{}, Claims: s}).Register(s)
 	routes := s.Routes()
 	isAPI := func(path string) bool {
 		return strings.HasPrefix(path, "/v1/") || path == "/subscriber" || path == "/healthz" || path == "/openapi.json"

@@ -25,6 +25,9 @@ func (o oneSubscriber) RegisterWithToken(context.Context, string, mpsaas.Contact
 	return o.sub, nil
 }
 func (o oneSubscriber) Get(context.Context, string) (*mpsaas.Subscriber, error) { return o.sub, nil }
+func (o oneSubscriber) Claim(context.Context, string, string, string) (*mpsaas.Subscriber, error) {
+	return o.sub, nil
+}
 
 // TestStatusPageWording (issue 14, item 5): a subscription that ended
 // before AWS confirmed it says so, rather than "cancelled" next to

@@ -27,6 +27,11 @@ type Metering interface {
 	Replay(ctx context.Context, ids []int64) (int, error)
 }
 
+// Claims redeems claim codes (Server.RedeemClaim).
+type Claims interface {
+	RedeemClaim(ctx context.Context, code, accountID string) (*mpsaas.Subscriber, error)
+}
+
 // Subscribers finds buyers as usage names them.
 type Subscribers interface {
 	Subscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error)
@@ -54,7 +59,10 @@ type UsageAPI struct {
 	Ledger   Ledger
 	// Subscribers answers the entitlements API; nil turns it off.
 	Subscribers Subscribers
-	Logger      *slog.Logger
+	// Claims redeems sign-up handoff codes (POST /v1/claims/{code}); nil
+	// turns it off.
+	Claims Claims
+	Logger *slog.Logger
 	// MaxBodies bounds how many request bodies are read and decoded at
 	// once (default 8: at most 32 MiB of bodies, a few times that decoded).
 	// A request beyond it waits up to a second, then gets 503 with
@@ -115,6 +123,34 @@ func (a *UsageAPI) Register(s *Server) {
 	if a.Subscribers != nil {
 		s.Handle("GET /v1/entitlements", a.auth(a.handleEntitlements))
 	}
+	if a.Claims != nil {
+		s.Handle("POST /v1/claims/{code}", a.auth(a.handleClaim))
+	}
+}
+
+// handleClaim redeems a claim code from the seller's sign-up: the answer
+// is the buyer's identity and access; with {"accountId": ...} the buyer is
+// linked to the seller's account. A code redeems once (409 after).
+func (a *UsageAPI) handleClaim(w http.ResponseWriter, r *http.Request) {
+	var body struct {
+		AccountID string `json:"accountId"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeStrict(w, r, &body); err != nil {
+			a.fail(w, err)
+			return
+		}
+	}
+	if len(body.AccountID) > 256 || !utf8.ValidString(body.AccountID) || strings.ContainsFunc(body.AccountID, unicode.IsControl) {
+		a.fail(w, mpsaas.Errorf(mpsaas.EINVALID, "accountId must be at most 256 characters of text"))
+		return
+	}
+	sub, err := a.Claims.RedeemClaim(r.Context(), r.PathValue("code"), body.AccountID)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, mpsaas.NewAccessView(sub.Key, sub))
 }
 
 // handleEntitlements answers whether a buyer has access, and to what, from

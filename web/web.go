@@ -34,6 +34,7 @@ type Subscriptions interface {
 	Register(ctx context.Context, key string, c mpsaas.Contact) (*mpsaas.Subscriber, error)
 	RegisterWithToken(ctx context.Context, token string, c mpsaas.Contact) (*mpsaas.Subscriber, error)
 	Get(ctx context.Context, key string) (*mpsaas.Subscriber, error)
+	Claim(ctx context.Context, key, claimID, accountID string) (*mpsaas.Subscriber, error)
 }
 
 // Config configures the handler.
@@ -44,6 +45,12 @@ type Config struct {
 	ProductName string
 	// SignInURL is where registered buyers sign in to the seller's app.
 	SignInURL string
+	// SignupURL, when set, is the seller's own sign-up or sign-in page:
+	// /fulfillment sends the buyer there with a claim code (the only thing
+	// in the URL) instead of showing the registration form.
+	SignupURL string
+	// ClaimTTL is how long a claim code can be redeemed (default 10 minutes).
+	ClaimTTL time.Duration
 	// SupportEmail is shown when something goes wrong.
 	SupportEmail string
 	// CORSOrigins may call the JSON registration API from a browser ("*" for any).
@@ -76,6 +83,7 @@ type Server struct {
 	clock mpsaas.Clock
 	// patterns are the routes registered, for Routes.
 	patterns []string
+	claims   claimCodec
 }
 
 // New returns the handler. It panics only if the embedded templates are broken.
@@ -92,7 +100,7 @@ func New(cfg Config, subs Subscriptions) *Server {
 	if cfg.ProductName == "" {
 		cfg.ProductName = "our service"
 	}
-	s := &Server{cfg: cfg, subs: subs, sign: signer{secret: cfg.Secret}, log: cfg.Logger, clock: cfg.Clock,
+	s := &Server{cfg: cfg, subs: subs, sign: signer{secret: cfg.Secret}, claims: newClaimCodec(cfg.Secret), log: cfg.Logger, clock: cfg.Clock,
 		tmpl: template.Must(template.New("").Funcs(template.FuncMap{
 			"fmtTime": func(t time.Time) string {
 				if t.IsZero() {
@@ -278,6 +286,10 @@ func (s *Server) handleFulfillment(w http.ResponseWriter, r *http.Request) {
 	sub, err := s.subs.Resolve(r.Context(), token, subscription.ResolveOptions{FreeTrial: freeTrial})
 	if err != nil {
 		s.renderError(w, r, err)
+		return
+	}
+	if s.cfg.SignupURL != "" {
+		s.handoff(w, r, sub)
 		return
 	}
 	if sub.Registered() {

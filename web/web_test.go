@@ -30,6 +30,9 @@ func (fakeSubs) RegisterWithToken(_ context.Context, tok string, _ mpsaas.Contac
 func (fakeSubs) Get(context.Context, string) (*mpsaas.Subscriber, error) {
 	return nil, mpsaas.Errorf(mpsaas.ENOTFOUND, "no")
 }
+func (fakeSubs) Claim(context.Context, string, string, string) (*mpsaas.Subscriber, error) {
+	return nil, mpsaas.Errorf(mpsaas.ENOTFOUND, "no")
+}
 
 func TestAPIOnly(t *testing.T) {
 	h := web.New(web.Config{Secret: []byte(strings.Repeat("s", 32)), APIOnly: true, CORSOrigins: []string{"https://landing.example"}}, fakeSubs{})

@@ -269,3 +269,47 @@ func TestBuildRejectsBadConfiguration(t *testing.T) {
 		}
 	}
 }
+
+// TestSignupHandoffThroughTheAPIFunction (issue 12): the sign-up handoff on
+// the serverless runtime: /fulfillment redirects with a claim code, which
+// the seller's backend redeems once, on DynamoDB.
+func TestSignupHandoffThroughTheAPIFunction(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t, emulator.Product{Code: "handoff-prod", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}}})
+	if _, err := f.em.AddBuyer(emulator.Buyer{AccountID: "123456789012"}); err != nil {
+		t.Fatal(err)
+	}
+	for k, v := range map[string]string{"MPSAAS_PRODUCT_CODES": "handoff-prod", "MPSAAS_SECRET": strings.Repeat("k", 32),
+		"MPSAAS_USAGE_API_KEYS": "lambda-usage-key-0123456789", "MPSAAS_SIGNUP_URL": "https://app.seller.example/signup"} {
+		f.env[k] = v
+	}
+	api := f.build(t, "api").handler().(func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error))
+	res, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "handoff-prod", BuyerAccountID: "123456789012"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: "/fulfillment", Body: url.Values{"x-amzn-marketplace-token": {res.Token}}.Encode(),
+		Headers: map[string]string{"content-type": "application/x-www-form-urlencoded"}}
+	ev.RequestContext.HTTP.Method = "POST"
+	out, err := api(ctx, ev)
+	loc, _ := url.Parse(out.Headers["Location"])
+	if err != nil || out.StatusCode != 303 || loc == nil || !strings.HasPrefix(loc.String(), "https://app.seller.example/signup?code=") {
+		t.Fatalf("fulfillment: %d %v %v", out.StatusCode, out.Headers, err)
+	}
+	claim := func() events.APIGatewayV2HTTPResponse {
+		ev := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: "/v1/claims/" + loc.Query().Get("code"), Body: `{"accountId":"acct-7"}`,
+			Headers: map[string]string{"content-type": "application/json", "authorization": "Bearer lambda-usage-key-0123456789"}}
+		ev.RequestContext.HTTP.Method = "POST"
+		out, err := api(ctx, ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out
+	}
+	if first := claim(); first.StatusCode != 200 || !strings.Contains(first.Body, `"linkedAccountId":"acct-7"`) || !strings.Contains(first.Body, res.Subscription.LicenseArn) {
+		t.Errorf("claim: %d %s", first.StatusCode, first.Body)
+	}
+	if again := claim(); again.StatusCode != 409 {
+		t.Errorf("second claim: %d %s", again.StatusCode, again.Body)
+	}
+}

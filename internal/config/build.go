@@ -80,10 +80,11 @@ func (c *Config) Build(d Deps) *Services {
 	if d.Web {
 		s.Web = web.New(web.Config{
 			Secret: []byte(c.Secret), ProductName: c.ProductName, SignInURL: c.SignInURL, SupportEmail: c.SupportEmail,
+			SignupURL: c.SignupURL, ClaimTTL: c.ClaimTTL,
 			CORSOrigins: c.CORSOrigins, APIOnly: !c.WebPages, EmailsBuyers: c.emails(), Emulator: d.Emulator,
 			Logger: logger,
 		}, s.Subscriptions)
-		(&web.UsageAPI{Keys: c.UsageAPIKeys, Metering: s.Metering, Ledger: d.Store, Subscribers: s.Metering, Logger: logger}).Register(s.Web)
+		(&web.UsageAPI{Keys: c.UsageAPIKeys, Metering: s.Metering, Ledger: d.Store, Subscribers: s.Metering, Claims: s.Web, Logger: logger}).Register(s.Web)
 	}
 	return s
 }

@@ -60,6 +60,8 @@ type Config struct {
 	ProductCodes []string
 	ProductName  string
 	SignInURL    string
+	SignupURL    string
+	ClaimTTLText string
 	SupportEmail string
 	CORSOrigins  []string
 	WebPagesText string
@@ -126,6 +128,7 @@ type Config struct {
 	RevokeOnCancel   bool
 	Dimensions       []string
 	Retention        time.Duration
+	ClaimTTL         time.Duration
 }
 
 // Setting describes one configuration value for flags, the environment,
@@ -150,6 +153,8 @@ func (c *Config) Settings() []Setting {
 		{Name: "product-codes", Arg: "CODES", Env: "MPSAAS_PRODUCT_CODES", Runtimes: Both, Usage: "comma-separated product codes this integration serves (tokens for other products are refused); with the emulator, its demo products", list: &c.ProductCodes},
 		{Name: "product-name", Arg: "NAME", Env: "MPSAAS_PRODUCT_NAME", Def: "Example SaaS", Runtimes: Both, Usage: "product name shown to buyers", ptr: &c.ProductName},
 		{Name: "sign-in-url", Arg: "URL", Env: "MPSAAS_SIGN_IN_URL", Runtimes: Both, Usage: "where registered buyers sign in to your application", ptr: &c.SignInURL},
+		{Name: "signup-url", Arg: "URL", Env: "MPSAAS_SIGNUP_URL", Runtimes: Both, Usage: "your own sign-up or sign-in page: buyers coming from AWS Marketplace are sent there with a claim code (?code=) that your backend redeems at POST /v1/claims/{code}, instead of mpsaas's registration form", ptr: &c.SignupURL},
+		{Name: "claim-ttl", Arg: "DURATION", Env: "MPSAAS_CLAIM_TTL", Def: "10m", Runtimes: Both, Usage: "how long a claim code can be redeemed (1m to 24h)", ptr: &c.ClaimTTLText},
 		{Name: "support-email", Arg: "EMAIL", Env: "MPSAAS_SUPPORT_EMAIL", Runtimes: Both, Usage: "support address shown on buyer pages", ptr: &c.SupportEmail},
 		{Name: "cors-origins", Arg: "ORIGINS", Env: "MPSAAS_CORS_ORIGINS", Runtimes: Both, Usage: "origins allowed to call POST /subscriber from a browser (comma-separated, * for any)", list: &c.CORSOrigins},
 		{Name: "web-pages", Arg: "BOOL", Env: "MPSAAS_WEB_PAGES", Def: "true", Runtimes: Both, Usage: "serve the buyer pages (fulfillment, registration, status); false leaves only the JSON API, for sellers with their own landing page", ptr: &c.WebPagesText},
@@ -317,6 +322,14 @@ func (c *Config) Validate(rt Runtime) error {
 		if v != "" && !httpURL(v) {
 			errs = append(errs, fmt.Errorf("%s %q: want an http(s) URL", name, v))
 		}
+	}
+	if c.SignupURL != "" && !httpURL(c.SignupURL) {
+		errs = append(errs, fmt.Errorf("MPSAAS_SIGNUP_URL %q: want an http(s) URL", c.SignupURL))
+	}
+	if d, err := time.ParseDuration(c.ClaimTTLText); err != nil || d < time.Minute || d > 24*time.Hour {
+		errs = append(errs, fmt.Errorf("MPSAAS_CLAIM_TTL %q: want a duration from 1m to 24h, such as 10m", c.ClaimTTLText))
+	} else {
+		c.ClaimTTL = d
 	}
 	var err error
 	if c.WebPages, err = strconv.ParseBool(c.WebPagesText); err != nil {
