@@ -519,3 +519,107 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 		}
 	}
 }
+
+// TestSignupHandoffBrowser (issue 12): in headless Chromium, a buyer
+// subscribes on the (emulated) listing, chooses "Set up your account" and
+// lands on the seller's own sign-up (the example receiver in
+// examples/receiver, built and run as a program); signing up there redeems
+// the claim and links the account, and the signed grant webhook reaches it.
+func TestSignupHandoffBrowser(t *testing.T) {
+	chrome := findChromium()
+	if chrome == "" {
+		if os.Getenv("MPSAAS_BROWSER_TESTS") == "1" {
+			t.Fatal("MPSAAS_BROWSER_TESTS=1 but chromium is not installed")
+		}
+		t.Skip("chromium not installed (apt-get install chromium); set MPSAAS_BROWSER_TESTS=1 to require it")
+	}
+	bin := filepath.Join(t.TempDir(), "receiver")
+	if out, err := exec.Command("go", "build", "-o", bin, "../../examples/receiver").CombinedOutput(); err != nil {
+		t.Fatalf("go build examples/receiver: %v\n%s", err, out)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	receiverAddr := ln.Addr().String()
+	ln.Close()
+	receiverURL := "http://" + receiverAddr
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_SIGNUP_URL", receiverURL+"/signup",
+		"MPSAAS_WEBHOOK_URL", receiverURL+"/hooks/mpsaas")
+	cmd := exec.Command(bin)
+	cmd.Env = append(os.Environ(), "ADDR="+receiverAddr, "MPSAAS_URL="+app.URL(), "MPSAAS_API_KEY="+testUsageKey, "MPSAAS_WEBHOOK_SECRET="+testWebhookSecret)
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	for i := 0; ; i++ {
+		if c, err := net.Dial("tcp", receiverAddr); err == nil {
+			c.Close()
+			break
+		}
+		if i > 100 {
+			t.Fatalf("the example receiver did not start: %s", logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	defer cancelAlloc()
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	defer cancel()
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	defer cancelTimeout()
+	err = chromedp.Do(ctx,
+		chromedp.Navigate(app.EmulatorURL()+"/emulator/"),
+		chromedp.SetValue(chromedp.CSS("#product"), demoLicenseProduct),
+		chromedp.SetValue(chromedp.CSS("#buyer"), "123456789012"),
+		chromedp.Click(chromedp.CSS("#subscribe")),
+		chromedp.WaitVisible(chromedp.CSS("#setup")),
+		chromedp.Click(chromedp.CSS("#setup")), // Marketplace's POST to /fulfillment, redirected to the seller
+		chromedp.WaitVisible(chromedp.CSS("#signup-form")),
+	)
+	if err != nil {
+		t.Fatalf("browser: %v\nmpsaas logs:\n%s\nreceiver logs:\n%s", err, app.logs.String(), logs.String())
+	}
+	location, err := chromedp.Run(ctx, chromedp.Location())
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = chromedp.Do(ctx,
+		chromedp.SendKeys(chromedp.CSS("#email"), "ann@acme.example"),
+		chromedp.Click(chromedp.CSS("#create")),
+		chromedp.WaitVisible(chromedp.CSS("#welcome")),
+	)
+	if err != nil {
+		t.Fatalf("browser sign-up: %v\nreceiver logs:\n%s", err, logs.String())
+	}
+	welcome, err := chromedp.Run(ctx, chromedp.Text(chromedp.CSS("#welcome")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(location, receiverURL+"/signup?code=") || !strings.Contains(welcome, "linked to account acct-1") {
+		t.Errorf("landed on %s: %q", location, welcome)
+	}
+	// The grant webhook, signed, reaches the seller's app and updates the account.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(receiverURL + "/accounts")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var accounts map[string]struct{ Access string }
+		_ = json.NewDecoder(resp.Body).Decode(&accounts)
+		resp.Body.Close()
+		if accounts["acct-1"].Access == string(mpsaas.AccessGranted) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the seller's account never got access: %+v\nmpsaas logs:\n%s", accounts, app.logs.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
