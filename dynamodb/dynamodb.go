@@ -59,6 +59,7 @@ const (
 	indexAgreement = "agreementId-index"
 	indexDue       = "pending-due-index"
 	indexOutbox    = "outboxPending-index"
+	indexLinked    = "linkedAccountId-index"
 )
 
 // Store is the DynamoDB store.
@@ -116,7 +117,7 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	if err := s.createTables(ctx, []*ddb.CreateTableInput{
 		{
 			TableName:              aws.String(s.tables.Subscribers),
-			AttributeDefinitions:   []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending")},
+			AttributeDefinitions:   []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending"), str("linkedAccountId")},
 			KeySchema:              hash("customerIdentifier"),
 			GlobalSecondaryIndexes: subscriberIndexes(),
 		},
@@ -191,13 +192,24 @@ func tableRole(t Tables, name string) string {
 }
 
 // subscriberIndexes are the indexes mpsaas adds to the subscribers table
-// (the sample stack's has none): buyers by license id, and subscribers
-// with access changes not yet copied to the outbox.
+// (the sample stack's has none): buyers by license id, subscribers with
+// access changes not yet copied to the outbox, and buyers by the seller's
+// account id they are linked to.
 func subscriberIndexes() []types.GlobalSecondaryIndex {
 	var out []types.GlobalSecondaryIndex
-	for _, ix := range [][2]string{{indexLicense, "licenseId"}, {indexOutbox, "outboxPending"}} {
+	for _, ix := range [][2]string{{indexLicense, "licenseId"}, {indexOutbox, "outboxPending"}, {indexLinked, "linkedAccountId"}} {
 		out = append(out, types.GlobalSecondaryIndex{IndexName: aws.String(ix[0]), Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll},
 			KeySchema: []types.KeySchemaElement{{AttributeName: aws.String(ix[1]), KeyType: types.KeyTypeHash}}})
+	}
+	return out
+}
+
+// SubscriberIndexNames are the names of the subscribers table's indexes
+// (template.yaml must declare the same).
+func SubscriberIndexNames() []string {
+	var out []string
+	for _, ix := range subscriberIndexes() {
+		out = append(out, aws.ToString(ix.IndexName))
 	}
 	return out
 }

@@ -165,6 +165,32 @@ func (s *Store) FindSubscriber(ctx context.Context, id mpsaas.Identity) (*mpsaas
 	return nil, mpsaas.Errorf(mpsaas.ENOTFOUND, "subscriber not found")
 }
 
+// LinkedSubscribers returns the buyers linked to the seller's account id,
+// newest first (an eventually consistent index: a link a moment old may
+// be missing).
+func (s *Store) LinkedSubscribers(ctx context.Context, accountID string) ([]*mpsaas.Subscriber, error) {
+	if accountID == "" {
+		return nil, nil
+	}
+	keys, err := s.queryKeys(ctx, s.tables.Subscribers, indexLinked, "linkedAccountId", accountID, "customerIdentifier")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*mpsaas.Subscriber, 0, len(keys))
+	for _, k := range keys {
+		sub, err := s.GetSubscriber(ctx, k)
+		if mpsaas.ErrorCode(err) == mpsaas.ENOTFOUND {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, sub)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.After(out[j].CreatedAt) })
+	return out, nil
+}
+
 // optionalAttributes are removed from the item when the subscriber has no value.
 var optionalAttributes = []string{"productCode", "companyName", "contactPerson", "contactPhone", "contactEmail",
 	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created", "linkedAccountId", "claimId"}

@@ -130,7 +130,9 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 					return mpsaas.UsageReceipt{}, err
 				}
 				key = sub.Key
-				if s.cached.Load() < maxCachedCustomers {
+				// A key, CustomerIdentifier or license always names the
+				// same buyer; a linked account id may move to a new one.
+				if named := sub.Key == u.Customer || sub.CustomerIdentifier == u.Customer || sub.LicenseArn == u.Customer; named && s.cached.Load() < maxCachedCustomers {
 					s.customers.Store(u.Customer, key)
 					s.cached.Add(1)
 				}
@@ -159,7 +161,44 @@ func (s *Service) findSubscriber(ctx context.Context, customer string) (*mpsaas.
 	if lid := mpsaas.LicenseID(customer); lid != "" {
 		id = mpsaas.Identity{LicenseID: lid}
 	}
-	return s.Subscribers.FindSubscriber(ctx, id)
+	sub, err = s.Subscribers.FindSubscriber(ctx, id)
+	if mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {
+		return sub, err
+	}
+	return s.linkedSubscriber(ctx, customer, err)
+}
+
+// LinkedLister is implemented by stores that find buyers by the seller's
+// account id they were linked to (sign-up handoff).
+type LinkedLister interface {
+	LinkedSubscribers(ctx context.Context, accountID string) ([]*mpsaas.Subscriber, error)
+}
+
+// linkedSubscriber finds the buyer linked to the seller's account id: the
+// one with access among them (the newest), when it is the only product the
+// account is linked to; notFound otherwise.
+func (s *Service) linkedSubscriber(ctx context.Context, accountID string, notFound error) (*mpsaas.Subscriber, error) {
+	l, ok := s.Subscribers.(LinkedLister)
+	if !ok {
+		return nil, notFound
+	}
+	subs, err := l.LinkedSubscribers(ctx, accountID)
+	if err != nil {
+		return nil, err
+	}
+	var found *mpsaas.Subscriber
+	for _, sub := range subs { // newest first
+		if found != nil && sub.ProductCode != found.ProductCode {
+			return nil, mpsaas.Errorf(mpsaas.EINVALID, "account %q is linked to subscriptions of several products; name the buyer by its subscriber key", accountID)
+		}
+		if found == nil {
+			found = sub
+		}
+	}
+	if found == nil {
+		return nil, notFound
+	}
+	return found, nil
 }
 
 // RunResult summarizes one metering run.

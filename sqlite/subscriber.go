@@ -73,6 +73,29 @@ func (d *DB) FindSubscriber(ctx context.Context, id mpsaas.Identity) (*mpsaas.Su
 	return s, nil
 }
 
+// LinkedSubscribers returns the buyers linked to the seller's account id,
+// newest first.
+func (d *DB) LinkedSubscribers(ctx context.Context, accountID string) ([]*mpsaas.Subscriber, error) {
+	if accountID == "" {
+		return nil, nil
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT `+subscriberColumns+` FROM subscribers WHERE linked_account_id = ? AND linked_account_id != ''
+		ORDER BY created_at DESC LIMIT 100`, accountID)
+	if err != nil {
+		return nil, fmt.Errorf("linked subscribers: %w", err)
+	}
+	defer rows.Close()
+	var out []*mpsaas.Subscriber
+	for rows.Next() {
+		s, err := scanSubscriber(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+	}
+	return out, rows.Err()
+}
+
 // SaveSubscriber inserts or updates s with an optimistic version check and
 // queues change on channels in the same transaction.
 func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *mpsaas.AccessChange, channels []string) error {

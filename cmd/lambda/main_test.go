@@ -312,4 +312,11 @@ func TestSignupHandoffThroughTheAPIFunction(t *testing.T) {
 	if again := claim(); again.StatusCode != 409 {
 		t.Errorf("second claim: %d %s", again.StatusCode, again.Body)
 	}
+	// The seller's account id names the buyer (the linkedAccountId index).
+	ent := events.APIGatewayV2HTTPRequest{Version: "2.0", RawPath: "/v1/entitlements", RawQueryString: "customer=acct-7",
+		Headers: map[string]string{"authorization": "Bearer lambda-usage-key-0123456789"}}
+	ent.RequestContext.HTTP.Method = "GET"
+	if out, err := api(ctx, ent); err != nil || out.StatusCode != 200 || !strings.Contains(out.Body, res.Subscription.LicenseArn) {
+		t.Errorf("entitlements by linked account: %d %s %v", out.StatusCode, out.Body, err)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"slices"
 	"strings"
@@ -223,6 +224,14 @@ func TestTemplateOperations(t *testing.T) {
 			if got != wantTTL {
 				t.Errorf("%s: table %s: time to live %v, want enabled on %q: %v", listing, name, ttl, dynamodb.TTLAttribute, wantTTL)
 			}
+		}
+		// The subscribers table has the indexes the store queries.
+		var subIdx []string
+		for _, g := range resources["SubscribersTable"].(map[string]any)["Properties"].(map[string]any)["GlobalSecondaryIndexes"].([]any) {
+			subIdx = append(subIdx, g.(map[string]any)["IndexName"].(string))
+		}
+		if fmt.Sprint(subIdx) != fmt.Sprint(dynamodb.SubscriberIndexNames()) {
+			t.Errorf("%s: SubscribersTable indexes %v, the store queries %v", listing, subIdx, dynamodb.SubscriberIndexNames())
 		}
 		if tables < 7 {
 			t.Errorf("%s: %d tables", listing, tables)

@@ -89,16 +89,16 @@ func TestDynamoDBPrepare(t *testing.T) {
 	if err := run(ctx, args, env, &out, io.Discard); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if got := fmt.Sprint(fake.updates); got != "[licenseId-index:licenseId outboxPending-index:outboxPending]" {
+	if got := fmt.Sprint(fake.updates); got != "[licenseId-index:licenseId outboxPending-index:outboxPending linkedAccountId-index:linkedAccountId]" {
 		t.Errorf("indexes added: %s", got)
 	}
-	for _, want := range []string{"adding index licenseId-index", "being built", "added licenseId-index, outboxPending-index"} {
+	for _, want := range []string{"adding index licenseId-index", "being built", "added licenseId-index, outboxPending-index, linkedAccountId-index"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 	out.Reset()
-	if err := run(ctx, args, env, &out, io.Discard); err != nil || !strings.Contains(out.String(), "nothing to add") || len(fake.updates) != 2 {
+	if err := run(ctx, args, env, &out, io.Discard); err != nil || !strings.Contains(out.String(), "nothing to add") || len(fake.updates) != 3 {
 		t.Errorf("second run: %v, %d updates\n%s", err, len(fake.updates), out.String())
 	}
 	fake.pk = "id"

@@ -221,4 +221,17 @@ func TestSignupHandoff(t *testing.T) {
 	if granted.Subscriber.LinkedAccountID != "acct-42" || granted.Subscriber.Key != v.SubscriberKey {
 		t.Errorf("granted webhook: %+v", granted.Subscriber)
 	}
+	// The seller names the buyer by its own account id: usage and
+	// entitlement checks.
+	c := client.New(app.URL(), testUsageKey)
+	rec, err := c.RecordUsage(context.Background(), "by-account", []mpsaas.Usage{{Customer: "acct-42", Dimension: "users", Quantity: 2, Time: time.Now().Add(-time.Minute)}})
+	if err != nil || rec.Accepted != 1 {
+		t.Errorf("usage by linked account: %+v, %v", rec, err)
+	}
+	if ledger, err := c.Ledger(context.Background(), mpsaas.LedgerFilter{}); err != nil || len(ledger) != 1 || ledger[0].SubscriberKey != v.SubscriberKey {
+		t.Errorf("ledger: %+v, %v", ledger, err)
+	}
+	if ent, err := c.Entitlements(context.Background(), "acct-42"); err != nil || ent.SubscriberKey != v.SubscriberKey || ent.Access != mpsaas.AccessGranted {
+		t.Errorf("entitlements by linked account: %+v, %v", ent, err)
+	}
 }
