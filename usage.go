@@ -266,6 +266,9 @@ type LedgerEntry struct {
 	MeteringRecordID string    `json:"meteringRecordId,omitempty"`
 	Reason           string    `json:"reason,omitempty"`
 	RequestKey       string    `json:"idempotencyKey"`
+	// LinkedAccountID is the seller's account id the buyer is linked to
+	// (sign-up handoff), set by the ledger API.
+	LinkedAccountID string `json:"linkedAccountId,omitempty"`
 	// MeterQuantity is what the entry's hourly meter record carries to AWS
 	// (for billed: what AWS billed for the whole record, which may be less
 	// than its usage when a contract's entitlement covers part of it).

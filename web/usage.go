@@ -424,6 +424,17 @@ func (a *UsageAPI) handleLedger(w http.ResponseWriter, r *http.Request) {
 		}
 		f.Limit = n
 	}
+	if f.SubscriberKey != "" && a.Subscribers != nil {
+		// Any name of the buyer: key, CustomerIdentifier, license, linked account.
+		sub, err := a.Subscribers.Subscriber(r.Context(), f.SubscriberKey)
+		switch {
+		case err == nil:
+			f.SubscriberKey = sub.Key
+		case mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND:
+			a.fail(w, err)
+			return
+		}
+	}
 	entries, err := a.Ledger.Ledger(r.Context(), f)
 	if err != nil {
 		a.fail(w, err)
@@ -432,7 +443,36 @@ func (a *UsageAPI) handleLedger(w http.ResponseWriter, r *http.Request) {
 	if entries == nil {
 		entries = []mpsaas.LedgerEntry{}
 	}
+	if err := a.withLinkedAccounts(r.Context(), entries); err != nil {
+		a.fail(w, err)
+		return
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"entries": entries})
+}
+
+// withLinkedAccounts adds the seller's linked account id of each entry's
+// buyer (one lookup per buyer on the page).
+func (a *UsageAPI) withLinkedAccounts(ctx context.Context, entries []mpsaas.LedgerEntry) error {
+	if a.Subscribers == nil {
+		return nil
+	}
+	linked := map[string]string{}
+	for i := range entries {
+		key := entries[i].SubscriberKey
+		id, ok := linked[key]
+		if !ok {
+			sub, err := a.Subscribers.Subscriber(ctx, key)
+			switch {
+			case err == nil:
+				id = sub.LinkedAccountID
+			case mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND:
+				return err
+			}
+			linked[key] = id
+		}
+		entries[i].LinkedAccountID = id
+	}
+	return nil
 }
 
 func (a *UsageAPI) handleStatus(w http.ResponseWriter, r *http.Request) {

@@ -228,8 +228,9 @@ func TestSignupHandoff(t *testing.T) {
 	if err != nil || rec.Accepted != 1 {
 		t.Errorf("usage by linked account: %+v, %v", rec, err)
 	}
-	if ledger, err := c.Ledger(context.Background(), mpsaas.LedgerFilter{}); err != nil || len(ledger) != 1 || ledger[0].SubscriberKey != v.SubscriberKey {
-		t.Errorf("ledger: %+v, %v", ledger, err)
+	if ledger, err := c.Ledger(context.Background(), mpsaas.LedgerFilter{SubscriberKey: "acct-42"}); err != nil || len(ledger) != 1 ||
+		ledger[0].SubscriberKey != v.SubscriberKey || ledger[0].LinkedAccountID != "acct-42" {
+		t.Errorf("ledger of the linked account: %+v, %v", ledger, err)
 	}
 	if ent, err := c.Entitlements(context.Background(), "acct-42"); err != nil || ent.SubscriberKey != v.SubscriberKey || ent.Access != mpsaas.AccessGranted {
 		t.Errorf("entitlements by linked account: %+v, %v", ent, err)
