@@ -34,7 +34,7 @@ func (l LogSender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
 		return fmt.Errorf("decode access change %s: %w", m.IdempotencyKey, err)
 	}
 	l.Logger.InfoContext(ctx, "notification: access changed", "key", c.IdempotencyKey, "access", c.Access,
-		"subscriber", c.Subscriber.Key, "company", c.Subscriber.CompanyName, "email", c.Subscriber.ContactEmail, "status", c.Subscriber.Status)
+		"subscriber", c.Subscriber.Key, "linkedAccount", c.Subscriber.LinkedAccountID, "company", c.Subscriber.CompanyName, "email", c.Subscriber.ContactEmail, "status", c.Subscriber.Status)
 	return nil
 }
 
@@ -145,6 +145,15 @@ func sendMail(ctx context.Context, addr string, timeout time.Duration, auth smtp
 }
 
 func message(c mpsaas.AccessChange, product string) (subject, body string) {
+	subject, body = messageText(c, product)
+	if c.Subscriber.LinkedAccountID != "" {
+		// The account the buyer signed up with on the seller's site (sign-up handoff).
+		body += fmt.Sprintf("\nYour account: %s\n", c.Subscriber.LinkedAccountID)
+	}
+	return subject, body
+}
+
+func messageText(c mpsaas.AccessChange, product string) (subject, body string) {
 	if product == "" {
 		product = "your subscription"
 	}

@@ -98,7 +98,7 @@ func TestSMTPSender(t *testing.T) {
 	srv := startSMTP(t)
 	s := &notify.SMTPSender{Addr: srv.ln.Addr().String(), From: "noreply@seller.example", AdminEmail: "admin@seller.example", ProductName: "Widgets", Timeout: 5 * time.Second}
 	c := mpsaas.AccessChange{IdempotencyKey: "K:1", Access: mpsaas.AccessGranted, Version: 1, OccurredAt: time.Now(),
-		Subscriber: mpsaas.SubscriberDTO{Key: "K", Contact: mpsaas.Contact{ContactPerson: "Ann", ContactEmail: "ann@buyer.example", CompanyName: "Acme"}}}
+		Subscriber: mpsaas.SubscriberDTO{Key: "K", LinkedAccountID: "acct-42", Contact: mpsaas.Contact{ContactPerson: "Ann", ContactEmail: "ann@buyer.example", CompanyName: "Acme"}}}
 	payload, _ := json.Marshal(c)
 	if err := s.Send(context.Background(), mpsaas.OutboxMessage{IdempotencyKey: "K:1", Payload: payload}); err != nil {
 		t.Fatal(err)
@@ -108,7 +108,8 @@ func TestSMTPSender(t *testing.T) {
 	if len(srv.rcpt) != 2 || !strings.Contains(srv.rcpt[0], "ann@buyer.example") || !strings.Contains(srv.rcpt[1], "admin@seller.example") {
 		t.Errorf("recipients = %v", srv.rcpt)
 	}
-	if len(srv.data) != 1 || !strings.Contains(srv.data[0], "Subject: Welcome to Widgets") || !strings.Contains(srv.data[0], "Hello Ann") {
+	if len(srv.data) != 1 || !strings.Contains(srv.data[0], "Subject: Welcome to Widgets") || !strings.Contains(srv.data[0], "Hello Ann") ||
+		!strings.Contains(srv.data[0], "Your account: acct-42") {
 		t.Errorf("message = %q", srv.data)
 	}
 }
