@@ -191,6 +191,27 @@ func (s *Store) LinkedSubscribers(ctx context.Context, accountID string) ([]*mps
 	return out, nil
 }
 
+// accountLinkKey is the item that remembers the seller's account an AWS
+// account's buyer of a product was last linked to.
+func accountLinkKey(awsAccount, product string) string {
+	return "account:" + awsAccount + "#" + product
+}
+
+// LinkedAccountFor is the seller's account id the AWS account's last buyer
+// of product was linked to ("" when none): a new agreement of the same
+// buyer lands on the same account.
+func (s *Store) LinkedAccountFor(ctx context.Context, awsAccount, product string) (string, error) {
+	if awsAccount == "" || product == "" {
+		return "", nil
+	}
+	out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(s.tables.Subscribers), ConsistentRead: aws.Bool(true),
+		Key: map[string]types.AttributeValue{"customerIdentifier": sv(accountLinkKey(awsAccount, product))}})
+	if err != nil {
+		return "", fmt.Errorf("linked account of %s: %w", awsAccount, err)
+	}
+	return getS(out.Item, "linkTo"), nil
+}
+
 // optionalAttributes are removed from the item when the subscriber has no value.
 var optionalAttributes = []string{"productCode", "companyName", "contactPerson", "contactPhone", "contactEmail",
 	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created", "linkedAccountId", "claimId"}
@@ -283,6 +304,14 @@ func (s *Store) SaveSubscriber(ctx context.Context, sub *mpsaas.Subscriber, chan
 	sub.CreatedAt = created
 	sub.Version++
 	sub.UpdatedAt = now
+	if sub.LinkedAccountID != "" && sub.CustomerAWSAccountID != "" && sub.ProductCode != "" {
+		// Remembered for the buyer's next agreement (LinkedAccountFor).
+		// Best effort: the next save of the buyer writes it again.
+		_, _ = s.client.PutItem(ctx, &ddb.PutItemInput{TableName: aws.String(s.tables.Subscribers), Item: map[string]types.AttributeValue{
+			// Not "linkedAccountId": this item must stay out of that index.
+			"customerIdentifier": sv(accountLinkKey(sub.CustomerAWSAccountID, sub.ProductCode)), "linkTo": sv(sub.LinkedAccountID),
+			"subscriberKey": sv(sub.Key), "updatedAt": nv(timeN(now))}})
+	}
 	if change != nil && len(channels) > 0 {
 		// Best effort now; DueMessages finishes it after a crash.
 		if err := s.flushOutbox(ctx, sub.Key); err != nil {

@@ -96,6 +96,24 @@ func (d *DB) LinkedSubscribers(ctx context.Context, accountID string) ([]*mpsaas
 	return out, rows.Err()
 }
 
+// LinkedAccountFor is the seller's account id the AWS account's last buyer
+// of product was linked to ("" when none).
+func (d *DB) LinkedAccountFor(ctx context.Context, awsAccount, product string) (string, error) {
+	if awsAccount == "" || product == "" {
+		return "", nil
+	}
+	var id string
+	err := d.db.QueryRowContext(ctx, `SELECT linked_account_id FROM subscribers WHERE aws_account_id = ? AND product_code = ? AND linked_account_id != ''
+		ORDER BY created_at DESC LIMIT 1`, awsAccount, product).Scan(&id)
+	if isNoRows(err) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("linked account of %s: %w", awsAccount, err)
+	}
+	return id, nil
+}
+
 // SaveSubscriber inserts or updates s with an optimistic version check and
 // queues change on channels in the same transaction.
 func (d *DB) SaveSubscriber(ctx context.Context, s *mpsaas.Subscriber, change *mpsaas.AccessChange, channels []string) error {

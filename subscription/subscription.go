@@ -293,6 +293,9 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 		if err := mutate(sub); err != nil {
 			return nil, err
 		}
+		if err := s.carryLink(ctx, sub); err != nil {
+			return nil, err
+		}
 		events, err := s.Store.EventsFor(ctx, sub.Identity)
 		if err != nil {
 			return nil, err
@@ -330,6 +333,31 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 		lastErr = err
 	}
 	return nil, fmt.Errorf("update subscriber: gave up after concurrent updates: %w", lastErr)
+}
+
+// linkMemory is implemented by stores that remember the seller's account
+// an AWS account's buyer of a product was linked to.
+type linkMemory interface {
+	LinkedAccountFor(ctx context.Context, awsAccount, product string) (string, error)
+}
+
+// carryLink links a new buyer record (a new agreement of a buyer who
+// subscribed before) to the seller's account the buyer's previous
+// agreement was linked to.
+func (s *Service) carryLink(ctx context.Context, sub *mpsaas.Subscriber) error {
+	if sub.Version != 0 || sub.LinkedAccountID != "" {
+		return nil
+	}
+	l, ok := s.Store.(linkMemory)
+	if !ok {
+		return nil
+	}
+	id, err := l.LinkedAccountFor(ctx, sub.CustomerAWSAccountID, sub.ProductCode)
+	if err != nil {
+		return err
+	}
+	sub.LinkedAccountID = id
+	return nil
 }
 
 // load returns the stored subscriber (by key, or by any identity of cust)

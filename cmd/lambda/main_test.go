@@ -319,4 +319,22 @@ func TestSignupHandoffThroughTheAPIFunction(t *testing.T) {
 	if out, err := api(ctx, ent); err != nil || out.StatusCode != 200 || !strings.Contains(out.Body, res.Subscription.LicenseArn) {
 		t.Errorf("entitlements by linked account: %d %s %v", out.StatusCode, out.Body, err)
 	}
+	// A new agreement of the same buyer lands on the same linked account.
+	if _, err := f.em.Cancel(res.Subscription.AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	f.em.Clock.Advance(61 * time.Minute)
+	f.em.RunDue()
+	res2, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "handoff-prod", BuyerAccountID: "123456789012"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ev.Body = url.Values{"x-amzn-marketplace-token": {res2.Token}}.Encode()
+	if out, err := api(ctx, ev); err != nil || out.StatusCode != 303 {
+		t.Fatalf("second fulfillment: %d %v", out.StatusCode, err)
+	}
+	ent.RawQueryString = "customer=" + url.QueryEscape(res2.Subscription.LicenseArn)
+	if out, err := api(ctx, ent); err != nil || out.StatusCode != 200 || !strings.Contains(out.Body, `"linkedAccountId":"acct-7"`) {
+		t.Errorf("the new agreement's buyer: %d %s %v", out.StatusCode, out.Body, err)
+	}
 }

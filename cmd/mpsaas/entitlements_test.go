@@ -235,4 +235,30 @@ func TestSignupHandoff(t *testing.T) {
 	if ent, err := c.Entitlements(context.Background(), "acct-42"); err != nil || ent.SubscriberKey != v.SubscriberKey || ent.Access != mpsaas.AccessGranted {
 		t.Errorf("entitlements by linked account: %+v, %v", ent, err)
 	}
+
+	// The buyer cancels, and later subscribes again: a new agreement (a new
+	// license, a new subscriber key) that lands on the same linked account
+	// before the seller redeems anything.
+	emulatorControl(t, app, "subscriptions/"+agreement.AgreementID+"/cancel")
+	emulatorClock(t, app, "61m")
+	page = postForm(t, noRedirect, app.EmulatorURL()+"/emulator/ui/subscribe", url.Values{"productCode": {demoLicenseProduct}, "buyerAccountId": {"123456789012"}}, 200)
+	action, fields = parseForm(t, page, "setup-form")
+	if resp, err := noRedirect.PostForm(action, fields); err != nil || resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("second fulfillment: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	var again emulator.Subscription
+	for _, s := range app.em.Subscriptions() {
+		if s.AgreementID != agreement.AgreementID && s.BuyerAccountID == "123456789012" {
+			again = s
+		}
+	}
+	ent, err := c.Entitlements(context.Background(), again.LicenseArn)
+	if err != nil || ent.LinkedAccountID != "acct-42" || ent.SubscriberKey == v.SubscriberKey {
+		t.Errorf("the new agreement's buyer: %+v, %v; want a new subscriber linked to acct-42", ent, err)
+	}
+	if ent, err := c.Entitlements(context.Background(), "acct-42"); err != nil || ent.LicenseArn != again.LicenseArn {
+		t.Errorf("the linked account now names the new agreement's buyer: %+v, %v", ent, err)
+	}
 }
