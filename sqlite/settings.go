@@ -2,7 +2,10 @@ package sqlite
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
+	"os"
+	"time"
 )
 
 // MeteringTarget is the kind of Marketplace endpoint ("aws" or "emulator")
@@ -37,4 +40,52 @@ func (d *DB) HasBilled(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("has billed: %w", err)
 	}
 	return n > 0, nil
+}
+
+// Gauges reads what a metrics scrape shows of the store: access changes
+// waiting for delivery and the age of the oldest, the age of the oldest
+// ended hour that still has pending usage (from the lowest pending id:
+// usage arrives in time order, so that is, all but for late usage, the
+// oldest), and the size of the database file and its WAL. Each is one
+// indexed read.
+func (d *DB) Gauges(ctx context.Context, now time.Time) (outboxPending int64, outboxOldest, unsealedOldest time.Duration, dbBytes int64, err error) {
+	var oldest sql.NullInt64
+	if err = d.db.QueryRowContext(ctx, `SELECT COUNT(*), MIN(created_at) FROM outbox WHERE delivered_at = 0`).Scan(&outboxPending, &oldest); err != nil {
+		return 0, 0, 0, 0, fmt.Errorf("gauges: %w", err)
+	}
+	if oldest.Valid {
+		outboxOldest = max(0, now.Sub(fromUnixNano(oldest.Int64)))
+	}
+	var hour int64
+	switch err = d.db.QueryRowContext(ctx, `SELECT meter_hour FROM usage WHERE state = 'pending' ORDER BY id LIMIT 1`).Scan(&hour); {
+	case isNoRows(err):
+		err = nil
+	case err != nil:
+		return 0, 0, 0, 0, fmt.Errorf("gauges: %w", err)
+	default:
+		unsealedOldest = max(0, now.Sub(time.Unix(hour, 0).Add(time.Hour)))
+	}
+	for _, p := range []string{d.path, d.path + "-wal"} {
+		if fi, statErr := os.Stat(p); statErr == nil {
+			dbBytes += fi.Size()
+		}
+	}
+	return outboxPending, outboxOldest, unsealedOldest, dbBytes, nil
+}
+
+// Writable checks that the database takes a write now (a write
+// transaction is begun and rolled back), within ctx.
+func (d *DB) Writable(ctx context.Context) error {
+	conn, err := d.db.Conn(ctx)
+	if err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	defer conn.Close()
+	if _, err := conn.ExecContext(ctx, "BEGIN IMMEDIATE"); err != nil {
+		return fmt.Errorf("database not writable: %w", err)
+	}
+	if _, err := conn.ExecContext(ctx, "ROLLBACK"); err != nil {
+		return fmt.Errorf("database: %w", err)
+	}
+	return nil
 }

@@ -27,11 +27,11 @@ func TestOpenAPIMatchesTheRoutes(t *testing.T) {
 	if doc.OpenAPI != "3.1.0" {
 		t.Errorf("openapi %q, want 3.1.0", doc.OpenAPI)
 	}
-	s := web.New(web.Config{Secret: []byte(strings.Repeat("s", 32))}, nil)
+	s := web.New(web.Config{Secret: []byte(strings.Repeat("s", 32)), Ready: func(context.Context) error { return nil }}, nil)
 	(&web.UsageAPI{Keys: []string{"key-0123456789abcdef"}, Subscribers: noSubscribers{}, Claims: s}).Register(s)
 	routes := s.Routes()
 	isAPI := func(path string) bool {
-		return strings.HasPrefix(path, "/v1/") || path == "/subscriber" || path == "/healthz" || path == "/openapi.json"
+		return strings.HasPrefix(path, "/v1/") || path == "/subscriber" || path == "/healthz" || path == "/readyz" || path == "/openapi.json"
 	}
 	var documented []string
 	for path, ops := range doc.Paths {

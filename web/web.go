@@ -51,6 +51,13 @@ type Config struct {
 	SignupURL string
 	// ClaimTTL is how long a claim code can be redeemed (default 10 minutes).
 	ClaimTTL time.Duration
+	// Observe, when set, hears of every request: its route pattern
+	// ("" when none matched), status and duration (metrics).
+	Observe func(route string, status int, d time.Duration)
+	// Ready, when set, answers GET /readyz: nil when the process can do
+	// its work (the store is writable, AWS Marketplace is reachable,
+	// metering keeps up), else why not (503).
+	Ready func(ctx context.Context) error
 	// SupportEmail is shown when something goes wrong.
 	SupportEmail string
 	// CORSOrigins may call the JSON registration API from a browser ("*" for any).
@@ -127,7 +134,11 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.mux.ServeHTTP(rec, r)
 	// Only method, path and status: never bodies, query strings, or the
 	// secrets some paths carry (a status link is a bearer credential).
-	s.log.Info("http", "method", r.Method, "path", logPath(r), "status", rec.status, "duration", time.Since(start).Round(time.Microsecond))
+	took := time.Since(start)
+	s.log.Info("http", "method", r.Method, "path", logPath(r), "status", rec.status, "duration", took.Round(time.Microsecond))
+	if s.cfg.Observe != nil {
+		s.cfg.Observe(r.Pattern, rec.status, took)
+	}
 }
 
 // logPath is the request path fit for a log: a matched route's wildcard
@@ -189,6 +200,18 @@ func (s *Server) routes() {
 		}
 		_, _ = w.Write([]byte("ok\n"))
 	}))
+	if s.cfg.Ready != nil {
+		s.Handle("GET /readyz", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+			defer cancel()
+			w.Header().Set("Cache-Control", "no-store")
+			if err := s.cfg.Ready(ctx); err != nil {
+				http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ready\n"))
+		}))
+	}
 	s.Handle("POST /subscriber", http.HandlerFunc(s.handleSubscriberAPI))
 	s.Handle("OPTIONS /subscriber", http.HandlerFunc(s.handleSubscriberAPI))
 	if s.cfg.APIOnly {

@@ -33,6 +33,8 @@ type Dispatcher struct {
 	// SendTimeout bounds one delivery attempt (default 15s).
 	SendTimeout time.Duration
 	Wake        chan struct{}
+	// Observe, when set, hears of every delivery attempt (metrics).
+	Observe func(channel string, err error)
 }
 
 // channelOutbox is an outbox that can list one channel's due messages, so
@@ -169,6 +171,9 @@ func (d *Dispatcher) deliver(ctx context.Context, msgs []mpsaas.OutboxMessage) (
 			actx, cancel := context.WithTimeout(ctx, d.SendTimeout)
 			sendErr = sender.Send(actx, m)
 			cancel()
+		}
+		if d.Observe != nil && (sendErr == nil || ctx.Err() == nil) {
+			d.Observe(m.Channel, sendErr)
 		}
 		if sendErr == nil {
 			if err := d.Outbox.MarkDelivered(ctx, m.ID, d.Clock.Now()); err != nil {

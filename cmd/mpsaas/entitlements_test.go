@@ -262,3 +262,62 @@ func TestSignupHandoff(t *testing.T) {
 		t.Errorf("the linked account now names the new agreement's buyer: %+v, %v", ent, err)
 	}
 }
+
+// TestMetricsAndReadiness (issue 10): serve answers /readyz and serves
+// Prometheus metrics on MPSAAS_METRICS_ADDR: requests by route and status,
+// metering runs, deliveries by channel, and the store's gauges.
+func TestMetricsAndReadiness(t *testing.T) {
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METRICS_ADDR", "127.0.0.1:0", "MPSAAS_METER_INTERVAL", "1s")
+	key, _ := registeredBuyer(t, app, demoLicenseProduct, "123456789012") // a webhook delivery
+	if _, err := client.New(app.URL(), testUsageKey).RecordUsage(context.Background(), "m-1", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 1, Time: time.Now().Add(-time.Minute)}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.Get(app.URL() + "/readyz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Errorf("/readyz: %d %s", resp.StatusCode, body)
+	}
+	if err := app.ready("http://127.0.0.1:1")(context.Background()); err == nil || !strings.Contains(err.Error(), "unreachable") {
+		t.Errorf("readiness with the metering endpoint down: %v", err)
+	}
+	metricsURL := "http://" + app.metricsLn.Addr().String() + "/metrics"
+	want := []string{
+		`mpsaas_http_requests_total{route="POST /v1/usage",status="202"} 1`,
+		`mpsaas_http_requests_total{route="GET /readyz",status="200"} 1`,
+		`mpsaas_access_change_deliveries_total{channel="webhook",result="delivered"}`,
+		`mpsaas_meter_runs_total{result="ok"}`,
+		`mpsaas_outbox_pending 0`,
+		`mpsaas_database_bytes`,
+		`mpsaas_gauges_error 0`,
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		resp, err := http.Get(metricsURL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		var missing []string
+		for _, w := range want {
+			if !strings.Contains(string(b), w) {
+				missing = append(missing, w)
+			}
+		}
+		if len(missing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %q:\n%s", missing, b)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	// The web server itself does not serve the metrics.
+	if resp, err := http.Get(app.URL() + "/metrics"); err == nil && resp.StatusCode == 200 {
+		t.Error("metrics on the public web server")
+	}
+}

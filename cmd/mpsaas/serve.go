@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"sync"
 	"time"
 
@@ -22,6 +23,7 @@ import (
 	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/metrics"
 	"github.com/mpsaas/mpsaas/sqlite"
 	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
 	"github.com/mpsaas/mpsaas/subscription"
@@ -52,9 +54,12 @@ type App struct {
 	poller *mpsaassqs.Poller
 	webLn  net.Listener
 	emLn   net.Listener
-	wakeQ  chan struct{}
-	wakeD  chan struct{}
-	closed bool
+	// metrics are served on metricsLn (MPSAAS_METRICS_ADDR) when set.
+	metrics   *metrics.Metrics
+	metricsLn net.Listener
+	wakeQ     chan struct{}
+	wakeD     chan struct{}
+	closed    bool
 
 	generatedUsageKey bool
 }
@@ -149,8 +154,15 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	}
 	built := a.cfg
 	built.MeteringEndpoint, built.EntitlementEndpoint, built.AgreementEndpoint = mpOpts.MeteringEndpoint, mpOpts.EntitlementEndpoint, mpOpts.AgreementEndpoint
+	a.metrics = metrics.New(a.db)
+	if cfg.MetricsAddr != "" {
+		if a.metricsLn, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			return nil, fmt.Errorf("listen on MPSAAS_METRICS_ADDR %s: %w", cfg.MetricsAddr, err)
+		}
+	}
 	deps := config.Deps{Runtime: config.Serve, Store: outboxWaker{a.db, a.wakeD}, AWS: awsCfg, ChannelAWS: channelAWS, Logger: logger,
-		LogEmails: true, Web: true, Emulator: target == targetEmulator}
+		LogEmails: true, Web: true, Emulator: target == targetEmulator, Observe: a.metrics.ObserveRequest,
+		Ready: a.ready(mpOpts.MeteringEndpoint)}
 	if a.em != nil {
 		// The subscription lifecycle and metering follow the embedded
 		// emulator's clock, so advancing it (buyer simulator, control API)
@@ -163,7 +175,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		a.poller.Handler = a.svc
 	}
 	a.queue = &worker.QueueWorker{Queue: a.db, Handler: a.svc, Logger: logger, Wake: a.wakeQ}
-	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: svc.Senders, Logger: logger, Wake: a.wakeD}
+	a.disp = &worker.Dispatcher{Outbox: a.db, Senders: svc.Senders, Logger: logger, Wake: a.wakeD, Observe: a.metrics.ObserveDelivery}
 	return a, nil
 }
 
@@ -175,6 +187,40 @@ var httpTimeouts = struct{ header, read, write, idle time.Duration }{10 * time.S
 
 func newHTTPServer(h http.Handler) *http.Server {
 	return &http.Server{Handler: h, ReadHeaderTimeout: httpTimeouts.header, ReadTimeout: httpTimeouts.read, WriteTimeout: httpTimeouts.write, IdleTimeout: httpTimeouts.idle}
+}
+
+// ready answers /readyz: the database takes a write, the AWS Marketplace
+// metering endpoint (or the emulator) accepts a connection, and metering
+// keeps up (no hour with pending usage ended more than two hours ago).
+func (a *App) ready(meteringEndpoint string) func(context.Context) error {
+	return func(ctx context.Context) error {
+		if err := a.db.Writable(ctx); err != nil {
+			return err
+		}
+		host := fmt.Sprintf("metering.marketplace.%s.amazonaws.com:443", a.cfg.Region)
+		if meteringEndpoint != "" {
+			if u, err := url.Parse(meteringEndpoint); err == nil {
+				host = u.Host
+				if u.Port() == "" {
+					host += map[bool]string{true: ":443", false: ":80"}[u.Scheme == "https"]
+				}
+			}
+		}
+		d := net.Dialer{Timeout: 3 * time.Second}
+		conn, err := d.DialContext(ctx, "tcp", host)
+		if err != nil {
+			return fmt.Errorf("AWS Marketplace metering endpoint %s unreachable: %w", host, err)
+		}
+		conn.Close()
+		_, _, unsealed, _, err := a.db.Gauges(ctx, time.Now())
+		if err != nil {
+			return err
+		}
+		if unsealed > 2*time.Hour {
+			return fmt.Errorf("metering is behind: usage of an hour that ended %s ago is not sealed", unsealed.Round(time.Minute))
+		}
+		return nil
+	}
 }
 
 // awsServiceConfig is the AWS configuration for SQS, SNS and SES: the default
@@ -293,11 +339,18 @@ func (a *App) PrintBanner(w io.Writer) {
 func (a *App) Run(ctx context.Context) error {
 	webSrv := newHTTPServer(a.web)
 	var emSrv *http.Server
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- webSrv.Serve(a.webLn) }()
 	if a.em != nil {
 		emSrv = newHTTPServer(a.em.Handler())
 		go func() { errc <- emSrv.Serve(a.emLn) }()
+	}
+	var metricsSrv *http.Server
+	if a.metricsLn != nil {
+		mux := http.NewServeMux()
+		mux.Handle("GET /metrics", a.metrics.Handler())
+		metricsSrv = newHTTPServer(mux)
+		go func() { errc <- metricsSrv.Serve(a.metricsLn) }()
 	}
 	workCtx, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	var wg sync.WaitGroup
@@ -338,6 +391,9 @@ func (a *App) Run(ctx context.Context) error {
 	_ = webSrv.Shutdown(shutCtx)
 	if emSrv != nil {
 		_ = emSrv.Shutdown(shutCtx)
+	}
+	if metricsSrv != nil {
+		_ = metricsSrv.Shutdown(shutCtx)
 	}
 	stopWork()
 	wg.Wait()
@@ -400,6 +456,10 @@ func (a *App) meterLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		res, err := a.meter.Run(ctx)
+		if ctx.Err() == nil {
+			a.metrics.ObserveRun(metrics.Run{Err: err, Sealed: res.Sealed, Heartbeats: res.Heartbeats, Calls: res.Calls, Billed: res.Billed,
+				Rejected: res.Rejected, Flagged: res.Flagged, Unp: res.Unprocessed, Violations: res.Violations})
+		}
 		switch {
 		case err != nil && ctx.Err() == nil:
 			a.log.Error("metering run failed", "err", err)
@@ -438,6 +498,9 @@ func (a *App) close() {
 	}
 	if a.emLn != nil {
 		a.emLn.Close()
+	}
+	if a.metricsLn != nil {
+		a.metricsLn.Close()
 	}
 	if a.db != nil {
 		a.db.Close()

@@ -1,7 +1,9 @@
 package config
 
 import (
+	"context"
 	"log/slog"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/sesv2"
@@ -45,6 +47,9 @@ type Deps struct {
 	Web bool
 	// Emulator tells the pages that metering goes to an emulator.
 	Emulator bool
+	// Observe and Ready are web.Config's (metrics and /readyz of serve).
+	Observe func(route string, status int, d time.Duration)
+	Ready   func(ctx context.Context) error
 }
 
 // Services are the configured services of one process.
@@ -80,7 +85,7 @@ func (c *Config) Build(d Deps) *Services {
 	if d.Web {
 		s.Web = web.New(web.Config{
 			Secret: []byte(c.Secret), ProductName: c.ProductName, SignInURL: c.SignInURL, SupportEmail: c.SupportEmail,
-			SignupURL: c.SignupURL, ClaimTTL: c.ClaimTTL,
+			SignupURL: c.SignupURL, ClaimTTL: c.ClaimTTL, Observe: d.Observe, Ready: d.Ready,
 			CORSOrigins: c.CORSOrigins, APIOnly: !c.WebPages, EmailsBuyers: c.emails(), Emulator: d.Emulator,
 			Logger: logger,
 		}, s.Subscriptions)

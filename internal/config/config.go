@@ -103,6 +103,7 @@ type Config struct {
 	EmulatorAddr      string
 	EmulatorURL       string
 	MeterIntervalText string
+	MetricsAddr       string
 	SQSQueueURL       string
 	SQSEndpoint       string
 	LogFormat         string
@@ -176,6 +177,7 @@ func (c *Config) Settings() []Setting {
 		{Name: "region", Arg: "REGION", Env: "AWS_REGION", Def: "us-east-1", Runtimes: Serve, Usage: "AWS region for metering", ptr: &c.Region},
 		{Name: "usage-api-keys", Arg: "KEYS", Env: "MPSAAS_USAGE_API_KEYS", Runtimes: Both, Usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", Secret: true, list: &c.UsageAPIKeys},
 		{Name: "meter-interval", Arg: "DURATION", Env: "MPSAAS_METER_INTERVAL", Def: "1m", Runtimes: Serve, Usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
+		{Name: "metrics-addr", Arg: "HOST:PORT", Env: "MPSAAS_METRICS_ADDR", Runtimes: Serve, Usage: "address to serve Prometheus metrics at /metrics on (off when unset; keep it private)", ptr: &c.MetricsAddr},
 		{Name: "meter-grace", Arg: "DURATION", Env: "MPSAAS_METER_GRACE", Def: "5m", Runtimes: Both, Usage: "how long after an hour ends its usage is still collected before the hour is sealed and billed (1s to 4h); longer bills late usage in its own hour but delays every bill", ptr: &c.MeterGraceText},
 		{Name: "revoke-on-cancel", Arg: "BOOL", Env: "MPSAAS_REVOKE_ON_CANCEL", Def: "false", Runtimes: Both, Usage: "revoke access as soon as a buyer cancels (true), instead of keeping it (pending-cancellation) until the one-hour final metering window ends", ptr: &c.RevokeOnCancelText},
 		{Name: "dimensions", Arg: "NAMES", Env: "MPSAAS_DIMENSIONS", Runtimes: Both, Usage: "comma-separated dimensions of your product; usage for any other is refused with 400 (default: any)", ptr: &c.DimensionsText},
