@@ -111,7 +111,7 @@ func TestOpenAPIExamplesAreAccepted(t *testing.T) {
 		t.Fatal(err)
 	}
 	fill := strings.NewReplacer(`"CUSTOMER"`, strconv.Quote(agreement.CustomerIdentifier), `"TIME"`, strconv.Quote(time.Now().Add(-time.Minute).UTC().Format(time.RFC3339)),
-		`"TOKEN"`, strconv.Quote(other.Token))
+		`"TOKEN"`, strconv.Quote(other.Token), `"TIMESTAMP"`, strconv.FormatInt(time.Now().Add(-time.Minute).Unix(), 10))
 	var doc struct {
 		Paths map[string]map[string]struct {
 			RequestBody struct {
@@ -283,6 +283,10 @@ func TestMetricsAndReadiness(t *testing.T) {
 	}
 	if err := app.ready("http://127.0.0.1:1")(context.Background()); err == nil || !strings.Contains(err.Error(), "unreachable") {
 		t.Errorf("readiness with the metering endpoint down: %v", err)
+	}
+	app.lastMeterOK.Store(time.Now().Add(-time.Hour).UnixNano()) // as if the metering loop had stalled an hour ago
+	if err := app.ready(app.EmulatorURL())(context.Background()); err == nil || !strings.Contains(err.Error(), "metering is behind") {
+		t.Errorf("readiness with metering stalled: %v", err)
 	}
 	metricsURL := "http://" + app.metricsLn.Addr().String() + "/metrics"
 	want := []string{

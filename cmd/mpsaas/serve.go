@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/url"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -57,16 +58,20 @@ type App struct {
 	// metrics are served on metricsLn (MPSAAS_METRICS_ADDR) when set.
 	metrics   *metrics.Metrics
 	metricsLn net.Listener
-	wakeQ     chan struct{}
-	wakeD     chan struct{}
-	closed    bool
+	// started and lastMeterOK (unix nanoseconds) tell /readyz whether
+	// metering keeps up.
+	started     time.Time
+	lastMeterOK atomic.Int64
+	wakeQ       chan struct{}
+	wakeD       chan struct{}
+	closed      bool
 
 	generatedUsageKey bool
 }
 
 // openApp builds the object graph and binds the listeners; Run serves.
 func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger *slog.Logger) (_ *App, err error) {
-	a := &App{cfg: cfg, log: logger, wakeQ: make(chan struct{}, 1), wakeD: make(chan struct{}, 1)}
+	a := &App{cfg: cfg, log: logger, wakeQ: make(chan struct{}, 1), wakeD: make(chan struct{}, 1), started: time.Now()}
 	defer func() {
 		if err != nil {
 			a.close()
@@ -212,12 +217,17 @@ func (a *App) ready(meteringEndpoint string) func(context.Context) error {
 			return fmt.Errorf("AWS Marketplace metering endpoint %s unreachable: %w", host, err)
 		}
 		conn.Close()
-		_, _, unsealed, _, err := a.db.Gauges(ctx, time.Now())
-		if err != nil {
-			return err
+		// Metering keeps up when its loop completes runs: a failing or
+		// stuck loop is not ready. (Old usage waiting to be sealed is not:
+		// a backfill must not take the process out of service; the
+		// mpsaas_unsealed_hour_age_seconds gauge shows it.)
+		window := max(3*a.cfg.MeterInterval, 5*time.Minute)
+		last := time.Unix(0, a.lastMeterOK.Load())
+		if a.lastMeterOK.Load() == 0 {
+			last = a.started
 		}
-		if unsealed > 2*time.Hour {
-			return fmt.Errorf("metering is behind: usage of an hour that ended %s ago is not sealed", unsealed.Round(time.Minute))
+		if since := time.Since(last); since > window {
+			return fmt.Errorf("metering is behind: no metering run completed in %s", since.Round(time.Second))
 		}
 		return nil
 	}
@@ -456,6 +466,9 @@ func (a *App) meterLoop(ctx context.Context) {
 	defer t.Stop()
 	for {
 		res, err := a.meter.Run(ctx)
+		if err == nil {
+			a.lastMeterOK.Store(time.Now().UnixNano())
+		}
 		if ctx.Err() == nil {
 			a.metrics.ObserveRun(metrics.Run{Err: err, Sealed: res.Sealed, Heartbeats: res.Heartbeats, Calls: res.Calls, Billed: res.Billed,
 				Rejected: res.Rejected, Flagged: res.Flagged, Unp: res.Unprocessed, Violations: res.Violations})
