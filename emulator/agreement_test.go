@@ -2,6 +2,9 @@ package emulator_test
 
 import (
 	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -92,5 +95,46 @@ func TestAgreementAPI(t *testing.T) {
 	}
 	if _, err := client.GetAgreementTerms(ctx, &agr.GetAgreementTermsInput{AgreementId: aws.String("agmt-nosuchagreement")}); errorCode(err) != "ResourceNotFoundException" {
 		t.Errorf("unknown agreement: %v", err)
+	}
+}
+
+// TestDroppedNotifications (issue 11): the control API loses the next
+// notifications of a channel, as a deleted subscription or a disabled rule
+// would; the agreement changes all the same, so the seller's view drifts.
+func TestDroppedNotifications(t *testing.T) {
+	f := newFixture(t)
+	post := func(body string) int {
+		resp, err := http.Post(f.url+"/emulator/api/notifications/drop", "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := post(`{"count":2,"channel":"eventbridge"}`); code != 200 {
+		t.Fatalf("drop: %d", code)
+	}
+	seq := len(f.em.Notifications(0))
+	res, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "legacyprod", BuyerAccountID: "333333333333"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kinds []string
+	for _, n := range f.em.Notifications(seq) {
+		var ev struct {
+			DetailType string `json:"detail-type"`
+		}
+		_ = json.Unmarshal(n.Body, &ev)
+		kinds = append(kinds, n.Channel+":"+ev.DetailType)
+	}
+	// The two agreement events are lost; the SNS message and the license event arrive.
+	if got := strings.Join(kinds, ","); got != "sns-subscription:,eventbridge:License Updated - Manufacturer" {
+		t.Errorf("notifications = %s", got)
+	}
+	if f.em.Dropped() != 2 || res.Subscription.Status != emulator.StatusActive {
+		t.Errorf("dropped %d, agreement %s", f.em.Dropped(), res.Subscription.Status)
+	}
+	if code := post(`{"count":1,"channel":"carrier-pigeon"}`); code != 400 {
+		t.Errorf("unknown channel: %d", code)
 	}
 }

@@ -79,6 +79,19 @@ func (s *Server) controlRoutes(mux *http.ServeMux) {
 		s.RunDue()
 		writeJSON(w, http.StatusOK, s.Notifications(after))
 	})
+	mux.HandleFunc("POST /emulator/api/notifications/drop", func(w http.ResponseWriter, r *http.Request) {
+		var in struct {
+			Count   int    `json:"count"`
+			Channel string `json:"channel"`
+		}
+		if decodeControl(w, r, &in) {
+			if err := s.DropNotifications(in.Count, in.Channel); err != nil {
+				writeError(w, err)
+				return
+			}
+			writeJSON(w, http.StatusOK, map[string]any{"count": in.Count, "channel": in.Channel, "dropped": s.Dropped()})
+		}
+	})
 	mux.HandleFunc("GET /emulator/api/clock", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"now": s.Clock.Now()})
 	})

@@ -253,6 +253,9 @@ type Server struct {
 	scheduled     []scheduled
 	notifications []Notification
 	sinks         []func(Notification)
+	// drops are how many notifications of each channel ("" any) get lost.
+	drops         map[string]int
+	dropped       int
 	seq           int
 	calls         map[string]int
 	lastEventTime time.Time

@@ -137,6 +137,7 @@ func (s *Server) emitLocked(sub *Subscription, p *Product, c change) []Notificat
 		agreement("Ended", "", "TERMINATED")
 		license("Deprovisioned")
 	}
+	out = s.dropLocked(out)
 	s.notifications = append(s.notifications, out...)
 	if limit := s.cfg.NotificationLog; limit > 0 && len(s.notifications) > limit {
 		s.notifications = append([]Notification(nil), s.notifications[len(s.notifications)-limit:]...)
@@ -213,4 +214,54 @@ func (s *Server) Notifications(after int) []Notification {
 		}
 	}
 	return out
+}
+
+// DropNotifications makes the next n notifications of channel (one of
+// the Channel constants; "" any) get lost on the way, as when an SNS
+// subscription was deleted, a queue purged or an EventBridge rule
+// disabled: they are neither kept nor delivered, so the seller's view
+// drifts from the agreements, which reconciliation must find.
+func (s *Server) DropNotifications(n int, channel string) error {
+	if n < 0 {
+		return fmt.Errorf("%w: count must not be negative", ErrInvalid)
+	}
+	switch channel {
+	case "", ChannelSubscriptionSNS, ChannelEntitlementSNS, ChannelEventBridge:
+	default:
+		return fmt.Errorf("%w: channel %q: want %s, %s, %s or empty for any", ErrInvalid, channel, ChannelSubscriptionSNS, ChannelEntitlementSNS, ChannelEventBridge)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.drops == nil {
+		s.drops = map[string]int{}
+	}
+	s.drops[channel] = n
+	return nil
+}
+
+// Dropped is how many notifications were lost by DropNotifications.
+func (s *Server) Dropped() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.dropped
+}
+
+func (s *Server) dropLocked(ns []Notification) []Notification {
+	if len(s.drops) == 0 {
+		return ns
+	}
+	kept := ns[:0]
+	for _, n := range ns {
+		switch {
+		case s.drops[n.Channel] > 0:
+			s.drops[n.Channel]--
+		case s.drops[""] > 0:
+			s.drops[""]--
+		default:
+			kept = append(kept, n)
+			continue
+		}
+		s.dropped++
+	}
+	return kept
 }
