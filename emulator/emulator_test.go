@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -177,7 +176,6 @@ func rec(ci, acct, dim string, q int32, ts time.Time) mmtypes.UsageRecord {
 
 func TestBatchMeterUsage(t *testing.T) {
 	f := newFixture(t)
-	ctx := context.Background()
 	ci := f.legacy.Subscription.CustomerIdentifier
 	lic := f.license.Subscription.LicenseArn
 	hour := now.Truncate(time.Hour)
@@ -208,13 +206,7 @@ func TestBatchMeterUsage(t *testing.T) {
 		return mmtypes.UsageAllocation{AllocatedUsageQuantity: aws.Int32(q), Tags: t}
 	}
 
-	tests := []struct {
-		name         string
-		productCode  string
-		records      []mmtypes.UsageRecord
-		wantErr      string
-		wantStatuses []string
-	}{
+	tests := []batchCase{
 		{name: "legacy record succeeds", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(ci, "", "users", 5, hour)}, wantStatuses: []string{"Success"}},
 		{name: "identical resend is an idempotent success", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(ci, "", "users", 5, hour.Add(10*time.Minute))}, wantStatuses: []string{"Success"}},
 		{name: "different quantity in the same hour is a duplicate", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(ci, "", "users", 6, hour)}, wantStatuses: []string{"DuplicateRecord"}},
@@ -262,37 +254,7 @@ func TestBatchMeterUsage(t *testing.T) {
 		{name: "tag key longer than 100", productCode: "legacyprod", records: []mmtypes.UsageRecord{withAlloc(rec(ci, "", "users", 1, hour), alloc(1, tags(strings.Repeat("k", 101), "v")))}, wantErr: "InvalidTagException"},
 		{name: "empty batch", productCode: "legacyprod", records: []mmtypes.UsageRecord{}, wantStatuses: []string{}},
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			in := &mm.BatchMeterUsageInput{UsageRecords: tt.records}
-			if tt.productCode != "" {
-				in.ProductCode = aws.String(tt.productCode)
-			}
-			out, err := f.metering.BatchMeterUsage(ctx, in)
-			if got := errorCode(err); got != tt.wantErr {
-				t.Fatalf("BatchMeterUsage error = %q (%v), want %q", got, err, tt.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			if len(out.UnprocessedRecords) != 0 {
-				t.Errorf("UnprocessedRecords = %d, want 0", len(out.UnprocessedRecords))
-			}
-			var got []string
-			for i, r := range out.Results {
-				got = append(got, string(r.Status))
-				if r.Status == mmtypes.UsageRecordResultStatusSuccess && aws.ToString(r.MeteringRecordId) == "" {
-					t.Errorf("result %d: Success without MeteringRecordId", i)
-				}
-				if aws.ToString(r.UsageRecord.Dimension) != aws.ToString(tt.records[i].Dimension) {
-					t.Errorf("result %d echoes dimension %q, want %q", i, aws.ToString(r.UsageRecord.Dimension), aws.ToString(tt.records[i].Dimension))
-				}
-			}
-			if strings.Join(got, ",") != strings.Join(tt.wantStatuses, ",") {
-				t.Errorf("statuses = %v, want %v", got, tt.wantStatuses)
-			}
-		})
-	}
+	runBatchCases(t, f.metering, tests)
 
 	// Billed exactly once per key, with the original quantity.
 	billed := f.em.Billed("111111111111")
@@ -684,40 +646,14 @@ func TestBatchMeterUsageProductRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, tt := range []struct {
-		name, productCode string
-		records           []mmtypes.UsageRecord
-		wantErr           string
-		wantStatuses      []string
-	}{
+	runBatchCases(t, f.metering, []batchCase{
 		{name: "licenses of two products in one request", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour), licRec(f.legacy, "users", hour)}, wantErr: "ValidationException"},
 		{name: "ProductCode sent with LicenseArn records", productCode: "newprod", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour)}, wantErr: "ValidationException"},
 		{name: "account id without LicenseArn for a concurrent-agreements product", productCode: "newprod", records: []mmtypes.UsageRecord{rec("", "222222222222", "requests", 1, hour)}, wantErr: "ValidationException"},
 		{name: "usage of an hour before the agreement started", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(late.Subscription.CustomerIdentifier, "", "users", 1, hour.Add(-time.Hour))}, wantStatuses: []string{"CustomerNotSubscribed"}},
 		{name: "usage of the hour the agreement started in", productCode: "legacyprod", records: []mmtypes.UsageRecord{rec(late.Subscription.CustomerIdentifier, "", "users", 1, hour)}, wantStatuses: []string{"Success"}},
 		{name: "two records of one license", records: []mmtypes.UsageRecord{licRec(f.license, "requests", hour), licRec(f.license, "requests", hour.Add(-time.Hour))}, wantStatuses: []string{"Success", "Success"}},
-	} {
-		t.Run(tt.name, func(t *testing.T) {
-			in := &mm.BatchMeterUsageInput{UsageRecords: tt.records}
-			if tt.productCode != "" {
-				in.ProductCode = aws.String(tt.productCode)
-			}
-			out, err := f.metering.BatchMeterUsage(ctx, in)
-			if got := errorCode(err); got != tt.wantErr {
-				t.Fatalf("error = %q (%v), want %q", got, err, tt.wantErr)
-			}
-			if err != nil {
-				return
-			}
-			var got []string
-			for _, r := range out.Results {
-				got = append(got, string(r.Status))
-			}
-			if fmt.Sprint(got) != fmt.Sprint(tt.wantStatuses) {
-				t.Errorf("statuses = %v, want %v", got, tt.wantStatuses)
-			}
-		})
-	}
+	})
 	// The answers AWS does not document are configurable.
 	cfg := emulator.DefaultConfig()
 	cfg.Answers.MixedProducts = "InvalidProductCodeException"
@@ -759,4 +695,53 @@ func TestDisabledAPIFault(t *testing.T) {
 	if err := f.em.Faults.Add(emulator.Fault{Error: "Explode"}); err == nil {
 		t.Error("unknown fault error accepted")
 	}
+}
+
+// batchCase is one BatchMeterUsage request and the emulator's answer.
+type batchCase struct {
+	name         string
+	productCode  string
+	records      []mmtypes.UsageRecord
+	wantErr      string
+	wantStatuses []string
+}
+
+// runBatchCases sends the cases in order (later ones may depend on what
+// earlier ones billed) and checks each answer: the error, or the status of
+// every record, a MeteringRecordId with every Success, each record echoed.
+func runBatchCases(t *testing.T, client *mm.Client, cases []batchCase) {
+	t.Helper()
+	ctx := context.Background()
+	for _, tt := range cases {
+		t.Run(tt.name, func(t *testing.T) {
+			in := &mm.BatchMeterUsageInput{UsageRecords: tt.records}
+			if tt.productCode != "" {
+				in.ProductCode = aws.String(tt.productCode)
+			}
+			out, err := client.BatchMeterUsage(ctx, in)
+			if got := errorCode(err); got != tt.wantErr {
+				t.Fatalf("BatchMeterUsage error = %q (%v), want %q", got, err, tt.wantErr)
+			}
+			if err != nil {
+				return
+			}
+			if len(out.UnprocessedRecords) != 0 {
+				t.Errorf("UnprocessedRecords = %d, want 0", len(out.UnprocessedRecords))
+			}
+			var got []string
+			for i, r := range out.Results {
+				got = append(got, string(r.Status))
+				if r.Status == mmtypes.UsageRecordResultStatusSuccess && aws.ToString(r.MeteringRecordId) == "" {
+					t.Errorf("result %d: Success without MeteringRecordId", i)
+				}
+				if aws.ToString(r.UsageRecord.Dimension) != aws.ToString(tt.records[i].Dimension) {
+					t.Errorf("result %d echoes dimension %q, want %q", i, aws.ToString(r.UsageRecord.Dimension), aws.ToString(tt.records[i].Dimension))
+				}
+			}
+			if strings.Join(got, ",") != strings.Join(tt.wantStatuses, ",") {
+				t.Errorf("statuses = %v, want %v", got, tt.wantStatuses)
+			}
+		})
+	}
+
 }
