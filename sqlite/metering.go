@@ -845,20 +845,7 @@ func (d *DB) ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status) ([
 	for i, s := range statuses {
 		args[i] = string(s)
 	}
-	rows, err := d.db.QueryContext(ctx, `SELECT `+subscriberColumns+` FROM subscribers WHERE status IN (`+placeholders(len(statuses))+`) ORDER BY key`, args...)
-	if err != nil {
-		return nil, fmt.Errorf("active subscribers: %w", err)
-	}
-	defer rows.Close()
-	var out []*mpsaas.Subscriber
-	for rows.Next() {
-		s, err := scanSubscriber(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, s)
-	}
-	return out, rows.Err()
+	return d.querySubscribers(ctx, "active subscribers", `WHERE status IN (`+placeholders(len(statuses))+`) ORDER BY key`, args...)
 }
 
 // VerifyMetering checks the metering invariant in scope. It reads the usage

@@ -79,10 +79,15 @@ func (d *DB) LinkedSubscribers(ctx context.Context, accountID string) ([]*mpsaas
 	if accountID == "" {
 		return nil, nil
 	}
-	rows, err := d.db.QueryContext(ctx, `SELECT `+subscriberColumns+` FROM subscribers WHERE linked_account_id = ? AND linked_account_id != ''
+	return d.querySubscribers(ctx, "linked subscribers", `WHERE linked_account_id = ? AND linked_account_id != ''
 		ORDER BY created_at DESC LIMIT 100`, accountID)
+}
+
+// querySubscribers reads the subscribers a WHERE (and ORDER) clause selects.
+func (d *DB) querySubscribers(ctx context.Context, what, where string, args ...any) ([]*mpsaas.Subscriber, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT `+subscriberColumns+` FROM subscribers `+where, args...)
 	if err != nil {
-		return nil, fmt.Errorf("linked subscribers: %w", err)
+		return nil, fmt.Errorf("%s: %w", what, err)
 	}
 	defer rows.Close()
 	var out []*mpsaas.Subscriber
