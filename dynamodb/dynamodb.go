@@ -165,7 +165,7 @@ func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput
 		if err := w.Wait(ctx, &ddb.DescribeTableInput{TableName: in.TableName}, 2*time.Minute); err != nil {
 			return fmt.Errorf("wait for table %s: %w", aws.ToString(in.TableName), err)
 		}
-		if ttlTables[tableRole(s.tables, aws.ToString(in.TableName))] {
+		if s.expires(aws.ToString(in.TableName)) {
 			if _, err := s.client.UpdateTimeToLive(ctx, &ddb.UpdateTimeToLiveInput{TableName: in.TableName,
 				TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String(TTLAttribute), Enabled: aws.Bool(true)}}); err != nil {
 				return fmt.Errorf("time to live of table %s: %w", aws.ToString(in.TableName), err)
@@ -175,20 +175,10 @@ func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput
 	return nil
 }
 
-// ttlTables are the tables with items that expire (template.yaml enables
-// time to live on the same ones).
-var ttlTables = map[string]bool{"UsageRequests": true, "Outbox": true, "MeterBatches": true}
-
-func tableRole(t Tables, name string) string {
-	switch name {
-	case t.UsageRequests:
-		return "UsageRequests"
-	case t.Outbox:
-		return "Outbox"
-	case t.MeterBatches:
-		return "MeterBatches"
-	}
-	return ""
+// expires reports whether table has items that expire (template.yaml
+// enables time to live on the same tables).
+func (s *Store) expires(table string) bool {
+	return table == s.tables.UsageRequests || table == s.tables.Outbox || table == s.tables.MeterBatches
 }
 
 // subscriberIndexes are the indexes mpsaas adds to the subscribers table
