@@ -176,7 +176,8 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 		Usage: "BenchUsage-" + suffix, UsageRequests: "BenchUsageRequests-" + suffix, MeterRecords: "BenchMeterRecords-" + suffix, MeterBatches: "BenchMeterBatches-" + suffix}
 	store := dynamodb.New(client, tables)
 	store.Now = em.Clock.Now
-	if err := dynamodb.New(plain, tables).CreateTables(ctx); err != nil {
+	setup := dynamodb.New(plain, tables) // table creation and buyers are not measured
+	if err := setup.CreateTables(ctx); err != nil {
 		return res, fmt.Errorf("create tables at %s: %w", o.Endpoint, err)
 	}
 	defer func() {
@@ -216,7 +217,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 			State:      mpsaas.State{Status: mpsaas.StatusActive},
 		}
 		keys[i] = sub.Key
-		return plainStore(plain, tables).SaveSubscriber(ctx, sub, nil, nil)
+		return setup.SaveSubscriber(ctx, sub, nil, nil)
 	}); err != nil {
 		return res, fmt.Errorf("set up buyers: %w", err)
 	}
@@ -334,9 +335,6 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	}
 	return res, nil
 }
-
-// plainStore is a store on the uncounted client (setup is not measured).
-func plainStore(c *ddb.Client, t dynamodb.Tables) *dynamodb.Store { return dynamodb.New(c, t) }
 
 // heapBytes is the live heap (objects) now.
 func heapBytes() uint64 {
