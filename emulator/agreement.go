@@ -170,29 +170,27 @@ type agreementIDInput struct {
 	NextToken   *string
 }
 
-func (s *Server) agreementLocked(id *string) (*Subscription, *apiError) {
-	if str(id) == "" {
-		return nil, validationError("agreementId is required")
-	}
-	sub := s.subscriptions[*id]
-	if sub == nil {
-		return nil, newAPIError("ResourceNotFoundException", "agreement %s was not found", *id)
-	}
-	return sub, nil
-}
-
-func (s *Server) describeAgreement(c call, body []byte) (any, *apiError) {
+// withAgreement decodes a request naming an agreement and calls fn with
+// the agreement, holding the lock.
+func (s *Server) withAgreement(c call, body []byte, fn func(*Subscription) any) (any, *apiError) {
 	var in agreementIDInput
 	if err := c.decode(body, &in); err != nil {
 		return nil, newAPIError("SerializationException", "%v", err)
 	}
+	if str(in.AgreementID) == "" {
+		return nil, validationError("agreementId is required")
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	sub, apiErr := s.agreementLocked(in.AgreementID)
-	if apiErr != nil {
-		return nil, apiErr
+	sub := s.subscriptions[*in.AgreementID]
+	if sub == nil {
+		return nil, newAPIError("ResourceNotFoundException", "agreement %s was not found", *in.AgreementID)
 	}
-	return s.agreementViewLocked(sub), nil
+	return fn(sub), nil
+}
+
+func (s *Server) describeAgreement(c call, body []byte) (any, *apiError) {
+	return s.withAgreement(c, body, func(sub *Subscription) any { return s.agreementViewLocked(sub) })
 }
 
 type grantItem struct {
@@ -227,16 +225,10 @@ type agreementTermsOutput struct {
 // for free trials, a usage-based pricing term for metered products and a
 // configurable upfront pricing term for contracts.
 func (s *Server) getAgreementTerms(c call, body []byte) (any, *apiError) {
-	var in agreementIDInput
-	if err := c.decode(body, &in); err != nil {
-		return nil, newAPIError("SerializationException", "%v", err)
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	sub, apiErr := s.agreementLocked(in.AgreementID)
-	if apiErr != nil {
-		return nil, apiErr
-	}
+	return s.withAgreement(c, body, s.agreementTermsLocked)
+}
+
+func (s *Server) agreementTermsLocked(sub *Subscription) any {
 	p := s.products[sub.ProductCode]
 	term := func(kind string) string {
 		return fmt.Sprintf("term-%s-%s", kind, strings.TrimPrefix(sub.AgreementID, "agmt-"))
@@ -255,5 +247,5 @@ func (s *Server) getAgreementTerms(c call, body []byte) (any, *apiError) {
 	if p.Type != ProductContract {
 		terms = append(terms, acceptedTerm{UsageBasedPricingTerm: &pricingTerm{Type: "UsageBasedPricingTerm", ID: term("usage"), CurrencyCode: "USD"}})
 	}
-	return agreementTermsOutput{AcceptedTerms: terms}, nil
+	return agreementTermsOutput{AcceptedTerms: terms}
 }
