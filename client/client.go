@@ -56,6 +56,15 @@ type Error struct {
 	Message string `json:"error"`
 }
 
+// newError reads an error answer: the API's JSON, or the body as text.
+func newError(status int, body []byte) *Error {
+	e := &Error{Status: status}
+	if json.Unmarshal(body, e) != nil {
+		e.Message = strings.TrimSpace(string(body))
+	}
+	return e
+}
+
 func (e *Error) Error() string {
 	return fmt.Sprintf("mpsaas API: %d %s: %s", e.Status, e.Code, e.Message)
 }
@@ -161,10 +170,7 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 			}
 			return nil
 		}
-		apiErr := &Error{Status: resp.StatusCode}
-		if json.Unmarshal(b, apiErr) != nil {
-			apiErr.Message = strings.TrimSpace(string(b))
-		}
+		apiErr := newError(resp.StatusCode, b)
 		if resp.StatusCode < 500 && resp.StatusCode != http.StatusTooManyRequests {
 			return apiErr
 		}

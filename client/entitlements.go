@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/url"
-	"strings"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -53,11 +52,7 @@ func (c *Client) getEntitlements(ctx context.Context, customer, etag string) (v 
 		}
 		return v, resp.Header.Get("ETag"), false, nil
 	}
-	apiErr := &Error{Status: resp.StatusCode}
-	if json.Unmarshal(b, apiErr) != nil {
-		apiErr.Message = strings.TrimSpace(string(b))
-	}
-	return v, "", false, apiErr
+	return v, "", false, newError(resp.StatusCode, b)
 }
 
 // Entitled reports whether a buyer may use dimension now ("" asks about
