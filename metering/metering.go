@@ -122,7 +122,7 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 			if v, hit := s.customers.Load(u.Customer); hit {
 				key = v.(string)
 			} else {
-				sub, err := s.findSubscriber(ctx, u.Customer)
+				sub, err := s.Subscriber(ctx, u.Customer)
 				if err != nil {
 					if mpsaas.ErrorCode(err) == mpsaas.ENOTFOUND {
 						return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown customer %q", i+1, u.Customer)
@@ -144,15 +144,10 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 	return s.Store.AddUsage(ctx, req.IdempotencyKey, req.Hash(), rows, mpsaas.Hour(now), now)
 }
 
-// findSubscriber accepts a subscriber key, a CustomerIdentifier, or a
-// license ARN or id.
-// Subscriber finds the buyer usage names as customer: a subscriber key,
-// CustomerIdentifier or LicenseArn.
+// Subscriber finds the buyer usage names as customer: a subscriber key, a
+// CustomerIdentifier, a license ARN or id, or the seller's account id the
+// buyer is linked to.
 func (s *Service) Subscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error) {
-	return s.findSubscriber(ctx, customer)
-}
-
-func (s *Service) findSubscriber(ctx context.Context, customer string) (*mpsaas.Subscriber, error) {
 	sub, err := s.Subscribers.GetSubscriber(ctx, customer)
 	if mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {
 		return sub, err
