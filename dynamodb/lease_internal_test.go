@@ -2,18 +2,15 @@ package dynamodb
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/mpsaas/mpsaas"
-	"github.com/mpsaas/mpsaas/internal/testenv"
 )
 
 // TestMeteringLease (issue 8): two meter runs never overlap. A second run
@@ -21,16 +18,9 @@ import (
 // lease of a run that was cut off; every taking counts in the epoch. The
 // heartbeat mark survives in the lease item.
 func TestMeteringLease(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
 	ctx := context.Background()
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	tables := Tables{Subscribers: "LeaseSubs" + suffix, Events: "LeaseEvents" + suffix, Outbox: "LeaseOutbox" + suffix, Usage: "LeaseUsage" + suffix,
-		UsageRequests: "LeaseReq" + suffix, MeterRecords: "LeaseMeter" + suffix, MeterBatches: "LeaseBatches" + suffix}
-	a, b := New(client, tables), New(client, tables)
-	if err := a.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
+	a := newLocalStore(t, "Lease")
+	b := New(a.client, a.tables) // another process on the same tables
 	unlockA, e1, err := a.LockMetering(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -93,16 +83,9 @@ func TestMeteringLease(t *testing.T) {
 // TestRetention: with a retention, finished items get a time to live on
 // the attribute the tables expire by; without one, none.
 func TestRetention(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
 	ctx := context.Background()
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	tables := Tables{Subscribers: "TTLSubs" + suffix, Events: "TTLEvents" + suffix, Outbox: "TTLOutbox" + suffix, Usage: "TTLUsage" + suffix,
-		UsageRequests: "TTLReq" + suffix, MeterRecords: "TTLMeter" + suffix, MeterBatches: "TTLBatches" + suffix}
-	st := New(client, tables)
-	if err := st.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := newLocalStore(t, "TTL")
+	client, tables := st.client, st.tables
 	for _, tb := range []string{tables.UsageRequests, tables.Outbox, tables.MeterBatches} {
 		out, err := client.DescribeTimeToLive(ctx, &ddb.DescribeTimeToLiveInput{TableName: aws.String(tb)})
 		if err != nil || out.TimeToLiveDescription == nil || aws.ToString(out.TimeToLiveDescription.AttributeName) != TTLAttribute {

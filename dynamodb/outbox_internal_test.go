@@ -19,15 +19,9 @@ import (
 // TestOutboxSurvivesACrashBeforeTheCopy: a change written into the
 // subscriber item but never copied (the process died) is delivered anyway.
 func TestOutboxSurvivesACrashBeforeTheCopy(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
 	ctx := context.Background()
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	subs := "CrashSubs" + suffix
-	st := New(client, Tables{Subscribers: subs, Events: "CrashEvents" + suffix, Outbox: "CrashOutbox" + suffix})
-	if err := st.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := newLocalStore(t, "Crash")
+	client, subs := st.client, st.tables.Subscribers
 	sub := &mpsaas.Subscriber{Key: "CRASH1", Identity: mpsaas.Identity{CustomerIdentifier: "CRASH1"}, State: mpsaas.State{Status: mpsaas.StatusActive}}
 	if err := st.SaveSubscriber(ctx, sub, nil, nil); err != nil {
 		t.Fatal(err)
@@ -61,15 +55,9 @@ func TestOutboxSurvivesACrashBeforeTheCopy(t *testing.T) {
 // only some rows written holds back sealing, and the client's retry writes
 // the rest without touching rows already there.
 func TestUsageRequestResumesAfterACrash(t *testing.T) {
-	endpoint := testenv.DynamoDB(t)
 	ctx := context.Background()
-	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
-	st := New(client, Tables{Subscribers: "RS" + suffix, Events: "RE" + suffix, Outbox: "RO" + suffix,
-		Usage: "RU" + suffix, UsageRequests: "RR" + suffix, MeterRecords: "RM" + suffix, MeterBatches: "RB" + suffix})
-	if err := st.CreateTables(ctx); err != nil {
-		t.Fatal(err)
-	}
+	st := newLocalStore(t, "Resume")
+	client := st.client
 	hour := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 	now := hour.Add(2 * time.Hour)
 	st.Now = func() time.Time { return now }
@@ -131,4 +119,19 @@ func TestBackoffIsJitteredGrowingAndCapped(t *testing.T) {
 	if backoff(20) > 2*time.Second {
 		t.Error("backoff is not capped")
 	}
+}
+
+// newLocalStore returns a store on fresh tables (named prefix + role +
+// a unique suffix) in the DynamoDB-compatible server the tests use.
+func newLocalStore(t *testing.T, prefix string) *Store {
+	t.Helper()
+	endpoint := testenv.DynamoDB(t)
+	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	st := New(client, Tables{Subscribers: prefix + "Subs" + suffix, Events: prefix + "Events" + suffix, Outbox: prefix + "Outbox" + suffix,
+		Usage: prefix + "Usage" + suffix, UsageRequests: prefix + "Req" + suffix, MeterRecords: prefix + "Meter" + suffix, MeterBatches: prefix + "Batches" + suffix})
+	if err := st.CreateTables(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	return st
 }

@@ -416,26 +416,11 @@ func htmlUnescape(s string) string {
 // a buyer's browser would. It needs Debian's chromium; it is skipped when
 // chromium is missing unless MPSAAS_BROWSER_TESTS=1 (CI), where it fails.
 func TestBuyerJourneyBrowser(t *testing.T) {
-	chrome := findChromium()
-	if chrome == "" {
-		if os.Getenv("MPSAAS_BROWSER_TESTS") == "1" {
-			t.Fatal("MPSAAS_BROWSER_TESTS=1 but chromium is not installed")
-		}
-		t.Skip("chromium not installed (apt-get install chromium); set MPSAAS_BROWSER_TESTS=1 to require it")
-	}
+	chrome := requireChromium(t)
 	for _, product := range []string{demoLicenseProduct, demoLegacyProduct} {
 		t.Run(product, func(t *testing.T) {
 			app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_METER_INTERVAL", "1s")
-			opts := append(chromedp.DefaultExecAllocatorOptions[:],
-				chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
-				chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
-				chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()))
-			allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-			defer cancelAlloc()
-			ctx, cancel := chromedp.NewContext(allocCtx)
-			defer cancel()
-			ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
-			defer cancelTimeout()
+			ctx := newBrowser(t, chrome)
 
 			css := func(sel string) chromedp.CSS { return chromedp.CSS(sel) }
 			err := chromedp.Do(ctx,
@@ -484,6 +469,34 @@ func TestBuyerJourneyBrowser(t *testing.T) {
 	}
 }
 
+// requireChromium returns chromium's path. Without chromium the test is
+// skipped, unless MPSAAS_BROWSER_TESTS=1 (CI), where it fails.
+func requireChromium(t *testing.T) string {
+	t.Helper()
+	chrome := findChromium()
+	if chrome == "" {
+		if os.Getenv("MPSAAS_BROWSER_TESTS") == "1" {
+			t.Fatal("MPSAAS_BROWSER_TESTS=1 but chromium is not installed")
+		}
+		t.Skip("chromium not installed (apt-get install chromium); set MPSAAS_BROWSER_TESTS=1 to require it")
+	}
+	return chrome
+}
+
+// newBrowser starts headless chromium for the test: the context of its
+// tab, with a 60 s deadline; the browser is closed when the test ends.
+func newBrowser(t *testing.T, chrome string) context.Context {
+	opts := append(chromedp.DefaultExecAllocatorOptions[:],
+		chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
+		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true),
+		chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()))
+	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
+	ctx, cancel := chromedp.NewContext(allocCtx)
+	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
+	t.Cleanup(func() { cancelTimeout(); cancel(); cancelAlloc() })
+	return ctx
+}
+
 func findChromium() string {
 	for _, name := range []string{"chromium", "chromium-browser", "google-chrome", "headless-shell"} {
 		if p, err := exec.LookPath(name); err == nil {
@@ -526,13 +539,7 @@ func TestSlowClientsAreCutOff(t *testing.T) {
 // examples/receiver, built and run as a program); signing up there redeems
 // the claim and links the account, and the signed grant webhook reaches it.
 func TestSignupHandoffBrowser(t *testing.T) {
-	chrome := findChromium()
-	if chrome == "" {
-		if os.Getenv("MPSAAS_BROWSER_TESTS") == "1" {
-			t.Fatal("MPSAAS_BROWSER_TESTS=1 but chromium is not installed")
-		}
-		t.Skip("chromium not installed (apt-get install chromium); set MPSAAS_BROWSER_TESTS=1 to require it")
-	}
+	chrome := requireChromium(t)
 	bin := filepath.Join(t.TempDir(), "receiver")
 	if out, err := exec.Command("go", "build", "-o", bin, "../../examples/receiver").CombinedOutput(); err != nil {
 		t.Fatalf("go build examples/receiver: %v\n%s", err, out)
@@ -565,14 +572,7 @@ func TestSignupHandoffBrowser(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
-	opts := append(chromedp.DefaultExecAllocatorOptions[:], chromedp.ExecPath(chrome), chromedp.NoSandbox, chromedp.DisableGPU,
-		chromedp.Flag("disable-quic", true), chromedp.Flag("disable-component-update", true), chromedp.Flag("disable-sync", true), chromedp.UserDataDir(t.TempDir()))
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(), opts...)
-	defer cancelAlloc()
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	defer cancel()
-	ctx, cancelTimeout := context.WithTimeout(ctx, 60*time.Second)
-	defer cancelTimeout()
+	ctx := newBrowser(t, chrome)
 	err = chromedp.Do(ctx,
 		chromedp.Navigate(app.EmulatorURL()+"/emulator/"),
 		chromedp.SetValue(chromedp.CSS("#product"), demoLicenseProduct),
