@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	agr "github.com/aws/aws-sdk-go-v2/service/marketplaceagreement"
@@ -96,6 +97,20 @@ func TestAgreementAPI(t *testing.T) {
 	if _, err := client.GetAgreementTerms(ctx, &agr.GetAgreementTermsInput{AgreementId: aws.String("agmt-nosuchagreement")}); errorCode(err) != "ResourceNotFoundException" {
 		t.Errorf("unknown agreement: %v", err)
 	}
+	for name, in := range map[string]*agr.SearchAgreementsInput{
+		"maxResults 51":          {Filters: filters(), MaxResults: aws.Int32(51)},
+		"a foreign nextToken":    {Filters: filters(), NextToken: aws.String("not-a-token")},
+		"another catalog":        {Filters: filters(), Catalog: aws.String("Elsewhere")},
+		"a filter with no value": {Filters: append(filters(), agrtypes.Filter{Name: aws.String("Status")})},
+	} {
+		if _, err := client.SearchAgreements(ctx, in); errorCode(err) != "ValidationException" {
+			t.Errorf("%s: %v, want ValidationException", name, err)
+		}
+	}
+	acceptor := []agrtypes.Filter{{Name: aws.String("AgreementType"), Values: []string{"PurchaseAgreement"}}, {Name: aws.String("PartyType"), Values: []string{"Acceptor"}}}
+	if _, err := client.SearchAgreements(ctx, &agr.SearchAgreementsInput{Filters: acceptor}); errorCode(err) != "AccessDeniedException" {
+		t.Errorf("as the acceptor: %v, want AccessDeniedException", err)
+	}
 }
 
 // TestDroppedNotifications (issue 11): the control API loses the next
@@ -136,5 +151,11 @@ func TestDroppedNotifications(t *testing.T) {
 	}
 	if code := post(`{"count":1,"channel":"carrier-pigeon"}`); code != 400 {
 		t.Errorf("unknown channel: %d", code)
+	}
+	if code := post(`{"count":-1}`); code != 400 {
+		t.Errorf("negative count: %d", code)
+	}
+	if _, err := f.em.Subscribe(emulator.SubscribeOptions{ProductCode: "newprod", BuyerAccountID: "444444444444", StartedAt: f.em.Clock.Now().Add(time.Hour)}); err == nil {
+		t.Error("an agreement starting in the future was accepted")
 	}
 }

@@ -87,7 +87,7 @@ func TestEntitlementsAPI(t *testing.T) {
 	}
 
 	// Errors.
-	for customer, want := range map[string]int{"": 400, "nobody-at-all": 404} {
+	for customer, want := range map[string]int{"": 400, "nobody-at-all": 404, "bad\x01name": 400, strings.Repeat("k", 2049): 400} {
 		_, err := c.Entitlements(ctx, customer)
 		var apiErr *client.Error
 		if !errors.As(err, &apiErr) || apiErr.Status != want {
@@ -214,6 +214,14 @@ func TestSignupHandoff(t *testing.T) {
 	}
 	if status, _ := redeem("bm90LWEtY29kZQ", "", testUsageKey); status != 404 {
 		t.Errorf("unknown code: %d, want 404", status)
+	}
+	// Bad bodies change nothing (the code was redeemed above; these are
+	// refused before it is looked at).
+	for body, want := range map[string]int{`{"accountId":"` + strings.Repeat("a", 257) + `"}`: 400, `{"accountId":"a\u0000b"}`: 400,
+		`{"accountId":`: 400, `{"account":"x"}`: 400} {
+		if status, _ := redeem("bm90LWEtY29kZQ", body, testUsageKey); status != want {
+			t.Errorf("claim body %.40q: %d, want %d", body, status, want)
+		}
 	}
 	// The buyer counts as registered by the seller's sign-up: the grant
 	// goes out with the linked account.

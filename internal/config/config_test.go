@@ -33,6 +33,10 @@ func TestValidateByRuntimeAndRole(t *testing.T) {
 		{"retention in days", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "90d"}, ""},
 		{"retention off (the template's 0 days)", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "0d"}, ""},
 		{"retention as a duration", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_RETENTION": "72h"}, ""},
+		{"sign-up URL", Serve, map[string]string{"MPSAAS_SIGNUP_URL": "signup"}, "MPSAAS_SIGNUP_URL"},
+		{"claim TTL too short", Lambda, map[string]string{"MPSAAS_FUNCTION": "api", "MPSAAS_SECRET": strings.Repeat("s", 32), "MPSAAS_CLAIM_TTL": "10s"}, "MPSAAS_CLAIM_TTL"},
+		{"claim TTL too long", Serve, map[string]string{"MPSAAS_CLAIM_TTL": "48h"}, "MPSAAS_CLAIM_TTL"},
+		{"agreement endpoint", Serve, map[string]string{"MPSAAS_AGREEMENT_ENDPOINT": "localhost:8081"}, "MPSAAS_AGREEMENT_ENDPOINT"},
 		{"serve-only settings are not checked on Lambda", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_METER_INTERVAL": "often"}, ""},
 		{"...but are on serve", Serve, map[string]string{"MPSAAS_METER_INTERVAL": "often"}, "MPSAAS_METER_INTERVAL"},
 	} {
