@@ -189,6 +189,10 @@ type MeterRecord struct {
 	// the overage of all its usage over that hour's entitlement: a late
 	// share bills only what the hour's overage grew by.
 	Shares map[int64]HourShare
+	// Version is the store's version of the usage the record sums, for
+	// stores that seal a record only if its usage did not change since it
+	// was read (DynamoDB: UsageGroup.Version).
+	Version int64
 	// Allocations by tag signature; nil when no usage was tagged.
 	Allocations map[string]int64
 	// Buyer identity sent to AWS: CustomerIdentifier + ProductCode, or
@@ -362,6 +366,9 @@ type PendingScan struct {
 	// Summed holds the ids ScanPending summed, for stores whose second
 	// reading could differ from the first (an eventually consistent index).
 	Summed []int64
+	// Read lists the partitions ScanPending read in full, for stores that
+	// record sealing progress by partition (DynamoDB's usage hours).
+	Read []string
 }
 
 // VerifyScope limits a check of the metering invariant. The zero value
@@ -451,6 +458,10 @@ type UsageGroup struct {
 	// usage a meter record includes (DynamoDB, whose pending index may miss
 	// a row a moment old); nil from stores that do not need them.
 	IDs []int64
+	// Version is the version of the stored usage the group was read from,
+	// for stores that aggregate usage at ingestion (DynamoDB): a record is
+	// sealed only if the version is unchanged. 0 from other stores.
+	Version int64
 }
 
 // MeterHour decides the hour usage of hour h is metered in: h itself,

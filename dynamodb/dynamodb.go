@@ -44,6 +44,9 @@ type Tables struct {
 	UsageRequests string
 	MeterRecords  string
 	MeterBatches  string
+	// MeterHours, when set, is the one metering table of the hour model
+	// (HourStore, docs/dynamodb.md); the four tables above are then unused.
+	MeterHours string
 }
 
 // DefaultTables are the sample stack's subscriber table and mpsaas's own.
@@ -145,6 +148,9 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
+	if s.tables.MeterHours != "" {
+		return s.createHoursTable(ctx)
+	}
 	if s.tables.Usage == "" {
 		return nil // a store without metering
 	}
@@ -178,7 +184,7 @@ func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput
 // expires reports whether table has items that expire (template.yaml
 // enables time to live on the same tables).
 func (s *Store) expires(table string) bool {
-	return table == s.tables.UsageRequests || table == s.tables.Outbox || table == s.tables.MeterBatches
+	return table == s.tables.UsageRequests || table == s.tables.Outbox || table == s.tables.MeterBatches || table == s.tables.MeterHours
 }
 
 // subscriberIndexes are the indexes mpsaas adds to the subscribers table

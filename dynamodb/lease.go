@@ -26,6 +26,15 @@ const (
 	leaseNoDeadline = 2 * time.Minute
 )
 
+// leaseItem is the table and key of the lease item: in the meter hours
+// table when the store has one, else in the usage requests table.
+func (s *Store) leaseItem() (string, map[string]types.AttributeValue) {
+	if s.tables.MeterHours != "" {
+		return s.tables.MeterHours, hkey(metaPK, "lease")
+	}
+	return s.tables.UsageRequests, map[string]types.AttributeValue{"key": sv(leaseKey)}
+}
+
 // leaseSlack is how long past its holder's deadline a lease lasts (a
 // variable for tests).
 var leaseSlack = 30 * time.Second
@@ -42,13 +51,13 @@ func (s *Store) LockMetering(ctx context.Context) (unlock func(), epoch int64, e
 		}
 		return time.Now().Add(leaseNoDeadline)
 	}
-	key := map[string]types.AttributeValue{"key": sv(leaseKey)}
+	table, key := s.leaseItem()
 	wait := 50 * time.Millisecond
 	for {
 		// The lease is judged by wall time, not the store's clock (a test
 		// clock may stand still or jump): it is about real processes.
 		now := time.Now()
-		out, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.UsageRequests), Key: key,
+		out, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(table), Key: key,
 			UpdateExpression:         aws.String("SET #o = :o, expiresAt = :exp, epoch = if_not_exists(epoch, :zero) + :one"),
 			ConditionExpression:      aws.String("attribute_not_exists(#o) OR expiresAt < :now"),
 			ExpressionAttributeNames: map[string]string{"#o": "owner"},
@@ -71,7 +80,7 @@ func (s *Store) LockMetering(ctx context.Context) (unlock func(), epoch int64, e
 					case <-stop:
 						return
 					case <-t.C:
-						_, _ = s.client.UpdateItem(context.WithoutCancel(ctx), &ddb.UpdateItemInput{TableName: aws.String(s.tables.UsageRequests), Key: key,
+						_, _ = s.client.UpdateItem(context.WithoutCancel(ctx), &ddb.UpdateItemInput{TableName: aws.String(table), Key: key,
 							UpdateExpression: aws.String("SET expiresAt = :exp"), ConditionExpression: aws.String("#o = :o"),
 							ExpressionAttributeNames:  map[string]string{"#o": "owner"},
 							ExpressionAttributeValues: map[string]types.AttributeValue{":o": sv(owner), ":exp": nv(until().UnixMilli())}})
@@ -82,7 +91,7 @@ func (s *Store) LockMetering(ctx context.Context) (unlock func(), epoch int64, e
 				close(stop)
 				<-done
 				// Only the holder frees it; a failure leaves it to expire.
-				_, _ = s.client.UpdateItem(context.WithoutCancel(ctx), &ddb.UpdateItemInput{TableName: aws.String(s.tables.UsageRequests), Key: key,
+				_, _ = s.client.UpdateItem(context.WithoutCancel(ctx), &ddb.UpdateItemInput{TableName: aws.String(table), Key: key,
 					UpdateExpression: aws.String("REMOVE #o, expiresAt"), ConditionExpression: aws.String("#o = :o"),
 					ExpressionAttributeNames:  map[string]string{"#o": "owner"},
 					ExpressionAttributeValues: map[string]types.AttributeValue{":o": sv(owner)}})
@@ -105,8 +114,9 @@ func (s *Store) LockMetering(ctx context.Context) (unlock func(), epoch int64, e
 // buyer then subscribed has its hourly zero records for the hours before
 // it (zero time: none yet). It lives in the lease item.
 func (s *Store) HeartbeatMark(ctx context.Context) (time.Time, error) {
-	out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(s.tables.UsageRequests), ConsistentRead: aws.Bool(true),
-		Key: map[string]types.AttributeValue{"key": sv(leaseKey)}, ProjectionExpression: aws.String("heartbeatsTo")})
+	table, key := s.leaseItem()
+	out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(table), ConsistentRead: aws.Bool(true),
+		Key: key, ProjectionExpression: aws.String("heartbeatsTo")})
 	if err != nil {
 		return time.Time{}, fmt.Errorf("heartbeat mark: %w", err)
 	}
@@ -118,8 +128,9 @@ func (s *Store) HeartbeatMark(ctx context.Context) (time.Time, error) {
 
 // SetHeartbeatMark records the end of a completed heartbeat pass.
 func (s *Store) SetHeartbeatMark(ctx context.Context, end time.Time) error {
-	_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(s.tables.UsageRequests),
-		Key: map[string]types.AttributeValue{"key": sv(leaseKey)}, UpdateExpression: aws.String("SET heartbeatsTo = :h"),
+	table, key := s.leaseItem()
+	_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(table),
+		Key: key, UpdateExpression: aws.String("SET heartbeatsTo = :h"),
 		ExpressionAttributeValues: map[string]types.AttributeValue{":h": nv(end.Unix())}})
 	if err != nil {
 		return fmt.Errorf("heartbeat mark: %w", err)

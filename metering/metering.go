@@ -578,6 +578,7 @@ func (s *Service) aggregate(gs []mpsaas.UsageGroup, sub *mpsaas.Subscriber, late
 		rec.UsageQuantity += x.Quantity
 		rec.UsageRecords += int64(x.Records)
 		rec.UsageIDs = append(rec.UsageIDs, x.IDs...)
+		rec.Version = max(rec.Version, x.Version)
 		alloc[x.TagSig] += x.Quantity
 		byHour[x.UsageHour.Unix()] += x.Quantity
 		if x.TagSig != "" {
