@@ -195,6 +195,12 @@ func (m *CapacityMeter) handle(ctx context.Context, in middleware.InitializeInpu
 	case *ddb.TransactGetItemsOutput:
 		consumed = r.ConsumedCapacity
 	}
+	if tx, ok := in.Parameters.(*ddb.TransactWriteItemsInput); ok {
+		// DynamoDB charges 2 write units per KB of every item a transaction
+		// writes or checks (whether it commits or is cancelled); DynamoDB
+		// Local reports far less, so the meter works it out from the items.
+		consumed = []types.ConsumedCapacity{{CapacityUnits: aws.Float64(m.transactUnits(ctx, tx))}}
+	}
 	isWrite := strings.HasPrefix(op, "Put") || strings.HasPrefix(op, "Update") || strings.HasPrefix(op, "Delete") ||
 		op == "BatchWriteItem" || op == "TransactWriteItems"
 	m.mu.Lock()
@@ -216,6 +222,78 @@ func (m *CapacityMeter) handle(ctx context.Context, in middleware.InitializeInpu
 		m.mu.Unlock()
 	}
 	return out, md, err
+}
+
+// transactUnits is what a transaction costs: 2 units per KB (rounded up)
+// of each item, as large as it is after the transaction (items only grow
+// in mpsaas's transactions).
+func (m *CapacityMeter) transactUnits(ctx context.Context, tx *ddb.TransactWriteItemsInput) float64 {
+	var units float64
+	for _, it := range tx.TransactItems {
+		var table *string
+		var key map[string]types.AttributeValue
+		switch {
+		case it.Put != nil:
+			units += 2 * kb(itemSize(it.Put.Item))
+			continue
+		case it.Update != nil:
+			table, key = it.Update.TableName, it.Update.Key
+		case it.Delete != nil:
+			table, key = it.Delete.TableName, it.Delete.Key
+		case it.ConditionCheck != nil:
+			table, key = it.ConditionCheck.TableName, it.ConditionCheck.Key
+		}
+		size := itemSize(key)
+		if out, err := m.client.GetItem(ctx, &ddb.GetItemInput{TableName: table, Key: key, ConsistentRead: aws.Bool(true)}); err == nil && out.Item != nil {
+			size = itemSize(out.Item)
+		}
+		units += 2 * kb(size)
+	}
+	return units
+}
+
+func kb(size int) float64 { return float64(max(1, (size+1023)/1024)) }
+
+// itemSize is an item's size as DynamoDB counts it: names and values.
+func itemSize(item map[string]types.AttributeValue) int {
+	n := 0
+	for name, v := range item {
+		n += len(name) + valueSize(v)
+	}
+	return n
+}
+
+func valueSize(v types.AttributeValue) int {
+	switch a := v.(type) {
+	case *types.AttributeValueMemberS:
+		return len(a.Value)
+	case *types.AttributeValueMemberN:
+		return (len(strings.TrimLeft(a.Value, "-0"))+1)/2 + 1
+	case *types.AttributeValueMemberB:
+		return len(a.Value)
+	case *types.AttributeValueMemberL:
+		n := 3
+		for _, e := range a.Value {
+			n += 1 + valueSize(e)
+		}
+		return n
+	case *types.AttributeValueMemberM:
+		return 3 + itemSize(a.Value) + len(a.Value)
+	case *types.AttributeValueMemberSS:
+		n := 0
+		for _, e := range a.Value {
+			n += len(e)
+		}
+		return n
+	case *types.AttributeValueMemberNS:
+		n := 0
+		for _, e := range a.Value {
+			n += (len(e)+1)/2 + 1
+		}
+		return n
+	default:
+		return 1
+	}
 }
 
 func one(c *types.ConsumedCapacity) []types.ConsumedCapacity {
