@@ -249,8 +249,7 @@ func TestDeployedStackDeliversOnEveryChannel(t *testing.T) {
 	// What AWS supplies at deployment: resource names and ARNs.
 	resources := map[string]string{
 		"EventsTable": f.env["MPSAAS_EVENTS_TABLE"], "OutboxTable": f.env["MPSAAS_OUTBOX_TABLE"],
-		"UsageTable": f.env["MPSAAS_USAGE_TABLE"], "UsageRequestsTable": f.env["MPSAAS_USAGE_REQUESTS_TABLE"],
-		"MeterRecordsTable": f.env["MPSAAS_METER_RECORDS_TABLE"], "MeterBatchesTable": f.env["MPSAAS_METER_BATCHES_TABLE"],
+		"MeterHoursTable": f.env["MPSAAS_METER_TABLE"],
 		"arn:aws:sns:us-east-1:123456789012:AccessChangesTopic": aws.ToString(topic.TopicArn),
 	}
 	// And where the local stand-ins listen.

@@ -24,7 +24,7 @@ import (
 type fixture struct {
 	em     *emulator.Server
 	client *ddb.Client
-	store  *dynamodb.Store
+	store  *dynamodb.HourStore
 	suffix string
 	env    map[string]string
 }
@@ -45,18 +45,16 @@ func newFixture(t *testing.T, products ...emulator.Product) *fixture {
 		}
 	}
 	suffix := fmt.Sprint(time.Now().UnixNano())
-	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix,
-		Usage: "Usage" + suffix, UsageRequests: "UsageReq" + suffix, MeterRecords: "Meter" + suffix, MeterBatches: "Batches" + suffix}
+	tables := dynamodb.Tables{Subscribers: "Subs" + suffix, Events: "Events" + suffix, Outbox: "Outbox" + suffix, MeterHours: "Meter" + suffix}
 	client := ddb.New(ddb.Options{Region: "us-east-1", BaseEndpoint: aws.String(endpoint), Credentials: credentials.NewStaticCredentialsProvider("l", "l", "")})
-	store := dynamodb.New(client, tables)
+	store := dynamodb.NewHourStore(dynamodb.New(client, tables))
 	if err := store.CreateTables(context.Background()); err != nil {
 		t.Fatal(err)
 	}
 	return &fixture{em: em, client: client, store: store, suffix: suffix, env: map[string]string{
 		"MPSAAS_LISTING":           "subscriptions",
 		"MPSAAS_SUBSCRIBERS_TABLE": tables.Subscribers, "MPSAAS_EVENTS_TABLE": tables.Events, "MPSAAS_OUTBOX_TABLE": tables.Outbox,
-		"MPSAAS_USAGE_TABLE": tables.Usage, "MPSAAS_USAGE_REQUESTS_TABLE": tables.UsageRequests,
-		"MPSAAS_METER_RECORDS_TABLE": tables.MeterRecords, "MPSAAS_METER_BATCHES_TABLE": tables.MeterBatches,
+		"MPSAAS_METER_TABLE":       tables.MeterHours,
 		"MPSAAS_DYNAMODB_ENDPOINT": endpoint, "MPSAAS_METERING_ENDPOINT": emSrv.URL, "MPSAAS_ENTITLEMENT_ENDPOINT": emSrv.URL, "MPSAAS_AGREEMENT_ENDPOINT": emSrv.URL,
 	}}
 }

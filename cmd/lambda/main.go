@@ -67,7 +67,7 @@ type App struct {
 // IAM policies must allow them (checked by TestTemplate, and recorded from
 // the real calls by TestBuyerJourneyThroughLambdaHandlers).
 var awsActions = map[string][]string{
-	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:BatchWriteItem",
+	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:BatchGetItem",
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements", "aws-marketplace:SearchAgreements", "aws-marketplace:GetAgreementTerms"},
 	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
 		"aws-marketplace:GetEntitlements"},
@@ -77,11 +77,10 @@ var awsActions = map[string][]string{
 
 // requiredEnv are the variables the template must set for each role.
 var requiredEnv = map[string][]string{
-	"api":      {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
+	"api":      {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_METER_TABLE"},
 	"events":   {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
 	"dispatch": {"MPSAAS_FUNCTION", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_ACCESS_TOPIC_ARN"},
-	"meter": {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_USAGE_TABLE", "MPSAAS_USAGE_REQUESTS_TABLE",
-		"MPSAAS_METER_RECORDS_TABLE", "MPSAAS_METER_BATCHES_TABLE"},
+	"meter":    {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_METER_TABLE"},
 }
 
 func build(ctx context.Context, getenv func(string) string, logger *slog.Logger, awsOpts ...func(*awsconfig.LoadOptions) error) (*App, error) {
@@ -99,9 +98,10 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 			o.BaseEndpoint = aws.String(cfg.DynamoDBEndpoint)
 		}
 	})
-	store := dynamodb.New(client, dynamodb.Tables{Subscribers: cfg.SubscribersTable, Events: cfg.EventsTable, Outbox: cfg.OutboxTable,
-		Usage: cfg.UsageTable, UsageRequests: cfg.UsageRequestsTable, MeterRecords: cfg.MeterRecordsTable, MeterBatches: cfg.MeterBatchesTable})
-	store.Retention = cfg.Retention
+	tables := dynamodb.New(client, dynamodb.Tables{Subscribers: cfg.SubscribersTable, Events: cfg.EventsTable, Outbox: cfg.OutboxTable,
+		MeterHours: cfg.MeterTable})
+	tables.Retention = cfg.Retention
+	store := dynamodb.NewHourStore(tables)
 	role := cfg.Function
 	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI})
 	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, svc: svc.Subscriptions, meter: svc.Metering, web: svc.Web,

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -249,8 +250,32 @@ func (r *actionRecorder) Do(req *http.Request) (*http.Response, error) {
 	default:
 		action = "unknown:" + req.URL.String()
 	}
+	actions := []string{action}
+	if action == "dynamodb:TransactWriteItems" {
+		// IAM has no action of its own for a transaction: it authorizes
+		// each item's (dynamodb:PutItem, UpdateItem, DeleteItem,
+		// ConditionCheckItem).
+		body, err := io.ReadAll(req.Body)
+		if err != nil {
+			return nil, err
+		}
+		req.Body = io.NopCloser(bytes.NewReader(body))
+		var tx struct{ TransactItems []map[string]json.RawMessage }
+		if err := json.Unmarshal(body, &tx); err != nil {
+			return nil, err
+		}
+		actions = nil
+		for _, it := range tx.TransactItems {
+			for op := range it {
+				actions = append(actions, map[string]string{"Put": "dynamodb:PutItem", "Update": "dynamodb:UpdateItem", "Delete": "dynamodb:DeleteItem",
+					"ConditionCheck": "dynamodb:ConditionCheckItem"}[op])
+			}
+		}
+	}
 	r.mu.Lock()
-	r.seen[action] = true
+	for _, a := range actions {
+		r.seen[a] = true
+	}
 	r.mu.Unlock()
 	return http.DefaultClient.Do(req)
 }

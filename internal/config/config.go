@@ -114,10 +114,7 @@ type Config struct {
 	SubscribersTable    string
 	EventsTable         string
 	OutboxTable         string
-	UsageTable          string
-	UsageRequestsTable  string
-	MeterRecordsTable   string
-	MeterBatchesTable   string
+	MeterTable          string
 	SampleMeteringTable string
 	RetentionText       string
 
@@ -195,10 +192,7 @@ func (c *Config) Settings() []Setting {
 		{Name: "subscribers-table", Env: "MPSAAS_SUBSCRIBERS_TABLE", Def: "AWSMarketplaceSubscribers", Runtimes: Lambda, Usage: "DynamoDB table of subscribers (the sample stack's)", ptr: &c.SubscribersTable},
 		{Name: "events-table", Env: "MPSAAS_EVENTS_TABLE", Def: "MpsaasEvents", Runtimes: Lambda, Usage: "DynamoDB table of subscription events", ptr: &c.EventsTable},
 		{Name: "outbox-table", Env: "MPSAAS_OUTBOX_TABLE", Def: "MpsaasOutbox", Runtimes: Lambda, Usage: "DynamoDB table of queued access changes", ptr: &c.OutboxTable},
-		{Name: "usage-table", Env: "MPSAAS_USAGE_TABLE", Def: "MpsaasUsage", Runtimes: Lambda, Usage: "DynamoDB table of usage records", ptr: &c.UsageTable},
-		{Name: "usage-requests-table", Env: "MPSAAS_USAGE_REQUESTS_TABLE", Def: "MpsaasUsageRequests", Runtimes: Lambda, Usage: "DynamoDB table of usage requests (idempotency keys)", ptr: &c.UsageRequestsTable},
-		{Name: "meter-records-table", Env: "MPSAAS_METER_RECORDS_TABLE", Def: "MpsaasMeterRecords", Runtimes: Lambda, Usage: "DynamoDB table of hourly meter records", ptr: &c.MeterRecordsTable},
-		{Name: "meter-batches-table", Env: "MPSAAS_METER_BATCHES_TABLE", Def: "MpsaasMeterBatches", Runtimes: Lambda, Usage: "DynamoDB table of BatchMeterUsage batches", ptr: &c.MeterBatchesTable},
+		{Name: "meter-table", Env: "MPSAAS_METER_TABLE", Def: "MpsaasMeterHours", Runtimes: Lambda, Usage: "DynamoDB table of metering: usage per buyer, dimension and hour, usage requests, BatchMeterUsage batches (docs/dynamodb.md)", ptr: &c.MeterTable},
 		{Name: "retention", Env: "MPSAAS_RETENTION", Def: "30d", Runtimes: Lambda, Usage: "how long DynamoDB keeps finished items (usage request idempotency keys, delivered access changes, finished batches) before its time to live deletes them: a duration such as 30d or 720h, at least 2d; 0 keeps them", ptr: &c.RetentionText},
 		{Name: "sample-metering-table", Env: "MPSAAS_SAMPLE_METERING_TABLE", Runtimes: Lambda, Usage: "the sample stack's metering table to take usage from (applications that write to it keep working)", ptr: &c.SampleMeteringTable},
 	}
