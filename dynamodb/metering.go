@@ -1098,28 +1098,42 @@ func (s *Store) Replay(ctx context.Context, ids []int64, hour time.Time) (int, e
 
 // ActiveSubscribers returns the subscribers whose status is in statuses.
 func (s *Store) ActiveSubscribers(ctx context.Context, statuses []mpsaas.Status) ([]*mpsaas.Subscriber, error) {
-	items, err := s.scan(ctx, s.tables.Subscribers)
-	if err != nil {
-		return nil, err
-	}
 	var out []*mpsaas.Subscriber
-	for _, it := range items {
-		if strings.HasPrefix(getS(it, "customerIdentifier"), "\x00") {
-			continue
-		}
-		sub, err := subscriberFrom(it)
+	err := s.EachSubscriber(ctx, statuses, func(sub *mpsaas.Subscriber) error {
+		out = append(out, sub)
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
+	return out, err
+}
+
+// EachSubscriber calls fn with every subscriber whose status is in
+// statuses, a page of the table at a time: memory does not grow with the
+// number of buyers. It scans the whole table (eventually consistent reads:
+// half a read unit per 4 KB).
+func (s *Store) EachSubscriber(ctx context.Context, statuses []mpsaas.Status, fn func(*mpsaas.Subscriber) error) error {
+	p := ddb.NewScanPaginator(s.client, &ddb.ScanInput{TableName: aws.String(s.tables.Subscribers)})
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("scan %s: %w", s.tables.Subscribers, err)
 		}
-		for _, st := range statuses {
-			if sub.Status == st {
-				out = append(out, sub)
-				break
+		for _, it := range page.Items {
+			if strings.HasPrefix(getS(it, "customerIdentifier"), "\x00") {
+				continue
+			}
+			sub, err := subscriberFrom(it)
+			if err != nil {
+				return err
+			}
+			if slices.Contains(statuses, sub.Status) {
+				if err := fn(sub); err != nil {
+					return err
+				}
 			}
 		}
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Key < out[j].Key })
-	return out, nil
+	return nil
 }
 
 // VerifyMetering checks the metering invariant in scope. It reads usage by

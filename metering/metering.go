@@ -210,6 +210,10 @@ type RunResult struct {
 	// Violations of the metering invariant found in what this run sealed
 	// (see mpsaas.MeterViolation); anything but 0 is a bug to report.
 	Violations int `json:"violations"`
+	// Paused: the run stopped its work before the deadline of a timed
+	// invocation (RunWhileTime); everything done is kept and the next run
+	// continues where it stopped.
+	Paused bool `json:"paused,omitempty"`
 }
 
 // Run seals closed hours (and the usage of cancelling buyers), adds the
@@ -217,25 +221,37 @@ type RunResult struct {
 // the metering invariant on what it sealed. It reads the clock once for
 // all its decisions about which hours are closed.
 func (s *Service) Run(ctx context.Context) (RunResult, error) {
+	return s.run(ctx, ctx)
+}
+
+// run is a metering run whose work (sealing, heartbeats, calls) stops
+// when work is done; what it learnt from AWS is stored with ctx. A run
+// whose work context ends while ctx has not is paused, not failed.
+func (s *Service) run(work, ctx context.Context) (res RunResult, err error) {
 	unlock, err := s.lock(ctx)
 	if err != nil {
 		return RunResult{}, err
 	}
 	defer unlock()
+	defer func() {
+		if err != nil && work.Err() != nil && ctx.Err() == nil {
+			s.log().Info("metering run paused before the invocation's deadline; the next run continues", "sealed", res.Sealed, "calls", res.Calls)
+			res.Paused, err = true, nil
+		}
+	}()
 	now := s.now()
-	var res RunResult
-	scan, sealed, err := s.seal(ctx, now)
+	scan, sealed, err := s.seal(work, now)
 	res.Sealed = sealed
 	if err != nil {
 		return res, err
 	}
-	if res.Heartbeats, err = s.heartbeats(ctx, now); err != nil {
+	if res.Heartbeats, err = s.heartbeats(work, now); err != nil {
 		return res, err
 	}
-	if res.Batches, err = s.Store.CreateBatches(ctx, now); err != nil {
+	if res.Batches, err = s.Store.CreateBatches(work, now); err != nil {
 		return res, err
 	}
-	if err = s.send(ctx, &res); err != nil {
+	if err = s.send(work, ctx, &res); err != nil {
 		return res, err
 	}
 	if scan.Hi > 0 {
@@ -249,16 +265,26 @@ func (s *Service) Run(ctx context.Context) (RunResult, error) {
 // invocation with a time limit (the meter Lambda function, `mpsaas bench
 // dynamodb`). A pass with batches waiting for a retry ends it (the retry is
 // due later). report, when set, gets every pass's result.
+//
+// A pass's work stops reserve before the deadline (then it is Paused),
+// leaving the reserve to store what AWS answered and release the lease:
+// an invocation ends on its own, however much is waiting.
 func (s *Service) RunWhileTime(ctx context.Context, reserve time.Duration, report func(RunResult)) error {
+	work := ctx
+	if dl, ok := ctx.Deadline(); ok {
+		var cancel context.CancelFunc
+		work, cancel = context.WithDeadline(ctx, dl.Add(-reserve))
+		defer cancel()
+	}
 	for {
-		res, err := s.Run(ctx)
+		res, err := s.run(work, ctx)
 		if report != nil {
 			report(res)
 		}
 		if err != nil {
 			return err
 		}
-		if res.Calls == 0 || res.Retrying > 0 {
+		if res.Paused || res.Calls == 0 || res.Retrying > 0 {
 			return nil
 		}
 		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < reserve {
@@ -717,10 +743,6 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 		return 0, nil
 	}
 	s.heartbeatsTo = time.Time{}
-	subs, err := s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusActive, mpsaas.StatusUnsubscribePending})
-	if err != nil {
-		return 0, err
-	}
 	// Only the hours that closed since the last pass, and the one before
 	// them again: a buyer created before the last pass but subscribed only
 	// after it (subscribe-success came later) gets that hour too. A buyer
@@ -731,7 +753,7 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	}
 	var recs []mpsaas.MeterRecord
 	added := 0
-	for _, sub := range subs {
+	each := func(sub *mpsaas.Subscriber) error {
 		start := mpsaas.Hour(sub.CreatedAt)
 		if start.Before(earliest) {
 			start = earliest
@@ -746,11 +768,28 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 		}
 		if len(recs) >= 10000 {
 			n, err := s.Store.AddHeartbeats(ctx, recs)
+			added += n
 			if err != nil {
+				return err
+			}
+			recs = recs[:0]
+		}
+		return nil
+	}
+	statuses := []mpsaas.Status{mpsaas.StatusActive, mpsaas.StatusUnsubscribePending}
+	if st, ok := s.Store.(SubscriberStreamer); ok {
+		if err := st.EachSubscriber(ctx, statuses, each); err != nil {
+			return added, err
+		}
+	} else {
+		subs, err := s.Store.ActiveSubscribers(ctx, statuses)
+		if err != nil {
+			return 0, err
+		}
+		for _, sub := range subs {
+			if err := each(sub); err != nil {
 				return added, err
 			}
-			added += n
-			recs = recs[:0]
 		}
 	}
 	n, err := s.Store.AddHeartbeats(ctx, recs)
@@ -766,6 +805,13 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	return added + n, nil
 }
 
+// SubscriberStreamer is implemented by stores that can hand out their
+// subscribers a page at a time (DynamoDB), so the hourly zero records of
+// 100,000 buyers do not need them all in memory at once.
+type SubscriberStreamer interface {
+	EachSubscriber(ctx context.Context, statuses []mpsaas.Status, fn func(*mpsaas.Subscriber) error) error
+}
+
 // HeartbeatMarker is implemented by stores that remember up to which hour
 // every buyer has its hourly zero records, for processes that start often
 // (a Lambda cold start): a pass then adds only the hours closed since the
@@ -778,13 +824,16 @@ type HeartbeatMarker interface {
 // send makes the calls for every due batch, Concurrency at a time. The
 // outcomes are stored by one writer, many batches per transaction; an
 // outcome lost in a crash only means an identical resend.
-func (s *Service) send(ctx context.Context, res *RunResult) error {
+//
+// Batches are read and sent with work; their outcomes are stored with ctx,
+// so an answer AWS gave just before work ended is kept.
+func (s *Service) send(work, ctx context.Context, res *RunResult) error {
 	workers := s.Concurrency
 	if workers <= 0 {
 		workers = 4
 	}
 	for {
-		batches, err := s.Store.DueBatches(ctx, s.now(), 400)
+		batches, err := s.Store.DueBatches(work, s.now(), 400)
 		if err != nil {
 			return err
 		}
@@ -797,7 +846,7 @@ func (s *Service) send(ctx context.Context, res *RunResult) error {
 		for range workers {
 			wg.Go(func() {
 				for b := range jobs {
-					results <- s.attempt(ctx, b)
+					results <- s.attempt(work, b)
 				}
 			})
 		}
@@ -806,7 +855,7 @@ func (s *Service) send(ctx context.Context, res *RunResult) error {
 			for _, b := range batches {
 				select {
 				case jobs <- b:
-				case <-ctx.Done():
+				case <-work.Done():
 					return
 				}
 			}
@@ -842,7 +891,7 @@ func (s *Service) send(ctx context.Context, res *RunResult) error {
 		if storeErr != nil {
 			return storeErr
 		}
-		if err := ctx.Err(); err != nil {
+		if err := work.Err(); err != nil {
 			return err
 		}
 	}

@@ -715,3 +715,60 @@ func TestLicenseRecordsOfTwoProductsGoInSeparateCalls(t *testing.T) {
 		t.Errorf("run = %+v, want 2 calls (one per product) billing both", r)
 	}
 }
+
+// slowSends is a store whose batch reads take a while (a large backlog).
+type slowSends struct {
+	mpsaas.MeterStore
+	delay time.Duration
+}
+
+func (s slowSends) DueBatches(ctx context.Context, now time.Time, limit int) ([]mpsaas.MeterBatch, error) {
+	select {
+	case <-time.After(s.delay):
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return s.MeterStore.DueBatches(ctx, now, min(limit, 1)) // one batch a pass
+}
+
+// TestTimedRunPausesBeforeItsDeadline: a timed invocation (the meter
+// Lambda function) with more work than time stops its work a reserve
+// before the deadline and returns no error, having stored what AWS said;
+// the next invocation carries on, and in the end everything is billed once.
+func TestTimedRunPausesBeforeItsDeadline(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
+	var recs []mpsaas.Usage
+	want := map[string]int64{}
+	for i := range 3 {
+		key, res := h.buyer(t, "p", nil)
+		for j := range 48 { // 12 closed hours x 2 dimensions, twice: 72 hourly records, 3 batches
+			ts := time.Date(2026, 11, 23, j%12, j, 0, 0, time.UTC)
+			dim := []string{"users", "requests"}[j/12%2]
+			recs = append(recs, mpsaas.Usage{Customer: key, Dimension: dim, Quantity: int64(i + j), Time: ts})
+			want[fmt.Sprintf("%s/%s/%s", res.Subscription.BuyerAccountID, dim, ts.Format("15h"))] += int64(i + j)
+		}
+	}
+	h.ingest(t, "backlog", recs...)
+	h.meter.Store = slowSends{MeterStore: h.db, delay: 150 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), 400*time.Millisecond)
+	defer cancel()
+	var results []metering.RunResult
+	err := h.meter.RunWhileTime(ctx, 200*time.Millisecond, func(r metering.RunResult) { results = append(results, r) })
+	if err != nil {
+		t.Fatalf("timed run: %v, want a pause, not an error", err)
+	}
+	if ctx.Err() != nil {
+		t.Error("the timed run used up its whole deadline")
+	}
+	if n := len(results); n == 0 || !results[n-1].Paused {
+		t.Fatalf("results %+v: want the last run paused", results)
+	}
+	if got := len(h.billed()); got >= len(want) {
+		t.Fatalf("everything (%d keys) was billed in the paused invocation; the test needs more work than time", got)
+	}
+	h.meter.Store = h.db
+	h.runUntilDone(t)
+	if got := h.billed(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed %v\nwant %v", got, want)
+	}
+}

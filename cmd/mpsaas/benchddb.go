@@ -62,8 +62,10 @@ type DynamoDBBenchResult struct {
 	MinimumCalls    int     // ceil(pairs / 25)
 	MeterWRU        float64 // per billed pair
 	MeterRRU        float64 // per billed pair
-	BilledQuantity  int64
-	IngestedQty     int64
+	// MeterRequests counts the meter's DynamoDB requests by operation.
+	MeterRequests  map[string]int64
+	BilledQuantity int64
+	IngestedQty    int64
 	// HotKeys: per table or index, the busiest partition key's share of
 	// the writes over the whole run, and its writes per second at a
 	// sustained 5,000 ingested records per second.
@@ -81,7 +83,16 @@ func (r DynamoDBBenchResult) String() string {
 	fmt.Fprintf(&b, "meter:       %d invocations (%s; %d cut off at the %s limit), longest %s, peak heap growth %.0f MB\n",
 		r.Invocations, status, r.TimedOut, r.Timeout, r.LongestRun.Round(time.Millisecond), float64(r.PeakHeapBytes)/(1<<20))
 	fmt.Fprintf(&b, "             BatchMeterUsage calls %d (minimum %d); %.2f WRU and %.2f RRU per billed pair (%d pairs)\n", r.Calls, r.MinimumCalls, r.MeterWRU, r.MeterRRU, r.Pairs)
-	fmt.Fprintf(&b, "billed:      quantity %d of %d ingested\n", r.BilledQuantity, r.IngestedQty)
+	ops := make([]string, 0, len(r.MeterRequests))
+	for op := range r.MeterRequests {
+		ops = append(ops, op)
+	}
+	sort.Strings(ops)
+	fmt.Fprintf(&b, "             DynamoDB requests:")
+	for _, op := range ops {
+		fmt.Fprintf(&b, " %s %d", op, r.MeterRequests[op])
+	}
+	fmt.Fprintf(&b, "\nbilled:      quantity %d of %d ingested\n", r.BilledQuantity, r.IngestedQty)
 	fmt.Fprintf(&b, "hot keys (busiest partition key per table or index; writes/s at 5,000 records/s):\n")
 	names := make([]string, 0, len(r.HotKeys.HotKeys))
 	for t := range r.HotKeys.HotKeys {
@@ -344,6 +355,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	for _, b := range billed {
 		res.BilledQuantity += b.Quantity
 	}
+	res.MeterRequests = meter.Requests
 	res.MeterWRU, res.MeterRRU = meter.WriteUnits/float64(max(res.Pairs, 1)), meter.ReadUnits/float64(max(res.Pairs, 1))
 	switch {
 	case !res.Finished:
