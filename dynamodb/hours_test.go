@@ -4,12 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	ddb "github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/smithy-go/middleware"
+
+	"github.com/mpsaas/mpsaas"
 
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/internal/metermodel"
@@ -45,5 +53,272 @@ func TestModelDynamoDBHours(t *testing.T) {
 		st := MustOpenHours(t)
 		metermodel.Run(t, metermodel.Config{Seed: uint64(500 + seed), Steps: 200, CheckEvery: 10, Store: st,
 			SetClock: func(f func() time.Time) { st.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: seed == 2})
+	}
+}
+
+var h10 = time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+
+func urow(sub, dim string, q int64, at time.Time) mpsaas.UsageRow {
+	return mpsaas.UsageRow{SubscriberKey: sub, Dimension: dim, Quantity: q, Time: at}
+}
+
+// openHours returns a store whose clock reads now.
+func openHours(t *testing.T, now time.Time, opts ...func(*ddb.Options)) *dynamodb.HourStore {
+	st := MustOpenHours(t, opts...)
+	st.Now = func() time.Time { return now }
+	return st
+}
+
+// sealHours runs one sealing pass the way the metering service does,
+// sending nothing: every record goes into a batch.
+func sealHours(t *testing.T, st *dynamodb.HourStore, before time.Time) []mpsaas.MeterKey {
+	t.Helper()
+	ctx := context.Background()
+	scan, err := st.PendingRange(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	scan.Before = before
+	var recs []mpsaas.MeterRecord
+	err = st.ScanPending(ctx, &scan, func(g mpsaas.UsageGroup) error {
+		if n := len(recs); n > 0 && recs[n-1].SubscriberKey == g.SubscriberKey && recs[n-1].Dimension == g.Dimension && recs[n-1].Hour.Equal(g.Hour) {
+			recs[n-1].Quantity += g.Quantity
+			recs[n-1].UsageQuantity += g.Quantity
+			return nil
+		}
+		recs = append(recs, mpsaas.MeterRecord{SubscriberKey: g.SubscriberKey, Dimension: g.Dimension, Hour: g.Hour, Quantity: g.Quantity, UsageQuantity: g.Quantity,
+			Version: g.Version, CustomerAWSAccountID: "111122223333", LicenseArn: "arn:aws:license-manager::1:license:l-" + g.SubscriberKey, ProductCode: "p"})
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflicts, err := st.InsertMeterRecords(ctx, recs, scan.Hi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.SealUsage(ctx, scan, conflicts, mpsaas.Hour(st.Now())); err != nil {
+		t.Fatal(err)
+	}
+	return conflicts
+}
+
+// ledgerOf sums the ledger by "buyer/dimension/meter hour/state".
+func ledgerOf(t *testing.T, st *dynamodb.HourStore) (map[string]int64, []mpsaas.LedgerEntry) {
+	t.Helper()
+	var all []mpsaas.LedgerEntry
+	for after := int64(0); ; {
+		page, err := st.Ledger(context.Background(), mpsaas.LedgerFilter{AfterID: after, Limit: 700})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(page) == 0 {
+			break
+		}
+		all = append(all, page...)
+		after = page[len(page)-1].ID
+	}
+	out := map[string]int64{}
+	for _, e := range all {
+		out[fmt.Sprintf("%s/%s/%s/%s", e.SubscriberKey, e.Dimension, e.Hour.Format("15h"), e.State)] += e.Quantity
+	}
+	return out, all
+}
+
+func hoursSummary(t *testing.T, st *dynamodb.HourStore) string {
+	t.Helper()
+	sum, err := st.MeterSummary(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for s, c := range sum {
+		if c.Records != 0 || c.Quantity != 0 {
+			got = append(got, fmt.Sprintf("%s:%d/%d", s, c.Records, c.Quantity))
+		}
+	}
+	sort.Strings(got)
+	return strings.Join(got, " ")
+}
+
+func TestHourStoreIdempotencyAndLateUsage(t *testing.T) {
+	ctx := context.Background()
+	now := h10.Add(2*time.Hour + 30*time.Minute)
+	open := mpsaas.Hour(now)
+	st := openHours(t, now)
+	rows := []mpsaas.UsageRow{urow("A", "users", 2, h10), urow("A", "users", 3, h10.Add(30*time.Minute)), urow("B", "users", 4, h10.Add(time.Hour))}
+	r1, err := st.AddUsage(ctx, "k1", "hash1", rows, open, now)
+	if err != nil || r1.Accepted != 3 || r1.Replayed || r1.FirstID == 0 {
+		t.Fatalf("AddUsage = %+v, %v", r1, err)
+	}
+	r2, err := st.AddUsage(ctx, "k1", "hash1", rows, open, now)
+	if err != nil || !r2.Replayed || r2.FirstID != r1.FirstID {
+		t.Errorf("resent AddUsage = %+v, %v; want the first receipt, replayed", r2, err)
+	}
+	if _, err := st.AddUsage(ctx, "k1", "other", rows[:1], open, now); mpsaas.ErrorCode(err) != mpsaas.ECONFLICT {
+		t.Errorf("key reused with other records: %v, want ECONFLICT", err)
+	}
+	if got := hoursSummary(t, st); got != "pending:3/9" {
+		t.Errorf("summary %s, want pending:3/9", got)
+	}
+	_, entries := ledgerOf(t, st)
+	for i, e := range entries {
+		if e.ID != r1.FirstID+int64(i) || e.RequestKey != "k1" {
+			t.Errorf("ledger entry %d: id %d key %q, want id %d of k1", i, e.ID, e.RequestKey, r1.FirstID+int64(i))
+		}
+	}
+	// Hours 10 and 11 close and are sealed; usage for hour 10 that comes
+	// later goes to the open hour 12.
+	if c := sealHours(t, st, open); len(c) != 0 {
+		t.Fatalf("conflicts %v", c)
+	}
+	if _, err := st.AddUsage(ctx, "k2", "hash2", []mpsaas.UsageRow{urow("A", "users", 7, h10.Add(5*time.Minute)), urow("C", "users", 1, h10)}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	got, entries := ledgerOf(t, st)
+	want := map[string]int64{"A/users/10h/batched": 5, "B/users/11h/batched": 4, "A/users/12h/pending": 7, "C/users/12h/pending": 1}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("ledger %v\nwant %v", got, want)
+	}
+	if late := entries[len(entries)-1]; !strings.Contains(late.Reason, "late usage") {
+		t.Errorf("late entry %+v has no late reason", late)
+	}
+	if got := hoursSummary(t, st); got != "batched:3/9 pending:2/8" {
+		t.Errorf("summary %s, want batched:3/9 pending:2/8", got)
+	}
+	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{}, 0); err != nil || len(vs) != 0 {
+		t.Errorf("verify = %v, %v", vs, err)
+	}
+}
+
+// failTransaction makes the nth TransactWriteItems call fail before it is sent.
+type failTransaction struct {
+	n, calls atomic.Int32
+}
+
+func (f *failTransaction) option(o *ddb.Options) {
+	o.APIOptions = append(o.APIOptions, func(s *middleware.Stack) error {
+		return s.Initialize.Add(middleware.InitializeMiddlewareFunc("failTransaction", func(ctx context.Context, in middleware.InitializeInput, next middleware.InitializeHandler) (middleware.InitializeOutput, middleware.Metadata, error) {
+			if _, ok := in.Parameters.(*ddb.TransactWriteItemsInput); ok && f.calls.Add(1) == f.n.Load() {
+				return middleware.InitializeOutput{}, middleware.Metadata{}, errors.New("injected: the process died here")
+			}
+			return next.HandleInitialize(ctx, in)
+		}), middleware.After)
+	})
+}
+
+// TestHourStoreLargeRequestResumes: a request too large for one
+// transaction is written in parts; a crash between parts is finished by
+// the client's retry, and every record counts exactly once.
+func TestHourStoreLargeRequestResumes(t *testing.T) {
+	ctx := context.Background()
+	now := h10.Add(90 * time.Minute)
+	f := &failTransaction{}
+	f.n.Store(2)
+	st := openHours(t, now, f.option)
+	var rows []mpsaas.UsageRow
+	var total int64
+	for i := range 2500 {
+		rows = append(rows, urow(fmt.Sprintf("S%03d", i%200), "users", int64(i%7), h10.Add(time.Duration(i)*time.Second)))
+		total += int64(i % 7)
+	}
+	if _, err := st.AddUsage(ctx, "big", "h", rows, mpsaas.Hour(now), now); err == nil {
+		t.Fatal("the crash between parts went unnoticed")
+	}
+	r, err := st.AddUsage(ctx, "big", "h", rows, mpsaas.Hour(now), now)
+	if err != nil || r.Accepted != 2500 || !r.Replayed {
+		t.Fatalf("retried AddUsage = %+v, %v; want the receipt of 2500, replayed", r, err)
+	}
+	if got, want := hoursSummary(t, st), fmt.Sprintf("pending:2500/%d", total); got != want {
+		t.Errorf("summary %s, want %s", got, want)
+	}
+	_, entries := ledgerOf(t, st)
+	if len(entries) != 2500 {
+		t.Fatalf("ledger has %d entries, want 2500", len(entries))
+	}
+	for i, e := range entries {
+		if e.ID != r.FirstID+int64(i) {
+			t.Fatalf("entry %d has id %d, want %d", i, e.ID, r.FirstID+int64(i))
+		}
+	}
+	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{}, 0); err != nil || len(vs) != 0 {
+		t.Errorf("verify = %v, %v", vs, err)
+	}
+}
+
+// TestHourStoreReplayMovesTheWholeRecord: replaying one flagged usage
+// record replays the hourly record it is in, with all its usage.
+func TestHourStoreReplayMovesTheWholeRecord(t *testing.T) {
+	ctx := context.Background()
+	now := h10.Add(2 * time.Hour)
+	open := mpsaas.Hour(now)
+	st := openHours(t, now)
+	r, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{urow("A", "users", 4, h10), urow("A", "users", 1, h10), urow("B", "users", 2, h10)}, open, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sealHours(t, st, open)
+	due, err := st.DueBatches(ctx, now, 10)
+	if err != nil || len(due) != 1 || len(due[0].Records) != 2 {
+		t.Fatalf("DueBatches = %+v, %v; want one batch of two records", due, err)
+	}
+	var outcomes []mpsaas.RecordOutcome
+	for _, rec := range due[0].Records {
+		o := mpsaas.RecordOutcome{MeterRecordID: rec.ID, State: mpsaas.UsageBilled, MeteringRecordID: "mr-" + rec.SubscriberKey}
+		if rec.SubscriberKey == "A" {
+			o = mpsaas.RecordOutcome{MeterRecordID: rec.ID, State: mpsaas.UsageFlagged, Reason: "TimestampOutOfBoundsException"}
+		}
+		outcomes = append(outcomes, o)
+	}
+	if err := st.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: due[0].ID, Outcomes: outcomes}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := hoursSummary(t, st); got != "billed:1/2 flagged:2/5" {
+		t.Fatalf("summary %s", got)
+	}
+	n, err := st.Replay(ctx, []int64{r.FirstID}, open)
+	if err != nil || n != 2 {
+		t.Fatalf("Replay(first record) = %d, %v; want both records of A's hour", n, err)
+	}
+	if n, err := st.Replay(ctx, nil, open); err != nil || n != 0 {
+		t.Errorf("Replay(all) after = %d, %v; want nothing left", n, err)
+	}
+	got, _ := ledgerOf(t, st)
+	want := map[string]int64{"A/users/12h/pending": 5, "B/users/10h/billed": 2}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("ledger %v\nwant %v", got, want)
+	}
+	if got := hoursSummary(t, st); got != "billed:1/2 pending:2/5" {
+		t.Errorf("summary %s, want billed:1/2 pending:2/5", got)
+	}
+	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{}, 0); err != nil || len(vs) != 0 {
+		t.Errorf("verify = %v, %v", vs, err)
+	}
+}
+
+func TestHourStoreHeartbeats(t *testing.T) {
+	ctx := context.Background()
+	now := h10.Add(3 * time.Hour)
+	st := openHours(t, now)
+	recs := []mpsaas.MeterRecord{
+		{SubscriberKey: "A", Dimension: "users", Hour: h10, CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"},
+		{SubscriberKey: "A", Dimension: "users", Hour: h10.Add(time.Hour), CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"},
+	}
+	if n, err := st.AddHeartbeats(ctx, recs); err != nil || n != 2 {
+		t.Fatalf("AddHeartbeats = %d, %v", n, err)
+	}
+	if n, err := st.AddHeartbeats(ctx, recs); err != nil || n != 0 {
+		t.Errorf("AddHeartbeats again = %d, %v; want 0", n, err)
+	}
+	// Usage for an hour that has its zero record goes to the open hour.
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{urow("A", "users", 3, h10)}, mpsaas.Hour(now), now); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := ledgerOf(t, st); got["A/users/13h/pending"] != 3 {
+		t.Errorf("usage after a zero record: %v, want it pending in 13h", got)
+	}
+	due, err := st.DueBatches(ctx, now, 10)
+	if err != nil || len(due) != 1 || len(due[0].Records) != 2 || due[0].Records[0].Quantity != 0 {
+		t.Errorf("DueBatches = %+v, %v; want the two zero records in one batch", due, err)
 	}
 }
