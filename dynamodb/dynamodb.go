@@ -38,21 +38,15 @@ type Tables struct {
 	Subscribers string
 	Events      string
 	Outbox      string
-	// Metering: usage records, ingestion requests (and id counters), hourly
-	// meter records and BatchMeterUsage batches.
-	Usage         string
-	UsageRequests string
-	MeterRecords  string
-	MeterBatches  string
-	// MeterHours, when set, is the one metering table of the hour model
-	// (HourStore, docs/dynamodb.md); the four tables above are then unused.
+	// MeterHours is the metering table (HourStore, docs/dynamodb.md): usage
+	// per buyer, dimension and hour, requests, batches, progress, the lease.
 	MeterHours string
 }
 
 // DefaultTables are the sample stack's subscriber table and mpsaas's own.
 func DefaultTables() Tables {
 	return Tables{Subscribers: "AWSMarketplaceSubscribers", Events: "MpsaasEvents", Outbox: "MpsaasOutbox",
-		Usage: "MpsaasUsage", UsageRequests: "MpsaasUsageRequests", MeterRecords: "MpsaasMeterRecords", MeterBatches: "MpsaasMeterBatches"}
+		MeterHours: "MpsaasMeterHours"}
 }
 
 // Index names.
@@ -148,13 +142,10 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if s.tables.MeterHours != "" {
-		return s.createHoursTable(ctx)
-	}
-	if s.tables.Usage == "" {
+	if s.tables.MeterHours == "" {
 		return nil // a store without metering
 	}
-	return s.createMeteringTables(ctx)
+	return s.createHoursTable(ctx)
 }
 
 func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput) error {
@@ -184,7 +175,7 @@ func (s *Store) createTables(ctx context.Context, inputs []*ddb.CreateTableInput
 // expires reports whether table has items that expire (template.yaml
 // enables time to live on the same tables).
 func (s *Store) expires(table string) bool {
-	return table == s.tables.UsageRequests || table == s.tables.Outbox || table == s.tables.MeterBatches || table == s.tables.MeterHours
+	return table == s.tables.Outbox || table == s.tables.MeterHours
 }
 
 // subscriberIndexes are the indexes mpsaas adds to the subscribers table

@@ -29,7 +29,7 @@ func MustOpen(t *testing.T, opts ...func(*ddb.Options)) *dynamodb.Store {
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
 	st := dynamodb.New(client, dynamodb.Tables{Subscribers: "Subscribers-" + suffix, Events: "Events-" + suffix, Outbox: "Outbox-" + suffix,
-		Usage: "Usage-" + suffix, UsageRequests: "UsageRequests-" + suffix, MeterRecords: "MeterRecords-" + suffix, MeterBatches: "MeterBatches-" + suffix})
+		MeterHours: "MeterHours-" + suffix})
 	if err := st.CreateTables(context.Background()); err != nil {
 		t.Fatal(err)
 	}
@@ -38,8 +38,4 @@ func MustOpen(t *testing.T, opts ...func(*ddb.Options)) *dynamodb.Store {
 
 func TestStore(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store { return MustOpen(t) })
-}
-
-func TestMeterStore(t *testing.T) {
-	storetest.RunMetering(t, func(t *testing.T) storetest.MeterStore { return MustOpen(t) })
 }

@@ -12,27 +12,20 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 )
 
-// The metering lease: one item of the usage requests table. A metering run
+// The metering lease: one item of the meter table ("m" / "lease"). A metering run
 // (or replay) takes it with a conditional write that succeeds only when
 // nobody holds it or the holder's lease has expired, so two meter
 // invocations never overlap, even when the function's reserved concurrency
 // is changed or someone invokes it by hand. It expires on its own: a run
 // whose Lambda invocation was cut off frees it at most leaseSlack after
 // the invocation's deadline.
-const (
-	leaseKey = "\x00lease:meter"
-	// leaseNoDeadline is the lease of a holder without a deadline; it is
-	// renewed every third of it while held.
-	leaseNoDeadline = 2 * time.Minute
-)
+// leaseNoDeadline is the lease of a holder without a deadline; it is
+// renewed every third of it while held.
+const leaseNoDeadline = 2 * time.Minute
 
-// leaseItem is the table and key of the lease item: in the meter hours
-// table when the store has one, else in the usage requests table.
+// leaseItem is the table and key of the lease item.
 func (s *Store) leaseItem() (string, map[string]types.AttributeValue) {
-	if s.tables.MeterHours != "" {
-		return s.tables.MeterHours, hkey(metaPK, "lease")
-	}
-	return s.tables.UsageRequests, map[string]types.AttributeValue{"key": sv(leaseKey)}
+	return s.tables.MeterHours, hkey(metaPK, "lease")
 }
 
 // leaseSlack is how long past its holder's deadline a lease lasts (a

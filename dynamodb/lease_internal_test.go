@@ -86,7 +86,7 @@ func TestRetention(t *testing.T) {
 	ctx := context.Background()
 	st := newLocalStore(t, "TTL")
 	client, tables := st.client, st.tables
-	for _, tb := range []string{tables.UsageRequests, tables.Outbox, tables.MeterBatches} {
+	for _, tb := range []string{tables.Outbox, tables.MeterHours} {
 		out, err := client.DescribeTimeToLive(ctx, &ddb.DescribeTimeToLiveInput{TableName: aws.String(tb)})
 		if err != nil || out.TimeToLiveDescription == nil || aws.ToString(out.TimeToLiveDescription.AttributeName) != TTLAttribute {
 			t.Errorf("table %s: time to live %+v, %v", tb, out, err)
@@ -94,18 +94,42 @@ func TestRetention(t *testing.T) {
 	}
 	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
 	st.Now = func() time.Time { return now }
+	hs := NewHourStore(st)
 	row := []mpsaas.UsageRow{{SubscriberKey: "A", Dimension: "users", Quantity: 1, Time: now}}
-	if _, err := st.AddUsage(ctx, "kept", "h", row, mpsaas.Hour(now), now); err != nil {
+	if _, err := hs.AddUsage(ctx, "kept", "h", row, mpsaas.Hour(now), now); err != nil {
 		t.Fatal(err)
 	}
 	st.Retention = 30 * 24 * time.Hour
-	if _, err := st.AddUsage(ctx, "expires", "h", row, mpsaas.Hour(now), now); err != nil {
+	if _, err := hs.AddUsage(ctx, "expires", "h", row, mpsaas.Hour(now), now); err != nil {
 		t.Fatal(err)
 	}
-	for key, want := range map[string]int64{"kept": 0, "expires": now.Add(30 * 24 * time.Hour).Unix()} {
-		out, err := client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(tables.UsageRequests), Key: map[string]types.AttributeValue{"key": sv("request:" + key)}})
+	expires := now.Add(30 * 24 * time.Hour).Unix()
+	for key, want := range map[string]int64{"kept": 0, "expires": expires} {
+		out, err := client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(tables.MeterHours), Key: hkey("r#"+key, "r")})
 		if err != nil || getN(out.Item, TTLAttribute) != want {
 			t.Errorf("request %s: ttl %d, %v; want %d", key, getN(out.Item, TTLAttribute), err, want)
+		}
+	}
+	// A finished batch expires; the usage and its meter record are kept.
+	rec := mpsaas.MeterRecord{SubscriberKey: "A", Dimension: "users", Hour: mpsaas.Hour(now).Add(-time.Hour), CustomerAWSAccountID: "1", LicenseArn: "arn:aws:license-manager::1:license:l-A", ProductCode: "p"}
+	if _, err := hs.AddHeartbeats(ctx, []mpsaas.MeterRecord{rec}); err != nil {
+		t.Fatal(err)
+	}
+	batches, err := hs.DueBatches(ctx, now, 10)
+	if err != nil || len(batches) != 1 {
+		t.Fatalf("due batches = %v, %v", batches, err)
+	}
+	if err := hs.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: batches[0].ID, Outcomes: []mpsaas.RecordOutcome{{MeterRecordID: batches[0].Records[0].ID, State: mpsaas.UsageBilled, MeteringRecordID: "m"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	id := batches[0].ID
+	for name, c := range map[string]struct {
+		key  map[string]types.AttributeValue
+		want int64
+	}{"batch": {hkey(batchPK(id), batchSK(id)), expires}, "meter record": {itemKey{"A", "users", rec.Hour.Unix()}.key(), 0}} {
+		out, err := client.GetItem(ctx, &ddb.GetItemInput{TableName: aws.String(tables.MeterHours), Key: c.key})
+		if err != nil || out.Item == nil || getN(out.Item, TTLAttribute) != c.want {
+			t.Errorf("%s: ttl %d, %v; want %d", name, getN(out.Item, TTLAttribute), err, c.want)
 		}
 	}
 	// A delivered access change expires; one still pending does not.

@@ -100,7 +100,7 @@ func TestBenchDynamoDB(t *testing.T) {
 		t.Fatalf("%v\n%s\n%s", err, out.String(), stderr.String())
 	}
 	t.Logf("\n%s", out.String())
-	for _, want := range []string{"= 180 records", "finished", "BatchMeterUsage calls 8 (minimum 8)", "WRU", "hot keys", "pending-id-index"} {
+	for _, want := range []string{"= 180 records", "finished", "BatchMeterUsage calls 8 (minimum 8)", "WRU", "hot keys", "BenchMeterHours", "DynamoDB requests: "} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q", want)
 		}

@@ -38,10 +38,6 @@ type DynamoDBBenchOptions struct {
 	Timeout     time.Duration // the meter function's time limit per invocation
 	Concurrency int           // ingestion requests in flight
 	Invocations int           // meter invocations before giving up
-	// Model is the metering data model: "hours" (usage aggregated at
-	// ingestion, HourStore) or "rows" (a row per usage record, the model
-	// before it).
-	Model string
 }
 
 // DynamoDBBenchResult is what it measures.
@@ -122,7 +118,6 @@ func runBenchDynamoDB(ctx context.Context, args []string, stdout, stderr io.Writ
 	fs.DurationVar(&o.Timeout, "timeout", 300*time.Second, "time limit of one meter invocation (the meter function's timeout)")
 	fs.IntVar(&o.Concurrency, "concurrency", 16, "ingestion requests in flight")
 	fs.IntVar(&o.Invocations, "invocations", 20, "meter invocations before giving up")
-	fs.StringVar(&o.Model, "model", "hours", "metering data `model`: hours (usage aggregated per buyer, dimension and hour at ingestion) or rows (a row per usage record, the earlier model)")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), "Usage: mpsaas bench dynamodb [flags]\n\nMeasures the serverless runtime's metering on DynamoDB (DynamoDB Local): usage\ningested in requests of 25 records through the usage service, then meter\ninvocations as the meter function runs them (its time limit, one at a time)\nagainst the built-in emulator until everything is billed. It reports records/s,\ninvocations, peak heap, BatchMeterUsage calls, read and write units (from the\nConsumedCapacity DynamoDB returns) and the busiest partition key of every table\nand index, and checks that exactly the ingested quantity was billed.\n\nFlags:\n")
 		config.PrintFlags(fs)
@@ -141,8 +136,6 @@ func runBenchDynamoDB(ctx context.Context, args []string, stdout, stderr io.Writ
 		return usageError{errors.New("bench dynamodb: --timeout must be at least 10s")}
 	case o.Concurrency < 1 || o.Concurrency > 256:
 		return usageError{errors.New("bench dynamodb: --concurrency must be 1 to 256")}
-	case o.Model != "hours" && o.Model != "rows":
-		return usageError{fmt.Errorf("bench dynamodb: --model %q: want hours or rows", o.Model)}
 	case o.Invocations < 1:
 		return usageError{errors.New("bench dynamodb: --invocations must be at least 1")}
 	}
@@ -190,27 +183,17 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	b := make([]byte, 4)
 	_, _ = rand.Read(b)
 	suffix := hex.EncodeToString(b)
-	tables := dynamodb.Tables{Subscribers: "BenchSubscribers-" + suffix, Events: "BenchEvents-" + suffix, Outbox: "BenchOutbox-" + suffix}
-	if o.Model == "rows" {
-		tables.Usage, tables.UsageRequests, tables.MeterRecords, tables.MeterBatches = "BenchUsage-"+suffix, "BenchUsageRequests-"+suffix, "BenchMeterRecords-"+suffix, "BenchMeterBatches-"+suffix
-	} else {
-		tables.MeterHours = "BenchMeterHours-" + suffix
-	}
-	rows := dynamodb.New(client, tables)
-	rows.Now = em.Clock.Now
-	var store config.Store = rows
-	if o.Model == "hours" {
-		store = dynamodb.NewHourStore(rows)
-	}
+	tables := dynamodb.Tables{Subscribers: "BenchSubscribers-" + suffix, Events: "BenchEvents-" + suffix, Outbox: "BenchOutbox-" + suffix,
+		MeterHours: "BenchMeterHours-" + suffix}
+	base := dynamodb.New(client, tables)
+	base.Now = em.Clock.Now
+	store := dynamodb.NewHourStore(base)
 	setup := dynamodb.New(plain, tables) // table creation and buyers are not measured
 	if err := setup.CreateTables(ctx); err != nil {
 		return res, fmt.Errorf("create tables at %s: %w", o.Endpoint, err)
 	}
 	defer func() {
-		for _, t := range []string{tables.Subscribers, tables.Events, tables.Outbox, tables.Usage, tables.UsageRequests, tables.MeterRecords, tables.MeterBatches, tables.MeterHours} {
-			if t == "" {
-				continue
-			}
+		for _, t := range []string{tables.Subscribers, tables.Events, tables.Outbox, tables.MeterHours} {
 			_, _ = plain.DeleteTable(context.WithoutCancel(ctx), &ddb.DeleteTableInput{TableName: aws.String(t)})
 		}
 	}()
