@@ -51,8 +51,10 @@ func (s *Store) LockMetering(ctx context.Context) (unlock func(), epoch int64, e
 		// clock may stand still or jump): it is about real processes.
 		now := time.Now()
 		out, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: aws.String(table), Key: key,
-			UpdateExpression:         aws.String("SET #o = :o, expiresAt = :exp, epoch = if_not_exists(epoch, :zero) + :one"),
-			ConditionExpression:      aws.String("attribute_not_exists(#o) OR expiresAt < :now"),
+			UpdateExpression: aws.String("SET #o = :o, expiresAt = :exp, epoch = if_not_exists(epoch, :zero) + :one"),
+			// "Or it is mine": when DynamoDB took the lease but its answer was
+			// lost, the SDK's retry finds this run's own owner id.
+			ConditionExpression:      aws.String("attribute_not_exists(#o) OR expiresAt < :now OR #o = :o"),
 			ExpressionAttributeNames: map[string]string{"#o": "owner"},
 			ExpressionAttributeValues: map[string]types.AttributeValue{":o": sv(owner), ":exp": nv(until().UnixMilli()), ":now": nv(now.UnixMilli()),
 				":zero": nv(0), ":one": nv(1)},

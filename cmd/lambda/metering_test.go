@@ -6,13 +6,20 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"math/rand/v2"
+	"net/http"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/aws/retry"
+	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
@@ -21,10 +28,12 @@ import (
 )
 
 // TestMeteringFaultsThroughLambda meters usage with the meter function's
-// handler on DynamoDB (dynalite) while the emulator throttles, fails before
-// and after processing, delays and leaves records unprocessed, and while
-// invocations are cut off at random moments (a Lambda timeout). Every
-// (buyer, dimension, hour) must be billed exactly the ingested quantity.
+// handler on DynamoDB Local while the emulator throttles, fails before and
+// after processing, delays and leaves records unprocessed, while 10% of the
+// meter's DynamoDB requests fail (half of them after DynamoDB applied them:
+// a lost response the SDK retries), and while invocations are cut off at
+// random moments (a Lambda timeout). Every (buyer, dimension, hour) must be
+// billed exactly the ingested quantity.
 func TestMeteringFaultsThroughLambda(t *testing.T) {
 	ctx := context.Background()
 	f := newFixture(t,
@@ -32,7 +41,12 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 		emulator.Product{Code: "fault-license", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "users"}, {Name: "requests"}}},
 	)
 	em, store := f.em, f.store
-	app := f.build(t, "meter")
+	faults := &dynamoFaults{rng: rand.New(rand.NewPCG(7, 9)), rate: 0.1}
+	// The SDK retries as in production, with short waits (faults are many).
+	fastRetries := awsconfig.WithRetryer(func() aws.Retryer {
+		return retry.NewStandard(func(o *retry.StandardOptions) { o.Backoff = retry.NewExponentialJitterBackoff(20 * time.Millisecond) })
+	})
+	app := f.build(t, "meter", awsconfig.WithHTTPClient(faults), fastRetries)
 	app.meter.MaxBackoff = time.Millisecond // retries are due by the next invocation
 	var emf lockedBuffer
 	app.metrics.W = &emf
@@ -88,7 +102,7 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 		}
 	}
 	handler := app.handler().(func(context.Context, events.EventBridgeEvent) error)
-	cutoffs := 0
+	cutoffs, failed := 0, 0
 	for invocation := 0; invocation < 200; invocation++ {
 		ictx, cancel := context.WithCancel(ctx)
 		if invocation < 8 { // the first invocations time out at random moments
@@ -96,12 +110,18 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 		}
 		err := handler(ictx, events.EventBridgeEvent{DetailType: "Scheduled Event"})
 		cancel()
-		if errors.Is(err, context.Canceled) || (err != nil && strings.Contains(err.Error(), "context canceled")) {
+		switch {
+		case errors.Is(err, context.Canceled) || (err != nil && strings.Contains(err.Error(), "context canceled")):
 			cutoffs++
-		} else if err != nil {
+		case err != nil && strings.Contains(err.Error(), injectedFault):
+			failed++ // DynamoDB failed after the SDK's retries: the next invocation carries on
+		case err != nil:
 			t.Fatalf("invocation %d: %v", invocation, err)
 		}
 		more, err := app.meter.Outstanding(ctx)
+		for err != nil && strings.Contains(err.Error(), injectedFault) {
+			more, err = app.meter.Outstanding(ctx)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -153,8 +173,61 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 	if runs == 0 || billedRecords > int64(len(got)) {
 		t.Errorf("EMF: %d runs reported %d billed records; %d keys were billed", runs, billedRecords, len(got))
 	}
-	t.Logf("lambda metering under faults: %d usage records, %d keys billed exactly, %d invocations cut off, %d BatchMeterUsage calls, %d keys resent and deduplicated",
-		len(recs), len(got), cutoffs, em.Calls()["BatchMeterUsage"], resent)
+	requests, before, after := faults.counts()
+	if share := float64(before+after) / float64(max(requests, 1)); share < 0.09 || after == 0 {
+		t.Errorf("DynamoDB faults: %d before and %d after processing in %d requests; want about 10%%, some after", before, after, requests)
+	}
+	t.Logf("lambda metering under faults: %d usage records, %d keys billed exactly, %d invocations cut off, %d failed, %d BatchMeterUsage calls, %d keys resent and deduplicated; DynamoDB: %d requests, %d failed before and %d after processing",
+		len(recs), len(got), cutoffs, failed, em.Calls()["BatchMeterUsage"], resent, requests, before, after)
+}
+
+const injectedFault = "injected fault"
+
+// dynamoFaults is an HTTP client that fails a share of DynamoDB requests
+// with a 500 (which the SDK retries): half before sending them, half after
+// DynamoDB answered (the request took effect, the answer is lost).
+type dynamoFaults struct {
+	mu                      sync.Mutex
+	rng                     *rand.Rand
+	rate                    float64
+	requests, before, after int
+}
+
+func (d *dynamoFaults) counts() (requests, before, after int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.requests, d.before, d.after
+}
+
+func (d *dynamoFaults) Do(req *http.Request) (*http.Response, error) {
+	if !strings.HasPrefix(req.Header.Get("X-Amz-Target"), "DynamoDB_") {
+		return http.DefaultClient.Do(req)
+	}
+	d.mu.Lock()
+	d.requests++
+	fault, first := d.rng.Float64() < d.rate, d.rng.IntN(2) == 0
+	if fault && first {
+		d.before++
+	} else if fault {
+		d.after++
+	}
+	d.mu.Unlock()
+	fail := func() *http.Response {
+		body := `{"__type":"com.amazonaws.dynamodb.v20120810#InternalServerError","message":"` + injectedFault + `"}`
+		return &http.Response{StatusCode: 500, Status: "500 Internal Server Error", Header: http.Header{"Content-Type": {"application/x-amz-json-1.0"},
+			"X-Amz-Crc32": {strconv.FormatUint(uint64(crc32.ChecksumIEEE([]byte(body))), 10)}},
+			Body: io.NopCloser(strings.NewReader(body)), ContentLength: int64(len(body)), Request: req}
+	}
+	if fault && first {
+		return fail(), nil
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil || !fault {
+		return resp, err
+	}
+	_, _ = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return fail(), nil
 }
 
 // lockedBuffer is a bytes.Buffer safe for concurrent writers.
