@@ -16,7 +16,11 @@ import (
 	"github.com/mpsaas/mpsaas"
 
 	"github.com/mpsaas/mpsaas/dynamodb"
+	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/internal/metermodel"
+	"github.com/mpsaas/mpsaas/internal/testenv"
+	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/subscription"
 )
 
 // MustOpenHours returns a metering store on fresh tables of DynamoDB Local.
@@ -302,5 +306,82 @@ func TestHourStoreHeartbeats(t *testing.T) {
 	due, err := st.DueBatches(ctx, now, 10)
 	if err != nil || len(due) != 1 || len(due[0].Records) != 2 || due[0].Records[0].Quantity != 0 {
 		t.Errorf("DueBatches = %+v, %v; want the two zero records in one batch", due, err)
+	}
+}
+
+// TestContractStatusOnDynamoDB (issue 14, items 2 and 3, on the serverless
+// store): a buyer entitled to 5 users reports 3 in hour 12 (covered), 4
+// more for hour 12 after it was sealed (2 of overage, billed in the open
+// hour), then 1 more (1 billed). What AWS billed is each hour's new
+// overage, and the status reports covered and billed apart, agreeing with it.
+func TestContractStatusOnDynamoDB(t *testing.T) {
+	ctx := context.Background()
+	at := func(hh, mm int) time.Time { return time.Date(2026, 11, 23, hh, mm, 0, 0, time.UTC) }
+	em, _, mp := testenv.Local(t, at(12, 30), emulator.Product{Code: "c", Type: emulator.ProductContractWithConsumption, LicenseBased: true,
+		Dimensions: []emulator.Dimension{{Name: "users"}}})
+	st := MustOpenHours(t)
+	st.Now = em.Clock.Now
+	clock := mpsaas.ClockFunc(em.Clock.Now)
+	subs := &subscription.Service{Store: st, Marketplace: mp, Clock: clock, Listing: mpsaas.ListingContractsWithSubscription}
+	meter := &metering.Service{Store: st, Subscribers: st, Meterer: mp, Clock: clock, Listing: mpsaas.ListingContractsWithSubscription, MaxBackoff: time.Millisecond}
+	b, err := em.AddBuyer(emulator.Buyer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: at(0, 0), ProductCode: "c", BuyerAccountID: b.AccountID, Entitlements: map[string]int32{"users": 5}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range em.Notifications(0) {
+		_ = subs.HandleMessage(ctx, n.Body)
+	}
+	sub, err := subs.RegisterWithToken(ctx, res.Token, mpsaas.Contact{CompanyName: "Acme", ContactPerson: "Ann", ContactPhone: "+1 555 0100", ContactEmail: "ann@acme.example"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ingest := func(key string, recs ...mpsaas.Usage) {
+		t.Helper()
+		if _, err := meter.Ingest(ctx, mpsaas.UsageRequest{IdempotencyKey: key, Records: recs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runAt := func(now time.Time) {
+		t.Helper()
+		em.Clock.Set(now)
+		for range 20 {
+			if _, err := meter.Run(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if more, err := meter.Outstanding(ctx); err != nil || !more {
+				return
+			}
+			em.Clock.Advance(time.Second)
+		}
+		t.Fatal("metering did not finish")
+	}
+	u := func(q int64, tm time.Time) mpsaas.Usage {
+		return mpsaas.Usage{Customer: sub.Key, Dimension: "users", Quantity: q, Time: tm}
+	}
+	ingest("a", u(3, at(12, 20)))
+	runAt(at(13, 6)) // hour 12: covered
+	ingest("b", u(4, at(12, 50)), u(1, at(13, 10)))
+	runAt(at(14, 6))
+	ingest("c", u(1, at(12, 55)))
+	runAt(at(15, 6))
+	got := map[string]int64{}
+	var total int64
+	for _, x := range em.Billed(b.AccountID) {
+		got[x.Hour.Format("15h")] += x.Quantity
+		total += x.Quantity
+	}
+	if want := map[string]int64{"13h": 2, "14h": 1}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("AWS billed %v, want %v (hour 12's overage of 3, billed as it grew)", got, want)
+	}
+	sum, err := st.MeterSummary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, c := sum[mpsaas.UsageBilled], sum[mpsaas.UsageCovered]; b.MeterQuantity != total || c.Quantity != 3 || b.Quantity != 6 {
+		t.Errorf("status = %+v; want 3 covered, 6 in billed records of which AWS billed %d", sum, total)
 	}
 }
