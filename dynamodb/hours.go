@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -472,32 +474,14 @@ func (s *HourStore) writePart(ctx context.Context, key, hash string, first int64
 			"pk": sv(fmt.Sprintf("l#%d", reqShard)), "sk": sv(fmt.Sprintf("%019d#%03d", first, p)), "key": sv(key), "rows": sv(body), "at": nv(timeN(now))}}})
 		for _, k := range order {
 			a := items[k]
-			names := map[string]string{}
-			vals := map[string]types.AttributeValue{":q": nv(a.q), ":n": nv(a.n), ":one": nv(1), ":sub": sv(k.sub), ":dim": sv(k.dim), ":h": nv(k.hour)}
-			adds := []string{"q :q", "n :n", "v :one"}
-			sets := []string{"#sub = :sub", "#dim = :dim", "#h = :h"}
-			names["#sub"], names["#dim"], names["#h"], names["#st"] = "sub", "dim", "h", "st"
-			pks := make([]string, 0, len(a.parts))
-			for pk := range a.parts {
-				pks = append(pks, pk)
+			adds, sets := map[string]types.AttributeValue{}, map[string]types.AttributeValue{}
+			for pk, v := range a.parts {
+				adds["u:"+pk], adds["r:"+pk] = nv(v[0]), nv(v[1])
 			}
-			sort.Strings(pks)
-			for i, pk := range pks {
-				v := a.parts[pk]
-				names[fmt.Sprintf("#u%d", i)], names[fmt.Sprintf("#r%d", i)] = "u:"+pk, "r:"+pk
-				vals[fmt.Sprintf(":u%d", i)], vals[fmt.Sprintf(":r%d", i)] = nv(v[0]), nv(v[1])
-				adds = append(adds, fmt.Sprintf("#u%d :u%d", i, i), fmt.Sprintf("#r%d :r%d", i, i))
-			}
-			i := 0
 			for th, sig := range a.tags {
-				names[fmt.Sprintf("#g%d", i)] = "g:" + th
-				vals[fmt.Sprintf(":g%d", i)] = sv(sig)
-				sets = append(sets, fmt.Sprintf("#g%d = :g%d", i, i))
-				i++
+				sets["g:"+th] = sv(sig)
 			}
-			tx = append(tx, types.TransactWriteItem{Update: &types.Update{TableName: s.table(), Key: k.key(),
-				UpdateExpression:    aws.String("SET " + strings.Join(sets, ", ") + " ADD " + strings.Join(adds, ", ")),
-				ConditionExpression: aws.String("attribute_not_exists(#st)"), ExpressionAttributeNames: names, ExpressionAttributeValues: vals}})
+			tx = append(tx, types.TransactWriteItem{Update: s.addToHour(k, a.q, a.n, adds, sets)})
 		}
 		for _, h := range hourOrder {
 			c := counters[h]
@@ -534,6 +518,28 @@ func (s *HourStore) writePart(ctx context.Context, key, hash string, first int64
 			}
 		}
 	}
+}
+
+// addToHour is the update that adds usage (quantity q of n records, and
+// the per usage hour and tag set attributes in adds) to a buyer's item of
+// an hour, setting the attributes in sets, on condition the item is not
+// sealed. Ingestion and replay add usage this way.
+func (s *HourStore) addToHour(k itemKey, q, n int64, adds, sets map[string]types.AttributeValue) *types.Update {
+	names := map[string]string{"#sub": "sub", "#dim": "dim", "#h": "h", "#st": "st"}
+	vals := map[string]types.AttributeValue{":q": nv(q), ":n": nv(n), ":one": nv(1), ":sub": sv(k.sub), ":dim": sv(k.dim), ":h": nv(k.hour)}
+	addExpr := []string{"q :q", "n :n", "v :one"}
+	setExpr := []string{"#sub = :sub", "#dim = :dim", "#h = :h"}
+	for i, name := range slices.Sorted(maps.Keys(adds)) {
+		names[fmt.Sprintf("#a%d", i)], vals[fmt.Sprintf(":a%d", i)] = name, adds[name]
+		addExpr = append(addExpr, fmt.Sprintf("#a%d :a%d", i, i))
+	}
+	for i, name := range slices.Sorted(maps.Keys(sets)) {
+		names[fmt.Sprintf("#s%d", i)], vals[fmt.Sprintf(":s%d", i)] = name, sets[name]
+		setExpr = append(setExpr, fmt.Sprintf("#s%d = :s%d", i, i))
+	}
+	return &types.Update{TableName: s.table(), Key: k.key(),
+		UpdateExpression:    aws.String("SET " + strings.Join(setExpr, ", ") + " ADD " + strings.Join(addExpr, ", ")),
+		ConditionExpression: aws.String("attribute_not_exists(#st)"), ExpressionAttributeNames: names, ExpressionAttributeValues: vals}
 }
 
 // ---- Sealing ----
@@ -1371,6 +1377,18 @@ func (s *HourStore) Outstanding(ctx context.Context, before time.Time) (bool, er
 	return len(pending) > 0, err
 }
 
+// MeteringLag is how long ago the oldest hour whose records are not all
+// final (billed, refused, flagged or covered) ended: 0 when every hour that
+// ended more than the grace ago is done. The meter function reports it
+// (MeteringLagSeconds) and the template alarms when it passes two hours.
+func (s *HourStore) MeteringLag(ctx context.Context, now time.Time) (time.Duration, error) {
+	c, err := s.readCursor(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return max(0, now.Sub(time.Unix(c.hour+3600, 0))), nil
+}
+
 // ---- Reading ----
 
 // MeterRecordsFor reads a buyer's records of a dimension for the hours
@@ -1663,32 +1681,22 @@ func (s *HourStore) moveItem(ctx context.Context, it map[string]types.AttributeV
 	if err != nil {
 		return 0, err
 	}
-	for target := to; target < to+maxAheadHours*3600; target += 3600 {
-		tk := itemKey{k.sub, k.dim, target}
-		names := map[string]string{"#sub": "sub", "#st": "st", "#dim": "dim", "#h": "h"}
-		vals := map[string]types.AttributeValue{":q": nv(q), ":n": nv(n), ":one": nv(1), ":sub": sv(k.sub), ":dim": sv(k.dim), ":h": nv(target)}
-		adds := []string{"q :q", "n :n", "v :one"}
-		sets := []string{"#sub = :sub", "#dim = :dim", "#h = :h"}
-		i := 0
-		for name, v := range it {
-			if strings.HasPrefix(name, "u:") || strings.HasPrefix(name, "r:") {
-				names[fmt.Sprintf("#p%d", i)], vals[fmt.Sprintf(":p%d", i)] = name, v
-				adds = append(adds, fmt.Sprintf("#p%d :p%d", i, i))
-				i++
-			} else if strings.HasPrefix(name, "g:") {
-				names[fmt.Sprintf("#p%d", i)], vals[fmt.Sprintf(":p%d", i)] = name, v
-				sets = append(sets, fmt.Sprintf("#p%d = :p%d", i, i))
-				i++
-			}
+	adds, sets := map[string]types.AttributeValue{}, map[string]types.AttributeValue{}
+	for name, v := range it {
+		switch {
+		case strings.HasPrefix(name, "u:") || strings.HasPrefix(name, "r:"):
+			adds[name] = v
+		case strings.HasPrefix(name, "g:"):
+			sets[name] = v
 		}
+	}
+	for target := to; target < to+maxAheadHours*3600; target += 3600 {
 		tx := []types.TransactWriteItem{
 			{Update: &types.Update{TableName: s.table(), Key: k.key(), UpdateExpression: aws.String("SET #to = :to"),
 				ConditionExpression:       aws.String("#st = :f AND attribute_not_exists(#to)"),
 				ExpressionAttributeNames:  map[string]string{"#to": "to", "#st": "st"},
 				ExpressionAttributeValues: map[string]types.AttributeValue{":to": nv(target), ":f": sv(mpsaas.UsageFlagged)}}},
-			{Update: &types.Update{TableName: s.table(), Key: tk.key(),
-				UpdateExpression:    aws.String("SET " + strings.Join(sets, ", ") + " ADD " + strings.Join(adds, ", ")),
-				ConditionExpression: aws.String("attribute_not_exists(#st)"), ExpressionAttributeNames: names, ExpressionAttributeValues: vals}},
+			{Update: s.addToHour(itemKey{k.sub, k.dim, target}, q, n, adds, sets)},
 		}
 		if metas[k.hour].done {
 			f := mpsaas.UsageFlagged

@@ -812,6 +812,23 @@ type SubscriberStreamer interface {
 	EachSubscriber(ctx context.Context, statuses []mpsaas.Status, fn func(*mpsaas.Subscriber) error) error
 }
 
+// LagReporter is implemented by stores that know how far metering is
+// behind (DynamoDB: the oldest hour not all billed).
+type LagReporter interface {
+	MeteringLag(ctx context.Context, now time.Time) (time.Duration, error)
+}
+
+// Lag is how long ago the oldest hour whose usage is not all billed (or
+// refused) ended; ok is false for stores that cannot tell.
+func (s *Service) Lag(ctx context.Context) (lag time.Duration, ok bool, err error) {
+	r, ok := s.Store.(LagReporter)
+	if !ok {
+		return 0, false, nil
+	}
+	lag, err = r.MeteringLag(ctx, s.now())
+	return lag, err == nil, err
+}
+
 // HeartbeatMarker is implemented by stores that remember up to which hour
 // every buyer has its hourly zero records, for processes that start often
 // (a Lambda cold start): a pass then adds only the hours closed since the

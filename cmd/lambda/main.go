@@ -158,6 +158,16 @@ func (a *App) meterRun(ctx context.Context) error {
 	if err := a.importSample(ctx); err != nil {
 		return err
 	}
+	defer func() {
+		// How far behind metering is, after the runs (alarm: two hours).
+		if lag, ok, err := a.meter.Lag(context.WithoutCancel(ctx)); err != nil {
+			a.logger.WarnContext(ctx, "metering lag", "err", err)
+		} else if ok {
+			if err := a.metrics.Put(map[string]int64{"MeteringLagSeconds": int64(lag.Seconds())}); err != nil {
+				a.logger.WarnContext(ctx, "writing metrics", "err", err)
+			}
+		}
+	}()
 	return a.meter.RunWhileTime(ctx, 10*time.Second, func(res metering.RunResult) {
 		a.logger.InfoContext(ctx, "metering run", "sealed", res.Sealed, "calls", res.Calls, "billed", res.Billed,
 			"rejected", res.Rejected, "flagged", res.Flagged, "retrying", res.Retrying, "violations", res.Violations)

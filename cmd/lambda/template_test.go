@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/aws/aws-lambda-go/events"
 	"github.com/awslabs/goformation/v7"
 	"github.com/awslabs/goformation/v7/cloudformation"
 	"github.com/awslabs/goformation/v7/intrinsics"
@@ -260,4 +262,124 @@ func lambdaVars() []string {
 		}
 	}
 	return out
+}
+
+// TestTemplateAlarms (issue 10): every alarm notifies the alarm topic the
+// admin's email subscribes to, and watches something real: a metric the
+// meter function's handler actually writes (captured from a run), a
+// function of the template, or a dead-letter queue. Each function has an
+// errors alarm, and dead letters, refused and flagged usage, invariant
+// violations and metering lag each have one.
+func TestTemplateAlarms(t *testing.T) {
+	// References kept as "ref:<name>" and "getatt:<name>.<attribute>".
+	keep := map[string]intrinsics.IntrinsicHandler{
+		"Ref": func(_ string, input any, _ any) any { return fmt.Sprint("ref:", input) },
+		"Fn::GetAtt": func(_ string, input any, _ any) any {
+			return fmt.Sprint("getatt:", strings.Join(toStrings(input), "."))
+		},
+	}
+	tmpl, err := goformation.OpenWithOptions("../../template.yaml", &intrinsics.ProcessorOptions{IntrinsicHandlerOverrides: keep})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := tmpl.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		Resources map[string]struct {
+			Type       string
+			Properties map[string]any
+		}
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		t.Fatal(err)
+	}
+	// What the meter function's handler writes in one run.
+	f := newFixture(t)
+	app := f.build(t, "meter")
+	var emf lockedBuffer
+	app.metrics.W = &emf
+	if err := app.handler().(func(context.Context, events.EventBridgeEvent) error)(context.Background(), events.EventBridgeEvent{DetailType: "Scheduled Event"}); err != nil {
+		t.Fatal(err)
+	}
+	emitted := map[string]bool{}
+	for _, line := range strings.Split(strings.TrimSpace(emf.String()), "\n") {
+		var rec struct {
+			AWS struct {
+				CloudWatchMetrics []struct {
+					Namespace  string
+					Dimensions [][]string
+					Metrics    []struct{ Name string }
+				}
+			} `json:"_aws"`
+			Function string
+		}
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("EMF line %q: %v", line, err)
+		}
+		for _, d := range rec.AWS.CloudWatchMetrics {
+			for _, m := range d.Metrics {
+				emitted[d.Namespace+"/"+m.Name+"/Function="+rec.Function] = true
+			}
+		}
+	}
+	dlqs := map[string]bool{}
+	for _, r := range raw.Resources {
+		if rp, ok := r.Properties["RedrivePolicy"].(map[string]any); ok {
+			dlqs[strings.TrimSuffix(strings.TrimPrefix(fmt.Sprint(rp["deadLetterTargetArn"]), "getatt:"), ".Arn")] = true
+		}
+	}
+	topic := raw.Resources["AlarmTopic"]
+	if subs, _ := topic.Properties["Subscription"].([]any); topic.Type != "AWS::SNS::Topic" || len(subs) != 1 ||
+		fmt.Sprint(subs[0].(map[string]any)["Endpoint"]) != "ref:MarketplaceTechAdminEmail" {
+		t.Errorf("AlarmTopic = %+v, want an SNS topic with MarketplaceTechAdminEmail subscribed", topic)
+	}
+	watched := map[string]bool{}
+	for name, r := range raw.Resources {
+		if r.Type != "AWS::CloudWatch::Alarm" {
+			continue
+		}
+		p := r.Properties
+		if fmt.Sprint(p["AlarmActions"]) != "[ref:AlarmTopic]" {
+			t.Errorf("%s: actions %v, want the alarm topic", name, p["AlarmActions"])
+		}
+		dims := map[string]string{}
+		for _, d := range p["Dimensions"].([]any) {
+			dims[fmt.Sprint(d.(map[string]any)["Name"])] = fmt.Sprint(d.(map[string]any)["Value"])
+		}
+		switch ns, metric := fmt.Sprint(p["Namespace"]), fmt.Sprint(p["MetricName"]); ns {
+		case "mpsaas":
+			if key := ns + "/" + metric + "/Function=" + dims["Function"]; !emitted[key] {
+				t.Errorf("%s watches %s, which the meter function does not write (it writes %v)", name, key, emitted)
+			}
+			watched[metric] = true
+		case "AWS/Lambda":
+			fn := strings.TrimPrefix(dims["FunctionName"], "ref:")
+			if _, ok := functions[fn]; !ok || metric != "Errors" {
+				t.Errorf("%s watches %s of %q, want Errors of a function", name, metric, dims["FunctionName"])
+			}
+			watched[fn] = true
+		case "AWS/SQS":
+			q := strings.TrimSuffix(strings.TrimPrefix(dims["QueueName"], "getatt:"), ".QueueName")
+			if !dlqs[q] || metric != "ApproximateNumberOfMessagesVisible" {
+				t.Errorf("%s watches %s of %q, want the messages of a dead-letter queue (%v)", name, metric, q, dlqs)
+			}
+			watched[q] = true
+		default:
+			t.Errorf("%s: namespace %s", name, ns)
+		}
+	}
+	want := []string{"MeterRecordsRejected", "MeterRecordsFlagged", "MeteringInvariantViolations", "MeteringLagSeconds"}
+	for fn := range functions {
+		want = append(want, fn)
+	}
+	for q := range dlqs {
+		want = append(want, q)
+	}
+	for _, w := range want {
+		if !watched[w] {
+			t.Errorf("no alarm watches %s", w)
+		}
+	}
 }
