@@ -21,6 +21,7 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/reconcile"
 )
 
 // Client talks to AWS Marketplace.
@@ -314,4 +315,35 @@ func allocations(a map[string]int64) []mmtypes.UsageAllocation {
 		out = append(out, ua)
 	}
 	return out
+}
+
+// ProductAgreements pages through the purchase agreements of a product
+// (SearchAgreements as the proposer, 50 a page; the SDK retries throttling
+// with backoff) and calls fn with each.
+func (c *Client) ProductAgreements(ctx context.Context, resource string, fn func(reconcile.Agreement) error) error {
+	filter := func(name, v string) agrtypes.Filter {
+		return agrtypes.Filter{Name: aws.String(name), Values: []string{v}}
+	}
+	in := &agr.SearchAgreementsInput{Catalog: aws.String("AWSMarketplace"), MaxResults: aws.Int32(50),
+		Filters: []agrtypes.Filter{filter("AgreementType", "PurchaseAgreement"), filter("PartyType", "Proposer"), filter("ResourceIdentifier", resource)}}
+	for {
+		out, err := c.Agreement.SearchAgreements(ctx, in)
+		if err != nil {
+			return translate("SearchAgreements", err)
+		}
+		for _, v := range out.AgreementViewSummaries {
+			a := reconcile.Agreement{ID: aws.ToString(v.AgreementId), Status: string(v.Status), Resource: resource,
+				Start: aws.ToTime(v.StartTime), End: aws.ToTime(v.EndTime)}
+			if v.Acceptor != nil {
+				a.AcceptorAccountID = aws.ToString(v.Acceptor.AccountId)
+			}
+			if err := fn(a); err != nil {
+				return err
+			}
+		}
+		if aws.ToString(out.NextToken) == "" {
+			return nil
+		}
+		in.NextToken = out.NextToken
+	}
 }

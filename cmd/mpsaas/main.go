@@ -53,6 +53,9 @@ Usage:
   mpsaas emulator [flags]   run only the AWS Marketplace emulator and buyer simulator
   mpsaas usage record ...   send usage records to a running mpsaas
   mpsaas meter run          send pending usage to AWS now (also: meter status, meter replay)
+  mpsaas reconcile [--apply]
+                            compare every buyer with AWS's agreements and repair the
+                            drift lost notifications leave (a dry run by default)
   mpsaas bench [flags]      measure ingestion and metering of 1,000,000 records for 100,000 buyers
   mpsaas bench http [flags] measure a running serve over HTTP: ingestion by N clients,
                             status latency, idle CPU
@@ -81,6 +84,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runMeter(ctx, args[1:], getenv, stdout, stderr)
 	case "usage":
 		return runUsage(ctx, args[1:], getenv, stdout, stderr)
+	case "reconcile":
+		return runReconcile(ctx, args[1:], getenv, stdout, stderr)
 	case "dynamodb":
 		return runDynamoDB(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":
