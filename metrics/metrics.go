@@ -26,6 +26,8 @@ type Metrics struct {
 	calls      prometheus.Counter
 	violations prometheus.Counter
 	deliveries *prometheus.CounterVec
+	reconciles *prometheus.CounterVec
+	drift      prometheus.Gauge
 }
 
 // Gauges are read from the store when Prometheus scrapes.
@@ -47,7 +49,9 @@ func New(g Gauges) *Metrics {
 	m.calls = prometheus.NewCounter(prometheus.CounterOpts{Name: "mpsaas_batch_meter_usage_calls_total", Help: "BatchMeterUsage calls made."})
 	m.violations = prometheus.NewCounter(prometheus.CounterOpts{Name: "mpsaas_metering_invariant_violations_total", Help: "Violations of the metering invariant found by runs (alert on any)."})
 	m.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_access_change_deliveries_total", Help: "Access-change delivery attempts by channel and result (delivered, failed)."}, []string{"channel", "result"})
-	m.reg.MustRegister(m.requests, m.latency, m.meterRuns, m.records, m.calls, m.violations, m.deliveries,
+	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_reconcile_runs_total", Help: "Reconciliations with AWS's agreements by result (ok, error)."}, []string{"result"})
+	m.drift = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mpsaas_reconcile_drift", Help: "Differences between mpsaas and AWS's agreements the last reconciliation found (repaired unless MPSAAS_RECONCILE=report)."})
+	m.reg.MustRegister(m.requests, m.latency, m.meterRuns, m.records, m.calls, m.violations, m.deliveries, m.reconciles, m.drift,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(gaugeCollector{g: g})
@@ -90,6 +94,18 @@ func (m *Metrics) ObserveRun(r Run) {
 	}
 	m.calls.Add(float64(r.Calls))
 	m.violations.Add(float64(r.Violations))
+}
+
+// ObserveReconcile counts a reconciliation with AWS and the drift it found.
+func (m *Metrics) ObserveReconcile(drift int, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.reconciles.WithLabelValues(result).Inc()
+	if err == nil {
+		m.drift.Set(float64(drift))
+	}
 }
 
 // ObserveDelivery counts one delivery attempt of an access change.

@@ -27,6 +27,7 @@ func TestGrafanaDashboard(t *testing.T) {
 	m.ObserveRequest("GET /healthz", 200, time.Millisecond)
 	m.ObserveRun(Run{Sealed: 1, Billed: 1, Calls: 1})
 	m.ObserveDelivery("webhook", errors.New("down"))
+	m.ObserveReconcile(2, nil)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)

@@ -31,6 +31,7 @@ import (
 	"github.com/mpsaas/mpsaas/dynamodb"
 	"github.com/mpsaas/mpsaas/internal/config"
 	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/reconcile"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
 	"github.com/mpsaas/mpsaas/worker"
@@ -56,9 +57,12 @@ type App struct {
 	web        *web.Server
 	dispatcher *worker.Dispatcher
 	meter      *metering.Service
-	sample     *dynamodb.SampleMeteringTable
-	logger     *slog.Logger
-	logLevel   string
+	reconcile  *reconcile.Service
+	// applyRepairs: MPSAAS_RECONCILE=apply.
+	applyRepairs bool
+	sample       *dynamodb.SampleMeteringTable
+	logger       *slog.Logger
+	logLevel     string
 	// metrics are CloudWatch metrics written to the log stream (EMF).
 	metrics *awslambda.Metrics
 }
@@ -71,16 +75,19 @@ var awsActions = map[string][]string{
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements", "aws-marketplace:SearchAgreements", "aws-marketplace:GetAgreementTerms"},
 	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
 		"aws-marketplace:GetEntitlements"},
-	"events":   {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
+	"events": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
+	"reconcile": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "aws-marketplace:SearchAgreements",
+		"aws-marketplace:GetEntitlements"},
 	"dispatch": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "sns:Publish", "ses:SendEmail"},
 }
 
 // requiredEnv are the variables the template must set for each role.
 var requiredEnv = map[string][]string{
-	"api":      {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_METER_TABLE"},
-	"events":   {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
-	"dispatch": {"MPSAAS_FUNCTION", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_ACCESS_TOPIC_ARN"},
-	"meter":    {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_METER_TABLE"},
+	"api":       {"MPSAAS_FUNCTION", "MPSAAS_SECRET", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_METER_TABLE"},
+	"events":    {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
+	"dispatch":  {"MPSAAS_FUNCTION", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_OUTBOX_TABLE", "MPSAAS_ACCESS_TOPIC_ARN"},
+	"meter":     {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_METER_TABLE"},
+	"reconcile": {"MPSAAS_FUNCTION", "MPSAAS_LISTING", "MPSAAS_PRODUCT_CODES", "MPSAAS_SUBSCRIBERS_TABLE", "MPSAAS_EVENTS_TABLE", "MPSAAS_OUTBOX_TABLE"},
 }
 
 func build(ctx context.Context, getenv func(string) string, logger *slog.Logger, awsOpts ...func(*awsconfig.LoadOptions) error) (*App, error) {
@@ -105,6 +112,7 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	role := cfg.Function
 	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI})
 	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, svc: svc.Subscriptions, meter: svc.Metering, web: svc.Web,
+		reconcile: svc.Reconcile, applyRepairs: cfg.Reconcile == "apply",
 		metrics: &awslambda.Metrics{W: os.Stdout, Namespace: "mpsaas", Dimensions: map[string]string{"Function": role}}}
 	if cfg.SampleMeteringTable != "" {
 		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: cfg.SampleMeteringTable}
@@ -124,9 +132,27 @@ func (a *App) handler() any {
 		return a.handleEvent
 	case "meter":
 		return awslambda.ScheduledHandler(a.meterRun)
+	case "reconcile":
+		return awslambda.ScheduledHandler(a.reconcileRun)
 	default:
 		return awslambda.ScheduledHandler(a.dispatchAll)
 	}
+}
+
+// reconcileRun compares the buyers with AWS's agreements and, unless
+// MPSAAS_RECONCILE=report, records the events lost notifications would
+// have carried; the drift goes to the log and to the ReconcileDrift metric.
+func (a *App) reconcileRun(ctx context.Context) error {
+	rep, err := a.reconcile.Run(ctx, a.applyRepairs)
+	if err != nil {
+		return err
+	}
+	a.logger.InfoContext(ctx, "reconciliation with AWS", "buyers", rep.Buyers, "agreements", rep.Agreements, "drift", len(rep.Drift), "applied", rep.Applied)
+	for _, d := range rep.Drift {
+		a.logger.WarnContext(ctx, "drift", "kind", d.Kind, "subscriber", d.Subscriber, "account", d.AccountID, "product", d.ProductCode,
+			"agreement", d.AgreementID, "aws", d.AWSStatus, "mpsaas", d.MpsaasStatus, "repair", d.Fix, "applied", d.Applied, "note", d.Note)
+	}
+	return a.metrics.Put(map[string]int64{"ReconcileDrift": int64(len(rep.Drift))})
 }
 
 // handleEvent takes both event sources of the events function: an SQS batch

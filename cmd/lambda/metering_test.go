@@ -20,6 +20,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/aws/retry"
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/smithy-go/logging"
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
@@ -46,7 +47,8 @@ func TestMeteringFaultsThroughLambda(t *testing.T) {
 	fastRetries := awsconfig.WithRetryer(func() aws.Retryer {
 		return retry.NewStandard(func(o *retry.StandardOptions) { o.Backoff = retry.NewExponentialJitterBackoff(20 * time.Millisecond) })
 	})
-	app := f.build(t, "meter", awsconfig.WithHTTPClient(faults), fastRetries)
+	// (The SDK's warnings about the injected answers are not wanted here.)
+	app := f.build(t, "meter", awsconfig.WithHTTPClient(faults), fastRetries, awsconfig.WithLogger(logging.Nop{}))
 	app.meter.MaxBackoff = time.Millisecond // retries are due by the next invocation
 	var emf lockedBuffer
 	app.metrics.W = &emf

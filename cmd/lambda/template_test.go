@@ -37,7 +37,7 @@ func openTemplate(t *testing.T, listing string) (*cloudformation.Template, map[s
 	return tmpl, raw
 }
 
-var functions = map[string]string{"ApiFunction": "api", "EventsFunction": "events", "DispatchFunction": "dispatch", "MeterFunction": "meter"}
+var functions = map[string]string{"ApiFunction": "api", "EventsFunction": "events", "DispatchFunction": "dispatch", "MeterFunction": "meter", "ReconcileFunction": "reconcile"}
 
 // TestTemplate checks template.yaml against the code: handlers, build
 // targets, environment, IAM and the resources each listing type creates.

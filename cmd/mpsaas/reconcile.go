@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -16,7 +15,6 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/mpsaas/mpsaas/internal/config"
-	"github.com/mpsaas/mpsaas/reconcile"
 	"github.com/mpsaas/mpsaas/sqlite"
 )
 
@@ -24,7 +22,8 @@ const reconcileUsage = `Usage: mpsaas reconcile [flags]
 
 Compares every buyer in the database with the purchase agreements AWS
 Marketplace holds for the products (MPSAAS_PRODUCT_CODES), read with the
-Agreement API as the seller (SearchAgreements, 50 a page), and prints the
+Agreement API as the seller (SearchAgreements, 50 a page; the products' resource
+ids from MPSAAS_PRODUCT_RESOURCES), and prints the
 drift that lost notifications leave:
 
   ended-in-aws     the agreement ended; mpsaas still grants access
@@ -45,31 +44,15 @@ of a running emulator.
 Flags:
 `
 
-// resources maps product codes to the resource ids the Agreement API
-// knows the products by (--resource CODE=ID, repeatable).
-type resources map[string]string
-
-func (r resources) String() string { return fmt.Sprint(map[string]string(r)) }
-func (r resources) Set(v string) error {
-	code, id, ok := strings.Cut(v, "=")
-	if !ok || code == "" || id == "" {
-		return fmt.Errorf("want CODE=RESOURCE_ID (e.g. abc123=prod-xyz789), got %q", v)
-	}
-	r[code] = id
-	return nil
-}
-
 func runReconcile(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("mpsaas reconcile", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), reconcileUsage); config.PrintFlags(fs) }
 	var cfg Config
 	var apply, asJSON bool
-	res := resources{}
 	fs.BoolVar(&apply, "apply", false, "record the repairs (default: a dry run that changes nothing)")
 	fs.BoolVar(&asJSON, "json", false, "print the report as JSON")
-	fs.Var(res, "resource", "the Agreement API's resource id of a product code, as `CODE=RESOURCE_ID` (AWS: prod-...; default: the product code itself, as the emulator knows it); repeatable")
-	if err := cfg.Load(fs, args, getenv, "db", "log-level", "log-format", "listing", "product-codes", "region", "entitlement-endpoint", "agreement-endpoint",
+	if err := cfg.Load(fs, args, getenv, "db", "log-level", "log-format", "listing", "product-codes", "product-resources", "region", "entitlement-endpoint", "agreement-endpoint",
 		"webhook-url", "access-topic-arn", "ses-from", "smtp-addr", "admin-email", "revoke-on-cancel"); err != nil {
 		return err
 	}
@@ -78,18 +61,6 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	}
 	if len(cfg.ProductCodes) == 0 {
 		return usageError{errors.New("reconcile: set MPSAAS_PRODUCT_CODES (or --product-codes): the products whose agreements to compare")}
-	}
-	for code := range res {
-		if !contains(cfg.ProductCodes, code) {
-			return usageError{fmt.Errorf("reconcile: --resource %s: %s is not one of the product codes %v", code, code, cfg.ProductCodes)}
-		}
-	}
-	products := map[string]string{}
-	for _, code := range cfg.ProductCodes {
-		products[code] = code
-		if id, ok := res[code]; ok {
-			products[code] = id
-		}
 	}
 	if _, err := os.Stat(cfg.DB); err != nil {
 		return fmt.Errorf("database %s: %w (set MPSAAS_DB or --db)", cfg.DB, err)
@@ -114,8 +85,7 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 		}
 	}
 	svc := cfg.Build(config.Deps{Runtime: config.Serve, Store: db, AWS: awsCfg, ChannelAWS: channelAWS, Logger: logger})
-	r := &reconcile.Service{Agreements: svc.Marketplace, Store: db, Events: svc.Subscriptions, Products: products, Logger: logger}
-	rep, err := r.Run(ctx, apply)
+	rep, err := svc.Reconcile.Run(ctx, apply)
 	if err != nil {
 		return err
 	}
@@ -156,13 +126,4 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
-}
-
-func contains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

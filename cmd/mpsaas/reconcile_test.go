@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -166,7 +168,42 @@ func TestReconcileRepairsLostNotifications(t *testing.T) {
 	if err := run(ctx, []string{"reconcile"}, func(k string) string { return env[k] }, &out, io.Discard); err != nil || !strings.Contains(out.String(), "not-registered") {
 		t.Errorf("text report: %v\n%s", err, out.String())
 	}
-	if err := run(ctx, []string{"reconcile", "--resource", "other=prod-1"}, func(k string) string { return env[k] }, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "--resource") {
-		t.Errorf("--resource of an unknown product: %v", err)
+	if err := run(ctx, []string{"reconcile", "--product-resources", "other=prod-1"}, func(k string) string { return env[k] }, io.Discard, io.Discard); err == nil || !strings.Contains(err.Error(), "MPSAAS_PRODUCT_RESOURCES") {
+		t.Errorf("--product-resources of an unknown product: %v", err)
 	}
+}
+
+// TestServeReconcilesOnSchedule (issue 11): serve reconciles on its own
+// schedule. A buyer cancels while every notification is lost (the
+// emulator's drop control); the scheduled reconciliation records the end,
+// and the seller's webhook hears of it as of a notification.
+func TestServeReconcilesOnSchedule(t *testing.T) {
+	first, every := reconcileFirst, reconcileEvery
+	reconcileFirst, reconcileEvery = 100*time.Millisecond, func(time.Duration) time.Duration { return 100 * time.Millisecond }
+	t.Cleanup(func() { reconcileFirst, reconcileEvery = first, every })
+	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_RECONCILE_INTERVAL", "1h")
+	client := &http.Client{}
+	page := postForm(t, client, app.EmulatorURL()+"/emulator/ui/subscribe", url.Values{"productCode": {demoLicenseProduct}, "buyerAccountId": {"123456789012"}}, 200)
+	action, fields := parseForm(t, page, "setup-form")
+	page = postForm(t, client, action, fields, 200)
+	_, reg := parseForm(t, page, "register-form")
+	postForm(t, client, app.URL()+"/register", url.Values{"session": reg["session"], "companyName": {journeyContact.CompanyName},
+		"contactPerson": {journeyContact.ContactPerson}, "contactPhone": {journeyContact.ContactPhone}, "contactEmail": {journeyContact.ContactEmail}}, 200)
+	app.sink.waitFor(t, demoLicenseProduct, mpsaas.AccessGranted)
+	if err := app.em.DropNotifications(100, ""); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := app.em.Cancel(app.agreement(t, demoLicenseProduct).AgreementID); err != nil {
+		t.Fatal(err)
+	}
+	change := app.sink.wait(t, "an access change after the lost cancellation", func(c mpsaas.AccessChange) bool {
+		return c.Subscriber.ProductCode == demoLicenseProduct && c.Access != mpsaas.AccessGranted
+	})
+	if app.em.Dropped() == 0 {
+		t.Error("no notification was dropped: the test did not create drift")
+	}
+	if !strings.Contains(app.logs.String(), "drift") {
+		t.Errorf("the log does not report the drift:\n%s", app.logs.String())
+	}
+	t.Logf("repaired: %s (%s)", change.Access, change.Event)
 }

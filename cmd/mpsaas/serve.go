@@ -25,6 +25,7 @@ import (
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/metrics"
+	"github.com/mpsaas/mpsaas/reconcile"
 	"github.com/mpsaas/mpsaas/sqlite"
 	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
 	"github.com/mpsaas/mpsaas/subscription"
@@ -43,18 +44,21 @@ const (
 // App is a running `mpsaas serve`: the web server, the workers and,
 // optionally, the embedded emulator.
 type App struct {
-	cfg    Config
-	log    *slog.Logger
-	db     *sqlite.DB
-	em     *emulator.Server
-	svc    *subscription.Service
-	meter  *metering.Service
-	web    *web.Server
-	queue  *worker.QueueWorker
-	disp   *worker.Dispatcher
-	poller *mpsaassqs.Poller
-	webLn  net.Listener
-	emLn   net.Listener
+	cfg Config
+	log *slog.Logger
+	db  *sqlite.DB
+	em  *emulator.Server
+	svc *subscription.Service
+	// reconcile compares the buyers with AWS's agreements (every
+	// MPSAAS_RECONCILE_INTERVAL).
+	reconcile *reconcile.Service
+	meter     *metering.Service
+	web       *web.Server
+	queue     *worker.QueueWorker
+	disp      *worker.Dispatcher
+	poller    *mpsaassqs.Poller
+	webLn     net.Listener
+	emLn      net.Listener
 	// metrics are served on metricsLn (MPSAAS_METRICS_ADDR) when set.
 	metrics   *metrics.Metrics
 	metricsLn net.Listener
@@ -175,7 +179,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		deps.Clock = mpsaas.ClockFunc(a.em.Clock.Now)
 	}
 	svc := built.Build(deps)
-	a.svc, a.meter, a.web = svc.Subscriptions, svc.Metering, svc.Web
+	a.svc, a.meter, a.web, a.reconcile = svc.Subscriptions, svc.Metering, svc.Web, svc.Reconcile
 	if a.poller != nil {
 		a.poller.Handler = a.svc
 	}
@@ -367,6 +371,9 @@ func (a *App) Run(ctx context.Context) error {
 	wg.Go(func() { a.queue.Run(workCtx) })
 	wg.Go(func() { a.disp.Run(workCtx) })
 	wg.Go(func() { a.meterLoop(workCtx) })
+	if a.cfg.ReconcileInterval > 0 && len(a.cfg.ProductCodes) > 0 {
+		wg.Go(func() { a.reconcileLoop(workCtx) })
+	}
 	if a.poller != nil {
 		wg.Go(func() { a.poller.Run(workCtx) })
 	}
@@ -461,6 +468,43 @@ func (a *App) pullEmulator(ctx context.Context, client *http.Client, after *int)
 }
 
 // meterLoop runs metering at start and then every interval.
+// reconcileFirst is how long after start serve first reconciles, and
+// reconcileEvery the interval it uses for MPSAAS_RECONCILE_INTERVAL
+// (variables for tests).
+var (
+	reconcileFirst = time.Minute
+	reconcileEvery = func(setting time.Duration) time.Duration { return setting }
+)
+
+// reconcileLoop compares the buyers with AWS's agreements a minute after
+// start, then every MPSAAS_RECONCILE_INTERVAL, recording the repairs unless
+// MPSAAS_RECONCILE=report.
+func (a *App) reconcileLoop(ctx context.Context) {
+	wait := reconcileFirst
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = reconcileEvery(a.cfg.ReconcileInterval)
+		rep, err := a.reconcile.Run(ctx, a.cfg.Reconcile == "apply")
+		if ctx.Err() != nil {
+			return
+		}
+		a.metrics.ObserveReconcile(len(rep.Drift), err)
+		if err != nil {
+			a.log.Error("reconciliation with AWS failed", "err", err)
+			continue
+		}
+		a.log.Info("reconciliation with AWS", "buyers", rep.Buyers, "agreements", rep.Agreements, "drift", len(rep.Drift), "applied", rep.Applied)
+		for _, d := range rep.Drift {
+			a.log.Warn("drift", "kind", d.Kind, "subscriber", d.Subscriber, "account", d.AccountID, "product", d.ProductCode, "agreement", d.AgreementID,
+				"aws", d.AWSStatus, "mpsaas", d.MpsaasStatus, "repair", d.Fix, "applied", d.Applied, "note", d.Note)
+		}
+	}
+}
+
 func (a *App) meterLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.MeterInterval)
 	defer t.Stop()

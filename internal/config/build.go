@@ -13,6 +13,7 @@ import (
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/notify"
+	"github.com/mpsaas/mpsaas/reconcile"
 	mpsaassns "github.com/mpsaas/mpsaas/sns"
 	"github.com/mpsaas/mpsaas/subscription"
 	"github.com/mpsaas/mpsaas/web"
@@ -57,6 +58,8 @@ type Services struct {
 	Marketplace   *marketplace.Client
 	Subscriptions *subscription.Service
 	Metering      *metering.Service
+	// Reconcile compares the buyers with AWS's agreements.
+	Reconcile *reconcile.Service
 	// Web is nil unless Deps.Web.
 	Web *web.Server
 	// Channels are the channels access changes are queued on: every
@@ -82,6 +85,8 @@ func (c *Config) Build(d Deps) *Services {
 	}
 	s.Metering = c.MeteringService(d.Store, d.Store, s.Marketplace, logger)
 	s.Metering.Clock = d.Clock
+	s.Reconcile = &reconcile.Service{Agreements: s.Marketplace, Store: d.Store, Events: s.Subscriptions, Products: c.Resources(), Clock: d.Clock,
+		Logger: logger.With("component", "reconcile")}
 	if d.Web {
 		s.Web = web.New(web.Config{
 			Secret: []byte(c.Secret), ProductName: c.ProductName, SignInURL: c.SignInURL, SupportEmail: c.SupportEmail,
@@ -102,6 +107,20 @@ func (c *Config) MeteringService(store mpsaas.MeterStore, subs metering.Subscrib
 		Listing: c.Listing, HeartbeatDimension: c.HeartbeatDimension, Concurrency: c.MeterConcurrency, SealGrace: c.MeterGrace,
 		Dimensions: c.Dimensions,
 	}
+}
+
+// Resources maps each product code to the resource id the Agreement API
+// knows the product by: MPSAAS_PRODUCT_RESOURCES, or the code itself (as
+// the emulator knows it).
+func (c *Config) Resources() map[string]string {
+	out := make(map[string]string, len(c.ProductCodes))
+	for _, code := range c.ProductCodes {
+		out[code] = code
+		if id, ok := c.ProductResources[code]; ok {
+			out[code] = id
+		}
+	}
+	return out
 }
 
 // emails reports whether access-change emails reach buyers.

@@ -42,14 +42,15 @@ const (
 
 // Lambda function roles (MPSAAS_FUNCTION).
 const (
-	RoleAPI      = "api"
-	RoleEvents   = "events"
-	RoleDispatch = "dispatch"
-	RoleMeter    = "meter"
+	RoleAPI       = "api"
+	RoleEvents    = "events"
+	RoleDispatch  = "dispatch"
+	RoleMeter     = "meter"
+	RoleReconcile = "reconcile"
 )
 
 // Roles are the Lambda function roles.
-var Roles = []string{RoleAPI, RoleEvents, RoleDispatch, RoleMeter}
+var Roles = []string{RoleAPI, RoleEvents, RoleDispatch, RoleMeter, RoleReconcile}
 
 // Config is the whole configuration. It is read from MPSAAS_* environment
 // variables; on the command line, flags override them.
@@ -62,9 +63,13 @@ type Config struct {
 	SignInURL    string
 	SignupURL    string
 	ClaimTTLText string
-	SupportEmail string
-	CORSOrigins  []string
-	WebPagesText string
+	// Reconciliation with the Agreement API.
+	ProductResourcesText  string
+	Reconcile             string // apply or report
+	ReconcileIntervalText string
+	SupportEmail          string
+	CORSOrigins           []string
+	WebPagesText          string
 
 	// Access-change channels.
 	WebhookURL     string
@@ -127,6 +132,10 @@ type Config struct {
 	Dimensions       []string
 	Retention        time.Duration
 	ClaimTTL         time.Duration
+	// ProductResources maps product codes to the Agreement API's resource
+	// ids of the products, where they differ (see Resources).
+	ProductResources  map[string]string
+	ReconcileInterval time.Duration
 }
 
 // Setting describes one configuration value for flags, the environment,
@@ -152,6 +161,9 @@ func (c *Config) Settings() []Setting {
 		{Name: "product-name", Arg: "NAME", Env: "MPSAAS_PRODUCT_NAME", Def: "Example SaaS", Runtimes: Both, Usage: "product name shown to buyers", ptr: &c.ProductName},
 		{Name: "sign-in-url", Arg: "URL", Env: "MPSAAS_SIGN_IN_URL", Runtimes: Both, Usage: "where registered buyers sign in to your application", ptr: &c.SignInURL},
 		{Name: "signup-url", Arg: "URL", Env: "MPSAAS_SIGNUP_URL", Runtimes: Both, Usage: "your own sign-up or sign-in page: buyers coming from AWS Marketplace are sent there with a claim code (?code=) that your backend redeems at POST /v1/claims/{code}, instead of mpsaas's registration form", ptr: &c.SignupURL},
+		{Name: "product-resources", Arg: "CODE=ID,...", Env: "MPSAAS_PRODUCT_RESOURCES", Runtimes: Both, Usage: "the Agreement API's resource id of each product code, for reconciliation (AWS: prod-...; default: the product code itself, as the emulator knows it)", ptr: &c.ProductResourcesText},
+		{Name: "reconcile", Arg: "MODE", Env: "MPSAAS_RECONCILE", Def: "apply", Runtimes: Both, Usage: "scheduled reconciliation with AWS's agreements: apply (record the events lost notifications would have carried) or report (log the drift only)", ptr: &c.Reconcile},
+		{Name: "reconcile-interval", Arg: "DURATION", Env: "MPSAAS_RECONCILE_INTERVAL", Def: "24h", Runtimes: Serve, Usage: "how often serve reconciles with AWS's agreements (0: never; the Lambda stack runs it daily)", ptr: &c.ReconcileIntervalText},
 		{Name: "claim-ttl", Arg: "DURATION", Env: "MPSAAS_CLAIM_TTL", Def: "10m", Runtimes: Both, Usage: "how long a claim code can be redeemed (1m to 24h)", ptr: &c.ClaimTTLText},
 		{Name: "support-email", Arg: "EMAIL", Env: "MPSAAS_SUPPORT_EMAIL", Runtimes: Both, Usage: "support address shown on buyer pages", ptr: &c.SupportEmail},
 		{Name: "cors-origins", Arg: "ORIGINS", Env: "MPSAAS_CORS_ORIGINS", Runtimes: Both, Usage: "origins allowed to call POST /subscriber from a browser (comma-separated, * for any)", list: &c.CORSOrigins},
@@ -288,7 +300,7 @@ func (c *Config) Validate(rt Runtime) error {
 		errs = append(errs, fmt.Errorf("MPSAAS_LISTING %q: want subscriptions, contracts or contracts_with_subscription", c.Listing))
 	}
 	if rt == Lambda && !slices.Contains(Roles, c.Function) {
-		errs = append(errs, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events, dispatch or meter", c.Function))
+		errs = append(errs, fmt.Errorf("MPSAAS_FUNCTION %q: want api, events, dispatch, meter or reconcile", c.Function))
 	}
 	switch {
 	case rt == Lambda && c.Function == RoleAPI && len(c.Secret) < 32:
@@ -321,6 +333,31 @@ func (c *Config) Validate(rt Runtime) error {
 	}
 	if c.SignupURL != "" && !httpURL(c.SignupURL) {
 		errs = append(errs, fmt.Errorf("MPSAAS_SIGNUP_URL %q: want an http(s) URL", c.SignupURL))
+	}
+	c.ProductResources = map[string]string{}
+	for _, pair := range strings.Split(c.ProductResourcesText, ",") {
+		if pair = strings.TrimSpace(pair); pair == "" {
+			continue
+		}
+		code, id, ok := strings.Cut(pair, "=")
+		switch {
+		case !ok || code == "" || id == "":
+			errs = append(errs, fmt.Errorf("MPSAAS_PRODUCT_RESOURCES %q: want CODE=RESOURCE_ID pairs separated by commas, such as abc123=prod-xyz789", c.ProductResourcesText))
+		case !slices.Contains(c.ProductCodes, code):
+			errs = append(errs, fmt.Errorf("MPSAAS_PRODUCT_RESOURCES: %s is not one of MPSAAS_PRODUCT_CODES %v", code, c.ProductCodes))
+		default:
+			c.ProductResources[code] = id
+		}
+	}
+	if c.Reconcile != "apply" && c.Reconcile != "report" {
+		errs = append(errs, fmt.Errorf("MPSAAS_RECONCILE %q: want apply or report", c.Reconcile))
+	}
+	if rt == Serve {
+		if d, err := time.ParseDuration(c.ReconcileIntervalText); err != nil || (d != 0 && d < time.Minute) {
+			errs = append(errs, fmt.Errorf("MPSAAS_RECONCILE_INTERVAL %q: want 0 (never) or a duration of at least 1m, such as 24h", c.ReconcileIntervalText))
+		} else {
+			c.ReconcileInterval = d
+		}
 	}
 	if d, err := time.ParseDuration(c.ClaimTTLText); err != nil || d < time.Minute || d > 24*time.Hour {
 		errs = append(errs, fmt.Errorf("MPSAAS_CLAIM_TTL %q: want a duration from 1m to 24h, such as 10m", c.ClaimTTLText))
