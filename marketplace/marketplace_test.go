@@ -17,6 +17,7 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/marketplace"
+	"github.com/mpsaas/mpsaas/reconcile"
 )
 
 func setup(t *testing.T) (*emulator.Server, *marketplace.Client) {
@@ -109,5 +110,51 @@ func TestGetEntitlementsAllPagesBothProtocols(t *testing.T) {
 	}
 	if _, _, err := c.GetEntitlements(ctx, mpsaas.Customer{ProductCode: "big"}); mpsaas.ErrorCode(err) != mpsaas.EINVALID {
 		t.Errorf("no identifier: %v, want EINVALID", err)
+	}
+}
+
+// TestProductAgreementsPages: the agreements of a product are read 50 a
+// page (the Agreement API's limit) until the last, each exactly once, and
+// only the product's.
+func TestProductAgreementsPages(t *testing.T) {
+	em := emulator.New(emulator.DefaultConfig())
+	srv := httptest.NewServer(em.Handler())
+	t.Cleanup(srv.Close)
+	c := marketplace.New(aws.Config{Region: "us-east-1", Credentials: credentials.NewStaticCredentialsProvider("A", "B", "")},
+		marketplace.Options{AgreementEndpoint: srv.URL})
+	for _, code := range []string{"many", "other"} {
+		if _, err := em.AddProduct(emulator.Product{Code: code, Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: []emulator.Dimension{{Name: "u"}}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 123 {
+		b, err := em.AddBuyer(emulator.Buyer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		product := "many"
+		if i%10 == 0 {
+			product = "other"
+		}
+		if _, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: product, BuyerAccountID: b.AccountID}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	seen := map[string]bool{}
+	err := c.ProductAgreements(context.Background(), "many", func(a reconcile.Agreement) error {
+		if seen[a.ID] || a.Status != "ACTIVE" || a.AcceptorAccountID == "" || a.Start.IsZero() {
+			t.Errorf("agreement %+v (seen before: %v)", a, seen[a.ID])
+		}
+		seen[a.ID] = true
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(seen) != 110 {
+		t.Errorf("%d agreements, want the product's 110", len(seen))
+	}
+	if calls := em.Calls()["SearchAgreements"]; calls != 3 {
+		t.Errorf("%d SearchAgreements calls, want 3 pages of at most 50", calls)
 	}
 }
