@@ -1507,6 +1507,15 @@ func (r *resolver) load(ctx context.Context, keys []itemKey) error {
 	return nil
 }
 
+// loadRows reads the items of a ledger part's records, 100 a request.
+func (r *resolver) loadRows(ctx context.Context, rows []ledgerRow) error {
+	keys := make([]itemKey, len(rows))
+	for i, row := range rows {
+		keys[i] = itemKey{row.Sub, row.Dim, row.MeterHour}
+	}
+	return r.load(ctx, keys)
+}
+
 // final returns the item holding the usage of k now (nil: none).
 func (r *resolver) final(ctx context.Context, k itemKey) (itemKey, map[string]types.AttributeValue, error) {
 	for range 100 {
@@ -1544,11 +1553,7 @@ func (s *HourStore) Ledger(ctx context.Context, f mpsaas.LedgerFilter) ([]mpsaas
 		}
 		var page []mpsaas.LedgerEntry
 		err := s.ledgerParts(ctx, k, from-1, func(key string, rows []ledgerRow) error {
-			var keys []itemKey
-			for _, r := range rows {
-				keys = append(keys, itemKey{r.Sub, r.Dim, r.MeterHour})
-			}
-			if err := res.load(ctx, keys); err != nil {
+			if err := res.loadRows(ctx, rows); err != nil {
 				return err
 			}
 			for _, r := range rows {
@@ -1741,11 +1746,7 @@ func (s *HourStore) VerifyMetering(ctx context.Context, scope mpsaas.VerifyScope
 	full := func() bool { return limit > 0 && len(out) >= limit }
 	for k := 0; k < hourShards && !full(); k++ {
 		err := s.ledgerParts(ctx, k, int64(k)<<40-1, func(_ string, rows []ledgerRow) error {
-			var keys []itemKey
-			for _, r := range rows {
-				keys = append(keys, itemKey{r.Sub, r.Dim, r.MeterHour})
-			}
-			if err := res.load(ctx, keys); err != nil {
+			if err := res.loadRows(ctx, rows); err != nil {
 				return err
 			}
 			for _, r := range rows {
