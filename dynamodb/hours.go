@@ -753,8 +753,18 @@ func (s *HourStore) advance(ctx context.Context, from, before int64) (int64, err
 	if err != nil {
 		return from, err
 	}
+	// An hour with records still in a batch cannot be folded: while any
+	// batch is unfinished, fold only hours already marked done, instead
+	// of reading a whole hour again on every run.
+	pending, err := s.pendingBatches(ctx, s.Now())
+	if err != nil {
+		return from, err
+	}
 	h := from
 	for ; h < before; h += 3600 {
+		if len(pending) > 0 && !metas[h].done {
+			break
+		}
 		m := metas[h]
 		if m.done {
 			continue
