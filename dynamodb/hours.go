@@ -1214,7 +1214,10 @@ func (s *HourStore) pendingBatches(ctx context.Context, now time.Time) ([]map[st
 		err := parallel(ctx, hourShards, s.workers(), func(k int) error {
 			return s.pages(ctx, &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true),
 				KeyConditionExpression: aws.String("pk = :p"), FilterExpression: aws.String("#st = :pending"),
-				ExpressionAttributeNames:  map[string]string{"#st": "st"},
+				// Only what scheduling needs: the record keys of thousands of
+				// batches would make memory grow with the number of buyers.
+				ProjectionExpression:      aws.String("id, #st, #next, attempts, pc"),
+				ExpressionAttributeNames:  map[string]string{"#st": "st", "#next": "next"},
 				ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("b#%d#%d", b, k)), ":pending": sv("pending")}},
 				func(it map[string]types.AttributeValue) error {
 					mu.Lock()
@@ -1273,8 +1276,11 @@ func (s *HourStore) DueBatches(ctx context.Context, now time.Time, limit int) ([
 	err = parallel(ctx, len(due), s.workers(), func(i int) error {
 		it := due[i]
 		b := mpsaas.MeterBatch{ID: getN(it, "id"), ProductCode: getS(it, "pc"), Attempts: int(getN(it, "attempts")), NextAttempt: fromN(getN(it, "next"))}
-		var err error
-		b.Records, _, err = s.batchRecords(ctx, it)
+		full, err := s.getBatch(ctx, b.ID)
+		if err != nil {
+			return err
+		}
+		b.Records, _, err = s.batchRecords(ctx, full)
 		out[i] = b
 		return err
 	})
