@@ -23,6 +23,7 @@ func TestDependencyRules(t *testing.T) {
 		mod + "/sqlite":       {mod},
 		mod + "/dynamodb":     {mod},
 		mod + "/metering":     {mod},
+		mod + "/reconcile":    {mod},
 		mod + "/client":       {mod},
 		mod + "/sqs":          {mod},
 		mod + "/sns":          {mod},

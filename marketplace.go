@@ -3,6 +3,7 @@ package mpsaas
 import (
 	"context"
 	"errors"
+	"time"
 )
 
 // Marketplace is the part of the AWS Marketplace APIs the registration and
@@ -49,4 +50,14 @@ func AWSErrorCode(err error) string {
 		return c.AWSErrorCode()
 	}
 	return ""
+}
+
+// Agreement is what the AWS Marketplace Agreement API says about one
+// purchase agreement (reconciliation compares buyers with it).
+type Agreement struct {
+	ID                string
+	Status            string // ACTIVE, CANCELLED, EXPIRED, TERMINATED, ...
+	AcceptorAccountID string
+	Resource          string // the product's resource id
+	Start, End        time.Time
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/aws/smithy-go"
 
 	"github.com/mpsaas/mpsaas"
-	"github.com/mpsaas/mpsaas/reconcile"
 )
 
 // Client talks to AWS Marketplace.
@@ -320,7 +319,7 @@ func allocations(a map[string]int64) []mmtypes.UsageAllocation {
 // ProductAgreements pages through the purchase agreements of a product
 // (SearchAgreements as the proposer, 50 a page; the SDK retries throttling
 // with backoff) and calls fn with each.
-func (c *Client) ProductAgreements(ctx context.Context, resource string, fn func(reconcile.Agreement) error) error {
+func (c *Client) ProductAgreements(ctx context.Context, resource string, fn func(mpsaas.Agreement) error) error {
 	filter := func(name, v string) agrtypes.Filter {
 		return agrtypes.Filter{Name: aws.String(name), Values: []string{v}}
 	}
@@ -332,7 +331,7 @@ func (c *Client) ProductAgreements(ctx context.Context, resource string, fn func
 			return translate("SearchAgreements", err)
 		}
 		for _, v := range out.AgreementViewSummaries {
-			a := reconcile.Agreement{ID: aws.ToString(v.AgreementId), Status: string(v.Status), Resource: resource,
+			a := mpsaas.Agreement{ID: aws.ToString(v.AgreementId), Status: string(v.Status), Resource: resource,
 				Start: aws.ToTime(v.StartTime), End: aws.ToTime(v.EndTime)}
 			if v.Acceptor != nil {
 				a.AcceptorAccountID = aws.ToString(v.Acceptor.AccountId)

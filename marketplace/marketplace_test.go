@@ -17,7 +17,6 @@ import (
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/marketplace"
-	"github.com/mpsaas/mpsaas/reconcile"
 )
 
 func setup(t *testing.T) (*emulator.Server, *marketplace.Client) {
@@ -141,7 +140,7 @@ func TestProductAgreementsPages(t *testing.T) {
 		}
 	}
 	seen := map[string]bool{}
-	err := c.ProductAgreements(context.Background(), "many", func(a reconcile.Agreement) error {
+	err := c.ProductAgreements(context.Background(), "many", func(a mpsaas.Agreement) error {
 		if seen[a.ID] || a.Status != "ACTIVE" || a.AcceptorAccountID == "" || a.Start.IsZero() {
 			t.Errorf("agreement %+v (seen before: %v)", a, seen[a.ID])
 		}

@@ -17,18 +17,9 @@ import (
 	"github.com/mpsaas/mpsaas"
 )
 
-// Agreement is what the Agreement API says about one purchase agreement.
-type Agreement struct {
-	ID                string
-	Status            string // ACTIVE, CANCELLED, EXPIRED, TERMINATED, ...
-	AcceptorAccountID string
-	Resource          string // the product's resource id
-	Start, End        time.Time
-}
-
 // Agreements pages through the purchase agreements of a product.
 type Agreements interface {
-	ProductAgreements(ctx context.Context, resource string, fn func(Agreement) error) error
+	ProductAgreements(ctx context.Context, resource string, fn func(mpsaas.Agreement) error) error
 }
 
 // Store lists the buyers and reads one back.
@@ -112,9 +103,9 @@ var allStatuses = []mpsaas.Status{mpsaas.StatusPending, mpsaas.StatusActive, mps
 func (s *Service) Run(ctx context.Context, apply bool) (Report, error) {
 	rep := Report{Drift: []Drift{}, Applied: apply}
 	type key struct{ account, product string }
-	latest := map[key]Agreement{}
+	latest := map[key]mpsaas.Agreement{}
 	for product, resource := range s.Products {
-		err := s.Agreements.ProductAgreements(ctx, resource, func(a Agreement) error {
+		err := s.Agreements.ProductAgreements(ctx, resource, func(a mpsaas.Agreement) error {
 			rep.Agreements++
 			k := key{a.AcceptorAccountID, product}
 			if old, ok := latest[k]; !ok || a.Start.After(old.Start) || (a.Start.Equal(old.Start) && a.Status == "ACTIVE") {
@@ -190,7 +181,7 @@ func (s *Service) Run(ctx context.Context, apply bool) (Report, error) {
 
 // repair records the event AWS's notification would have carried, with an
 // id of its own (agreement and status): a second repair adds nothing.
-func (s *Service) repair(ctx context.Context, sub *mpsaas.Subscriber, a Agreement, d *Drift) error {
+func (s *Service) repair(ctx context.Context, sub *mpsaas.Subscriber, a mpsaas.Agreement, d *Drift) error {
 	e := mpsaas.Event{ID: "reconcile:" + a.ID + ":" + a.Status, Kind: mpsaas.EventKind(d.Fix), Source: "reconcile", Time: d.Since,
 		Identity: sub.Identity, AgreementStatus: a.Status, ReceivedAt: s.now()}
 	e.AgreementID = a.ID
