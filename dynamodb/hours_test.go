@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sort"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -20,6 +19,7 @@ import (
 	"github.com/mpsaas/mpsaas/internal/metermodel"
 	"github.com/mpsaas/mpsaas/internal/testenv"
 	"github.com/mpsaas/mpsaas/metering"
+	"github.com/mpsaas/mpsaas/storetest"
 	"github.com/mpsaas/mpsaas/subscription"
 )
 
@@ -111,22 +111,6 @@ func ledgerOf(t *testing.T, st *dynamodb.HourStore) (map[string]int64, []mpsaas.
 	return out, all
 }
 
-func hoursSummary(t *testing.T, st *dynamodb.HourStore) string {
-	t.Helper()
-	sum, err := st.MeterSummary(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for s, c := range sum {
-		if c.Records != 0 || c.Quantity != 0 {
-			got = append(got, fmt.Sprintf("%s:%d/%d", s, c.Records, c.Quantity))
-		}
-	}
-	sort.Strings(got)
-	return strings.Join(got, " ")
-}
-
 func TestHourStoreIdempotencyAndLateUsage(t *testing.T) {
 	ctx := context.Background()
 	now := h10.Add(2*time.Hour + 30*time.Minute)
@@ -144,7 +128,7 @@ func TestHourStoreIdempotencyAndLateUsage(t *testing.T) {
 	if _, err := st.AddUsage(ctx, "k1", "other", rows[:1], open, now); mpsaas.ErrorCode(err) != mpsaas.ECONFLICT {
 		t.Errorf("key reused with other records: %v, want ECONFLICT", err)
 	}
-	if got := hoursSummary(t, st); got != "pending:3/9" {
+	if got := storetest.Summary(t, st); got != "pending:3/9" {
 		t.Errorf("summary %s, want pending:3/9", got)
 	}
 	_, entries := ledgerOf(t, st)
@@ -169,7 +153,7 @@ func TestHourStoreIdempotencyAndLateUsage(t *testing.T) {
 	if late := entries[len(entries)-1]; !strings.Contains(late.Reason, "late usage") {
 		t.Errorf("late entry %+v has no late reason", late)
 	}
-	if got := hoursSummary(t, st); got != "batched:3/9 pending:2/8" {
+	if got := storetest.Summary(t, st); got != "batched:3/9 pending:2/8" {
 		t.Errorf("summary %s, want batched:3/9 pending:2/8", got)
 	}
 	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{}, 0); err != nil || len(vs) != 0 {
@@ -215,7 +199,7 @@ func TestHourStoreLargeRequestResumes(t *testing.T) {
 	if err != nil || r.Accepted != 2500 || !r.Replayed {
 		t.Fatalf("retried AddUsage = %+v, %v; want the receipt of 2500, replayed", r, err)
 	}
-	if got, want := hoursSummary(t, st), fmt.Sprintf("pending:2500/%d", total); got != want {
+	if got, want := storetest.Summary(t, st), fmt.Sprintf("pending:2500/%d", total); got != want {
 		t.Errorf("summary %s, want %s", got, want)
 	}
 	_, entries := ledgerOf(t, st)
@@ -259,7 +243,7 @@ func TestHourStoreReplayMovesTheWholeRecord(t *testing.T) {
 	if err := st.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: due[0].ID, Outcomes: outcomes}}); err != nil {
 		t.Fatal(err)
 	}
-	if got := hoursSummary(t, st); got != "billed:1/2 flagged:2/5" {
+	if got := storetest.Summary(t, st); got != "billed:1/2 flagged:2/5" {
 		t.Fatalf("summary %s", got)
 	}
 	n, err := st.Replay(ctx, []int64{r.FirstID}, open)
@@ -274,7 +258,7 @@ func TestHourStoreReplayMovesTheWholeRecord(t *testing.T) {
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("ledger %v\nwant %v", got, want)
 	}
-	if got := hoursSummary(t, st); got != "billed:1/2 pending:2/5" {
+	if got := storetest.Summary(t, st); got != "billed:1/2 pending:2/5" {
 		t.Errorf("summary %s, want billed:1/2 pending:2/5", got)
 	}
 	if vs, err := st.VerifyMetering(ctx, mpsaas.VerifyScope{}, 0); err != nil || len(vs) != 0 {

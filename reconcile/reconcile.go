@@ -77,6 +77,15 @@ type Report struct {
 	Applied    bool    `json:"applied"` // repairs were recorded (not a dry run)
 }
 
+// Log writes the report: one line for the run, one warning per drift.
+func (r Report) Log(ctx context.Context, logger *slog.Logger) {
+	logger.InfoContext(ctx, "reconciliation with AWS", "buyers", r.Buyers, "agreements", r.Agreements, "drift", len(r.Drift), "applied", r.Applied)
+	for _, d := range r.Drift {
+		logger.WarnContext(ctx, "drift", "kind", d.Kind, "subscriber", d.Subscriber, "account", d.AccountID, "product", d.ProductCode,
+			"agreement", d.AgreementID, "aws", d.AWSStatus, "mpsaas", d.MpsaasStatus, "repair", d.Fix, "applied", d.Applied, "note", d.Note)
+	}
+}
+
 // Service reconciles. Products maps each product code to the resource id
 // the Agreement API knows the product by (the emulator uses the product
 // code; AWS uses the product id, prod-...).

@@ -147,11 +147,7 @@ func (a *App) reconcileRun(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	a.logger.InfoContext(ctx, "reconciliation with AWS", "buyers", rep.Buyers, "agreements", rep.Agreements, "drift", len(rep.Drift), "applied", rep.Applied)
-	for _, d := range rep.Drift {
-		a.logger.WarnContext(ctx, "drift", "kind", d.Kind, "subscriber", d.Subscriber, "account", d.AccountID, "product", d.ProductCode,
-			"agreement", d.AgreementID, "aws", d.AWSStatus, "mpsaas", d.MpsaasStatus, "repair", d.Fix, "applied", d.Applied, "note", d.Note)
-	}
+	rep.Log(ctx, a.logger)
 	return a.metrics.Put(map[string]int64{"ReconcileDrift": int64(len(rep.Drift))})
 }
 

@@ -92,10 +92,7 @@ func runMeter(ctx context.Context, args []string, getenv func(string) string, st
 	if err := cfg.Validate(config.Serve); err != nil {
 		return fmt.Errorf("configuration:\n%w", err)
 	}
-	if _, err := os.Stat(cfg.DB); err != nil {
-		return fmt.Errorf("database %s: %w (set MPSAAS_DB or --db)", cfg.DB, err)
-	}
-	db, err := sqlite.Open(ctx, cfg.DB)
+	db, err := openExistingDB(ctx, cfg.DB)
 	if err != nil {
 		return err
 	}
@@ -220,17 +217,43 @@ func meterVerify(ctx context.Context, m *metering.Service, limit int, asJSON boo
 
 // meteringClient builds the SDK client for metering: AWS, or the endpoint
 // overrides. `meter run` never starts an emulator of its own.
+// openExistingDB opens the database of a command that works on serve's
+// data: it must exist (a typo must not create an empty one).
+func openExistingDB(ctx context.Context, path string) (*sqlite.DB, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("database %s: %w (set MPSAAS_DB or --db)", path, err)
+	}
+	return sqlite.Open(ctx, path)
+}
+
+// marketplaceAWS is the AWS configuration of the Marketplace clients: when
+// every one of endpoints is overridden and no AWS credentials are set, an
+// emulator (which accepts any signature; local is true); otherwise the
+// SDK's default chain.
+func marketplaceAWS(ctx context.Context, cfg Config, getenv func(string) string, endpoints ...string) (awsCfg aws.Config, local bool, err error) {
+	local = getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == ""
+	for _, e := range endpoints {
+		local = local && e != ""
+	}
+	if local {
+		return aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}, true, nil
+	}
+	if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
+		return aws.Config{}, false, fmt.Errorf("load AWS configuration: %w", err)
+	}
+	return awsCfg, false, nil
+}
+
 func meteringClient(ctx context.Context, cfg Config, getenv func(string) string) (*marketplace.Client, string, error) {
 	opts := marketplace.Options{MeteringEndpoint: cfg.MeteringEndpoint, EntitlementEndpoint: cfg.EntitlementEndpoint}
 	if cfg.MeteringEndpoint != "" {
-		awsCfg := aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
-		target := targetEmulator
-		if getenv("AWS_ACCESS_KEY_ID") != "" || getenv("AWS_PROFILE") != "" {
-			var err error
-			if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
-				return nil, "", fmt.Errorf("load AWS configuration: %w", err)
-			}
-			target = targetAWS
+		awsCfg, local, err := marketplaceAWS(ctx, cfg, getenv, cfg.MeteringEndpoint)
+		if err != nil {
+			return nil, "", err
+		}
+		target := targetAWS
+		if local {
+			target = targetEmulator
 		}
 		return marketplace.New(awsCfg, opts), target, nil
 	}

@@ -7,15 +7,11 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 	"text/tabwriter"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awsconfig "github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 
 	"github.com/mpsaas/mpsaas/internal/config"
-	"github.com/mpsaas/mpsaas/sqlite"
 )
 
 const reconcileUsage = `Usage: mpsaas reconcile [flags]
@@ -62,21 +58,15 @@ func runReconcile(ctx context.Context, args []string, getenv func(string) string
 	if len(cfg.ProductCodes) == 0 {
 		return usageError{errors.New("reconcile: set MPSAAS_PRODUCT_CODES (or --product-codes): the products whose agreements to compare")}
 	}
-	if _, err := os.Stat(cfg.DB); err != nil {
-		return fmt.Errorf("database %s: %w (set MPSAAS_DB or --db)", cfg.DB, err)
-	}
-	db, err := sqlite.Open(ctx, cfg.DB)
+	db, err := openExistingDB(ctx, cfg.DB)
 	if err != nil {
 		return err
 	}
 	defer db.Close()
 	logger := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
-	var awsCfg aws.Config
-	if cfg.AgreementEndpoint != "" && cfg.EntitlementEndpoint != "" && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == "" {
-		// Endpoint overrides without credentials: an emulator.
-		awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
-	} else if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
-		return fmt.Errorf("load AWS configuration: %w", err)
+	awsCfg, _, err := marketplaceAWS(ctx, cfg, getenv, cfg.AgreementEndpoint, cfg.EntitlementEndpoint)
+	if err != nil {
+		return err
 	}
 	var channelAWS aws.Config
 	if cfg.AccessTopicArn != "" || cfg.SESFrom != "" {

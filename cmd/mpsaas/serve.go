@@ -126,13 +126,12 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("emulator", "emulator", "")}
 		mpOpts = marketplace.Options{MeteringEndpoint: emURL, EntitlementEndpoint: emURL, AgreementEndpoint: emURL}
 	} else {
-		local := cfg.MeteringEndpoint != "" && cfg.EntitlementEndpoint != "" && getenv("AWS_ACCESS_KEY_ID") == "" && getenv("AWS_PROFILE") == ""
+		var local bool
+		if awsCfg, local, err = marketplaceAWS(ctx, cfg, getenv, cfg.MeteringEndpoint, cfg.EntitlementEndpoint); err != nil {
+			return nil, err
+		}
 		if local {
-			// Endpoint overrides without AWS credentials: an emulator, which accepts any signature.
 			target = targetEmulator
-			awsCfg = aws.Config{Region: cfg.Region, Credentials: credentials.NewStaticCredentialsProvider("local", "local", "")}
-		} else if awsCfg, err = awsconfig.LoadDefaultConfig(ctx, awsconfig.WithRegion(cfg.Region)); err != nil {
-			return nil, fmt.Errorf("load AWS configuration: %w", err)
 		}
 	}
 
@@ -497,11 +496,7 @@ func (a *App) reconcileLoop(ctx context.Context) {
 			a.log.Error("reconciliation with AWS failed", "err", err)
 			continue
 		}
-		a.log.Info("reconciliation with AWS", "buyers", rep.Buyers, "agreements", rep.Agreements, "drift", len(rep.Drift), "applied", rep.Applied)
-		for _, d := range rep.Drift {
-			a.log.Warn("drift", "kind", d.Kind, "subscriber", d.Subscriber, "account", d.AccountID, "product", d.ProductCode, "agreement", d.AgreementID,
-				"aws", d.AWSStatus, "mpsaas", d.MpsaasStatus, "repair", d.Fix, "applied", d.Applied, "note", d.Note)
-		}
+		rep.Log(ctx, a.log)
 	}
 }
 
