@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 )
@@ -37,6 +38,12 @@ func TestValidateByRuntimeAndRole(t *testing.T) {
 		{"claim TTL too short", Lambda, map[string]string{"MPSAAS_FUNCTION": "api", "MPSAAS_SECRET": strings.Repeat("s", 32), "MPSAAS_CLAIM_TTL": "10s"}, "MPSAAS_CLAIM_TTL"},
 		{"claim TTL too long", Serve, map[string]string{"MPSAAS_CLAIM_TTL": "48h"}, "MPSAAS_CLAIM_TTL"},
 		{"agreement endpoint", Serve, map[string]string{"MPSAAS_AGREEMENT_ENDPOINT": "localhost:8081"}, "MPSAAS_AGREEMENT_ENDPOINT"},
+		{"product resources malformed", Serve, map[string]string{"MPSAAS_PRODUCT_CODES": "abc", "MPSAAS_PRODUCT_RESOURCES": "abc"}, "MPSAAS_PRODUCT_RESOURCES"},
+		{"product resources of another product", Serve, map[string]string{"MPSAAS_PRODUCT_CODES": "abc", "MPSAAS_PRODUCT_RESOURCES": "xyz=prod-1"}, "MPSAAS_PRODUCT_RESOURCES"},
+		{"product resources", Lambda, map[string]string{"MPSAAS_FUNCTION": "reconcile", "MPSAAS_PRODUCT_CODES": "abc,def", "MPSAAS_PRODUCT_RESOURCES": "abc=prod-1, def=prod-2"}, ""},
+		{"reconcile mode", Lambda, map[string]string{"MPSAAS_FUNCTION": "reconcile", "MPSAAS_RECONCILE": "fix"}, "MPSAAS_RECONCILE"},
+		{"reconcile interval too short", Serve, map[string]string{"MPSAAS_RECONCILE_INTERVAL": "10s"}, "MPSAAS_RECONCILE_INTERVAL"},
+		{"reconcile never", Serve, map[string]string{"MPSAAS_RECONCILE_INTERVAL": "0"}, ""},
 		{"serve-only settings are not checked on Lambda", Lambda, map[string]string{"MPSAAS_FUNCTION": "meter", "MPSAAS_METER_INTERVAL": "often"}, ""},
 		{"...but are on serve", Serve, map[string]string{"MPSAAS_METER_INTERVAL": "often"}, "MPSAAS_METER_INTERVAL"},
 	} {
@@ -97,5 +104,17 @@ func TestEveryProcessQueuesWhatTheSenderDelivers(t *testing.T) {
 	}
 	if channels, senders := c.channels(Deps{Runtime: Serve, LogEmails: true}); strings.Join(channels, ",") != "notify" || senders["notify"] == nil {
 		t.Errorf("serve: %v %v", channels, senders)
+	}
+}
+
+// TestResources: each product code maps to its Agreement API resource id,
+// the code itself unless MPSAAS_PRODUCT_RESOURCES says otherwise.
+func TestResources(t *testing.T) {
+	c, err := load(Serve, map[string]string{"MPSAAS_PRODUCT_CODES": "abc,def", "MPSAAS_PRODUCT_RESOURCES": "def=prod-9"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(c.Resources()); got != "map[abc:abc def:prod-9]" {
+		t.Errorf("Resources() = %s", got)
 	}
 }
