@@ -47,11 +47,13 @@ type Options struct {
 func New(cfg aws.Config, opts Options) *Client {
 	return &Client{
 		Metering: mm.NewFromConfig(cfg, func(o *mm.Options) {
+			o.HTTPClient = guard(o.HTTPClient)
 			if opts.MeteringEndpoint != "" {
 				o.BaseEndpoint = aws.String(opts.MeteringEndpoint)
 			}
 		}),
 		Entitlement: ent.NewFromConfig(cfg, func(o *ent.Options) {
+			o.HTTPClient = guard(o.HTTPClient)
 			o.Region = "us-east-1"
 			if opts.EntitlementEndpoint != "" {
 				o.BaseEndpoint = aws.String(opts.EntitlementEndpoint)
@@ -59,6 +61,7 @@ func New(cfg aws.Config, opts Options) *Client {
 		}),
 		// The Agreement API, like the entitlement service, is served in us-east-1.
 		Agreement: agr.NewFromConfig(cfg, func(o *agr.Options) {
+			o.HTTPClient = guard(o.HTTPClient)
 			o.Region = "us-east-1"
 			if opts.AgreementEndpoint != "" {
 				o.BaseEndpoint = aws.String(opts.AgreementEndpoint)
