@@ -318,4 +318,9 @@ type OutboxMessage struct {
 	Attempts       int
 	NextAttemptAt  time.Time
 	LastError      string
+	// SubscriberKey, CreatedAt and DeliveredAt (zero: not delivered) are
+	// filled by the console's reads (DeliveriesFor, FailedDeliveries).
+	SubscriberKey string
+	CreatedAt     time.Time
+	DeliveredAt   time.Time
 }

@@ -6,6 +6,8 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 type Store interface {
 	mpsaas.SubscriberStore
 	mpsaas.Outbox
+	mpsaas.ConsoleStore
 }
 
 // Run runs the suite. newStore must return an empty store for each call.
@@ -23,6 +26,7 @@ func Run(t *testing.T, newStore func(t *testing.T) Store) {
 	t.Run("SubscriberRoundTripAndVersioning", func(t *testing.T) { testSubscriber(t, newStore(t)) })
 	t.Run("EventsDedupeAndCorrelation", func(t *testing.T) { testEvents(t, newStore(t)) })
 	t.Run("OutboxOncePerChannel", func(t *testing.T) { testOutbox(t, newStore(t)) })
+	t.Run("ConsoleListsAndRetries", func(t *testing.T) { testConsole(t, newStore(t)) })
 }
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -176,5 +180,131 @@ func testOutbox(t *testing.T, st Store) {
 	due, _ = st.DueMessages(ctx, later, 10)
 	if len(due) != 1 || due[0].Attempts != 1 || due[0].LastError != "boom" {
 		t.Errorf("due at retry time = %+v, want the failed one with 1 attempt", due)
+	}
+}
+
+// testConsole: the console's buyer list pages through every buyer once,
+// searches and filters the same way on every store, and failed deliveries
+// can be listed and retried.
+func testConsole(t *testing.T, st Store) {
+	ctx := context.Background()
+	channels := []string{mpsaas.ChannelWebhook, mpsaas.ChannelNotify}
+	for i := 0; i < 23; i++ {
+		s := &mpsaas.Subscriber{Key: fmt.Sprintf("cust-%02d", i), Identity: mpsaas.Identity{CustomerIdentifier: fmt.Sprintf("cust-%02d", i), ProductCode: "prod-a"},
+			State: mpsaas.State{Status: mpsaas.StatusActive}, Access: mpsaas.AccessGranted, AccessVersion: 1}
+		if i%2 == 1 {
+			s.ProductCode, s.Status = "prod-b", mpsaas.StatusCancelled
+		}
+		if i == 7 {
+			s.CompanyName, s.ContactEmail, s.RegisteredAt = "Example Corp", "Ops@Example.com", t0
+		}
+		if i == 8 {
+			s.FreeTrial = true
+		}
+		ch := mpsaas.NewAccessChange(s, t0)
+		if err := st.SaveSubscriber(ctx, s, &ch, channels); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Every buyer exactly once over pages of 5.
+	seen := map[string]int{}
+	f := mpsaas.SubscriberFilter{Limit: 5}
+	for pages := 0; ; pages++ {
+		if pages > 10 {
+			t.Fatal("paging does not end")
+		}
+		page, err := st.ListSubscribers(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range page.Subscribers {
+			seen[s.Key]++
+		}
+		if page.Next == "" {
+			break
+		}
+		f.After = page.Next
+	}
+	if len(seen) != 23 {
+		t.Errorf("paged through %d buyers, want 23", len(seen))
+	}
+	for k, n := range seen {
+		if n != 1 {
+			t.Errorf("%s listed %d times", k, n)
+		}
+	}
+	for _, c := range []struct {
+		f    mpsaas.SubscriberFilter
+		want int
+	}{
+		{mpsaas.SubscriberFilter{Query: "example corp"}, 1},
+		{mpsaas.SubscriberFilter{Query: "ops@EXAMPLE"}, 1},
+		{mpsaas.SubscriberFilter{Query: "cust-1"}, 10},
+		{mpsaas.SubscriberFilter{ProductCode: "prod-b"}, 11},
+		{mpsaas.SubscriberFilter{Status: mpsaas.StatusActive}, 12},
+		{mpsaas.SubscriberFilter{FreeTrial: true}, 1},
+		{mpsaas.SubscriberFilter{Unregistered: true}, 22},
+		{mpsaas.SubscriberFilter{Query: "nobody"}, 0},
+	} {
+		page, err := st.ListSubscribers(ctx, c.f)
+		if err != nil || len(page.Subscribers) != c.want || page.Next != "" {
+			t.Errorf("%+v: %d buyers (next %q), %v; want %d", c.f, len(page.Subscribers), page.Next, err, c.want)
+		}
+	}
+
+	sub, err := st.GetSubscriber(ctx, "cust-07")
+	if err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := st.DeliveriesFor(ctx, sub, channels)
+	if err != nil || len(msgs) != 2 || msgs[0].SubscriberKey != "cust-07" || msgs[0].CreatedAt.IsZero() || !msgs[0].DeliveredAt.IsZero() {
+		t.Fatalf("deliveries of cust-07 = %+v, %v; want 2 undelivered", msgs, err)
+	}
+	due, err := st.DueMessages(ctx, time.Now().Add(time.Minute), 100)
+	if err != nil || len(due) != 46 {
+		t.Fatalf("due = %d, %v", len(due), err)
+	}
+	later := time.Now().Add(time.Hour)
+	var failed string
+	for _, m := range due {
+		if strings.HasPrefix(m.IdempotencyKey, "cust-07:") && m.Channel == mpsaas.ChannelWebhook {
+			failed = m.ID
+			if err := st.MarkFailed(ctx, m.ID, "receiver answered 500", later); err != nil {
+				t.Fatal(err)
+			}
+		} else if err := st.MarkDelivered(ctx, m.ID, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got, err := st.FailedDeliveries(ctx, 10)
+	if err != nil || len(got) != 1 || got[0].ID != failed || got[0].LastError != "receiver answered 500" || got[0].Attempts != 1 {
+		t.Fatalf("failed deliveries = %+v, %v", got, err)
+	}
+	msgs, _ = st.DeliveriesFor(ctx, sub, channels)
+	delivered := 0
+	for _, m := range msgs {
+		if !m.DeliveredAt.IsZero() {
+			delivered++
+		}
+	}
+	if len(msgs) != 2 || delivered != 1 {
+		t.Errorf("after one delivery: %+v", msgs)
+	}
+	now := time.Now()
+	if err := st.RetryDelivery(ctx, failed, now); err != nil {
+		t.Fatal(err)
+	}
+	if due, _ := st.DueMessages(ctx, now.Add(time.Second), 10); len(due) != 1 || due[0].ID != failed {
+		t.Errorf("after retry, due = %+v", due)
+	}
+	for _, m := range msgs {
+		if !m.DeliveredAt.IsZero() {
+			if err := st.RetryDelivery(ctx, m.ID, now); mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {
+				t.Errorf("retrying a delivered message: %v, want ENOTFOUND", err)
+			}
+		}
+	}
+	if err := st.RetryDelivery(ctx, "nonsense", now); mpsaas.ErrorCode(err) != mpsaas.ENOTFOUND {
+		t.Errorf("retrying an unknown message: %v, want ENOTFOUND", err)
 	}
 }

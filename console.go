@@ -1,0 +1,86 @@
+package mpsaas
+
+import (
+	"context"
+	"strings"
+	"time"
+)
+
+// ConsoleStore is what the seller console reads and changes beyond the
+// workflows' ports. Both stores implement it.
+type ConsoleStore interface {
+	// ListSubscribers returns a page of the subscribers that match f, and
+	// the cursor of the next page ("" after the last).
+	ListSubscribers(ctx context.Context, f SubscriberFilter) (SubscriberPage, error)
+	// DeliveriesFor returns the access changes queued for s on channels
+	// (newest first, at most its last 50 access versions), with their
+	// delivery state.
+	DeliveriesFor(ctx context.Context, s *Subscriber, channels []string) ([]OutboxMessage, error)
+	// FailedDeliveries returns undelivered access changes whose delivery
+	// failed at least once, oldest first, at most limit.
+	FailedDeliveries(ctx context.Context, limit int) ([]OutboxMessage, error)
+	// RetryDelivery makes an undelivered message due at now (ENOTFOUND if
+	// there is no such undelivered message).
+	RetryDelivery(ctx context.Context, id string, now time.Time) error
+}
+
+// SubscriberFilter selects subscribers for the console. Empty fields do
+// not filter.
+type SubscriberFilter struct {
+	// Query matches, without regard to case, a substring of the company,
+	// contact email or person, AWS account id, customer identifier, license
+	// ARN or key.
+	Query       string
+	ProductCode string
+	Status      Status
+	// FreeTrial keeps only buyers with a free trial term.
+	FreeTrial bool
+	// Unregistered keeps only buyers who have not completed registration.
+	Unregistered bool
+	// After is the cursor a previous page returned.
+	After string
+	// Limit is the page size (default 50, at most 500).
+	Limit int
+}
+
+// PageSize is the filter's page size after defaults and bounds.
+func (f SubscriberFilter) PageSize() int {
+	switch {
+	case f.Limit <= 0:
+		return 50
+	case f.Limit > 500:
+		return 500
+	}
+	return f.Limit
+}
+
+// Match reports whether s passes the filter (not the cursor). Both stores
+// use it, so a search finds the same buyers on either.
+func (f SubscriberFilter) Match(s *Subscriber) bool {
+	if f.ProductCode != "" && s.ProductCode != f.ProductCode ||
+		f.Status != "" && s.Status != f.Status ||
+		f.FreeTrial && !s.FreeTrial ||
+		f.Unregistered && s.Registered() {
+		return false
+	}
+	q := strings.ToLower(strings.TrimSpace(f.Query))
+	if q == "" {
+		return true
+	}
+	for _, v := range []string{s.CompanyName, s.ContactEmail, s.ContactPerson, s.CustomerAWSAccountID, s.CustomerIdentifier, s.LicenseArn, s.Key, s.LinkedAccountID} {
+		if strings.Contains(strings.ToLower(v), q) {
+			return true
+		}
+	}
+	return false
+}
+
+// SubscriberPage is one page of ListSubscribers.
+type SubscriberPage struct {
+	Subscribers []*Subscriber
+	// Next is the cursor of the next page, "" when this is the last.
+	Next string
+	// Scanned counts the subscribers read to fill the page (the cost of a
+	// search).
+	Scanned int
+}
