@@ -2,6 +2,7 @@ package mpsaas
 
 import (
 	"context"
+	"sort"
 	"strings"
 	"time"
 )
@@ -83,4 +84,39 @@ type SubscriberPage struct {
 	// Scanned counts the subscribers read to fill the page (the cost of a
 	// search).
 	Scanned int
+}
+
+// UsageHistory is a buyer's usage by dimension and hour, for the console's
+// chart. Both metering stores implement it.
+type UsageHistory interface {
+	// UsageHistory returns the buyer's usage of every dimension in the hours
+	// from..to (inclusive), by hour then dimension: sealed hours from their
+	// meter records, open hours from the pending usage.
+	UsageHistory(ctx context.Context, subscriberKey string, from, to time.Time) ([]HourUsage, error)
+}
+
+// HourUsage is a buyer's usage of one dimension in one hour and what
+// became of it.
+type HourUsage struct {
+	Dimension string    `json:"dimension"`
+	Hour      time.Time `json:"hour"`
+	// Usage is the usage reported; Quantity what the hour's meter record
+	// carries to AWS (less what a contract's entitlement covers).
+	Usage    int64 `json:"usage"`
+	Quantity int64 `json:"quantity"`
+	// State is the meter record's (UsagePending when not sealed yet).
+	State            string `json:"state"`
+	BatchID          int64  `json:"batchId,omitempty"`
+	MeteringRecordID string `json:"meteringRecordId,omitempty"`
+	Reason           string `json:"reason,omitempty"`
+}
+
+// SortHourUsage orders usage by hour, then dimension.
+func SortHourUsage(u []HourUsage) {
+	sort.Slice(u, func(i, j int) bool {
+		if !u[i].Hour.Equal(u[j].Hour) {
+			return u[i].Hour.Before(u[j].Hour)
+		}
+		return u[i].Dimension < u[j].Dimension
+	})
 }

@@ -103,3 +103,66 @@ func (d *DB) RetryDelivery(ctx context.Context, id string, now time.Time) error 
 	}
 	return nil
 }
+
+var _ mpsaas.UsageHistory = (*DB)(nil)
+
+// UsageHistory reads the buyer's meter records of the hours (the unique
+// index on subscriber_key, dimension, hour) and adds its pending usage
+// (the small index of pending rows).
+func (d *DB) UsageHistory(ctx context.Context, key string, from, to time.Time) ([]mpsaas.HourUsage, error) {
+	byKey := map[string]*mpsaas.HourUsage{}
+	var out []*mpsaas.HourUsage
+	get := func(dim string, hour int64) *mpsaas.HourUsage {
+		k := fmt.Sprintf("%s\x1f%d", dim, hour)
+		if u := byKey[k]; u != nil {
+			return u
+		}
+		u := &mpsaas.HourUsage{Dimension: dim, Hour: time.Unix(hour, 0).UTC(), State: mpsaas.UsagePending}
+		byKey[k] = u
+		out = append(out, u)
+		return u
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT dimension, hour, quantity, COALESCE(usage_quantity, 0), state, COALESCE(batch_id, 0), metering_record_id, reason
+		FROM meter_records WHERE subscriber_key = ? AND hour BETWEEN ? AND ?`, key, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("usage history of %s: %w", key, err)
+	}
+	for rows.Next() {
+		var dim, state, mrid, reason string
+		var hour, q, uq, batch int64
+		if err := rows.Scan(&dim, &hour, &q, &uq, &state, &batch, &mrid, &reason); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("usage history of %s: %w", key, err)
+		}
+		u := get(dim, hour)
+		u.Usage, u.Quantity, u.State, u.BatchID, u.MeteringRecordID, u.Reason = uq, q, state, batch, mrid, reason
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	pending, err := d.db.QueryContext(ctx, `SELECT dimension, meter_hour, SUM(quantity) FROM usage
+		WHERE state = 'pending' AND subscriber_key = ? AND meter_hour BETWEEN ? AND ? GROUP BY dimension, meter_hour`, key, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("pending usage of %s: %w", key, err)
+	}
+	defer pending.Close()
+	for pending.Next() {
+		var dim string
+		var hour, q int64
+		if err := pending.Scan(&dim, &hour, &q); err != nil {
+			return nil, err
+		}
+		u := get(dim, hour)
+		u.Usage += q
+	}
+	if err := pending.Err(); err != nil {
+		return nil, err
+	}
+	res := make([]mpsaas.HourUsage, len(out))
+	for i, u := range out {
+		res[i] = *u
+	}
+	mpsaas.SortHourUsage(res)
+	return res, nil
+}

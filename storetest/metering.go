@@ -17,6 +17,7 @@ import (
 type MeterStore interface {
 	Store
 	mpsaas.MeterStore
+	mpsaas.UsageHistory
 }
 
 // RunMetering runs the metering suite. newStore must return an empty store.
@@ -30,6 +31,7 @@ func RunMetering(t *testing.T, newStore func(t *testing.T) MeterStore) {
 	t.Run("VerifyFindsViolations", func(t *testing.T) { testVerify(t, newStore(t)) })
 	t.Run("ConcurrentIngestion", func(t *testing.T) { testConcurrentIngestion(t, newStore(t)) })
 	t.Run("LateUsageHoursAndShares", func(t *testing.T) { testLateShares(t, newStore(t)) })
+	t.Run("UsageHistory", func(t *testing.T) { testUsageHistory(t, newStore(t)) })
 }
 
 // testLateShares: a scan tells late usage by the hour it happened in, a
@@ -534,4 +536,36 @@ func testHeartbeats(t *testing.T, st MeterStore) {
 		t.Errorf("usage after heartbeat: %v, want it pending in 13h", got)
 	}
 	verify(t, st, mpsaas.VerifyScope{})
+}
+
+// testUsageHistory: a buyer's usage by hour and dimension, sealed hours
+// from their records, the open hour from pending usage, late usage where
+// it moved to, only the buyer's and only the hours asked for.
+func testUsageHistory(t *testing.T, st MeterStore) {
+	ctx := context.Background()
+	now := h10.Add(2*time.Hour + 30*time.Minute) // 12:30
+	open := mpsaas.Hour(now)
+	if _, err := st.AddUsage(ctx, "a", "a", []mpsaas.UsageRow{
+		row("A", "users", 2, h10), row("A", "users", 3, h10.Add(30*time.Minute)), row("A", "gb", 7, h10),
+		row("B", "users", 4, h10), row("A", "users", 9, now), row("A", "users", 1, h10.Add(-time.Hour)),
+	}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	seal(t, st, open, open)
+	// Late usage of the sealed hour 10 moves to the open hour 12.
+	if _, err := st.AddUsage(ctx, "b", "b", []mpsaas.UsageRow{row("A", "gb", 5, h10.Add(10*time.Minute))}, open, now); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.UsageHistory(ctx, "A", h10, open)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, u := range got {
+		lines = append(lines, fmt.Sprintf("%02dh %s usage %d %s", u.Hour.Hour(), u.Dimension, u.Usage, u.State))
+	}
+	want := []string{"10h gb usage 7 sealed", "10h users usage 5 sealed", "12h gb usage 5 pending", "12h users usage 9 pending"}
+	if !slices.Equal(lines, want) {
+		t.Errorf("usage history:\n%s\nwant\n%s", strings.Join(lines, "\n"), strings.Join(want, "\n"))
+	}
 }
