@@ -70,6 +70,9 @@ type Event struct {
 	// AgreementStatus is the EventBridge agreement status (ACTIVE, CANCELLED, ...).
 	AgreementStatus string    `json:"agreementStatus,omitempty"`
 	ReceivedAt      time.Time `json:"receivedAt"`
+	// Raw is the message as received (the SNS envelope or the EventBridge
+	// event, at most 256 KB), kept for the seller console.
+	Raw string `json:"-"`
 }
 
 // Status is a subscription's state.

@@ -401,6 +401,7 @@ func (s *Store) AddEvent(ctx context.Context, e mpsaas.Event) (bool, error) {
 	putS(item, "productCode", e.ProductCode)
 	putS(item, "offerId", e.OfferID)
 	putS(item, "agreementStatus", e.AgreementStatus)
+	putS(item, "raw", e.Raw) // at most 256 KB: the message limit
 	if e.FreeTrial != nil {
 		item["freeTrial"] = bv(*e.FreeTrial)
 	}
@@ -423,7 +424,7 @@ func eventFrom(item map[string]types.AttributeValue) mpsaas.Event {
 			CustomerIdentifier: getS(item, "customerIdentifier"), CustomerAWSAccountID: getS(item, "awsAccountId"),
 			LicenseID: getS(item, "licenseId"), AgreementID: getS(item, "agreementId"), ProductCode: getS(item, "productCode"),
 		},
-		OfferID: getS(item, "offerId"), AgreementStatus: getS(item, "agreementStatus"),
+		OfferID: getS(item, "offerId"), AgreementStatus: getS(item, "agreementStatus"), Raw: getS(item, "raw"),
 	}
 	if v, ok := item["freeTrial"].(*types.AttributeValueMemberBOOL); ok {
 		b := v.Value

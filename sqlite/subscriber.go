@@ -208,10 +208,10 @@ func (d *DB) AddEvent(ctx context.Context, e mpsaas.Event) (bool, error) {
 		ft = boolInt(*e.FreeTrial)
 	}
 	res, err := d.db.ExecContext(ctx, `INSERT INTO events (id, kind, source, event_time, received_at, customer_identifier, aws_account_id,
-		license_id, agreement_id, product_code, free_trial, offer_id, agreement_status)
-		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING`,
+		license_id, agreement_id, product_code, free_trial, offer_id, agreement_status, raw)
+		VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING`,
 		e.ID, string(e.Kind), e.Source, unixNano(e.Time), unixNano(e.ReceivedAt), e.CustomerIdentifier, e.CustomerAWSAccountID,
-		e.LicenseID, e.AgreementID, e.ProductCode, ft, e.OfferID, e.AgreementStatus)
+		e.LicenseID, e.AgreementID, e.ProductCode, ft, e.OfferID, e.AgreementStatus, e.Raw)
 	if err != nil {
 		return false, fmt.Errorf("add event %s: %w", e.ID, err)
 	}
@@ -223,7 +223,7 @@ func (d *DB) AddEvent(ctx context.Context, e mpsaas.Event) (bool, error) {
 // agreements linked to its license.
 func (d *DB) EventsFor(ctx context.Context, id mpsaas.Identity) ([]mpsaas.Event, error) {
 	rows, err := d.db.QueryContext(ctx, `SELECT id, kind, source, event_time, received_at, customer_identifier, aws_account_id,
-		license_id, agreement_id, product_code, free_trial, offer_id, agreement_status FROM events
+		license_id, agreement_id, product_code, free_trial, offer_id, agreement_status, raw FROM events
 		WHERE (customer_identifier = ?1 AND ?1 != '') OR (license_id = ?2 AND ?2 != '')
 		   OR agreement_id IN (SELECT agreement_id FROM events WHERE license_id = ?2 AND ?2 != '' AND agreement_id != '')
 		ORDER BY event_time, id`, id.CustomerIdentifier, id.LicenseID)
@@ -237,7 +237,7 @@ func (d *DB) EventsFor(ctx context.Context, id mpsaas.Identity) ([]mpsaas.Event,
 		var t, recv int64
 		var ft sql.NullInt64
 		if err := rows.Scan(&e.ID, &e.Kind, &e.Source, &t, &recv, &e.CustomerIdentifier, &e.CustomerAWSAccountID,
-			&e.LicenseID, &e.AgreementID, &e.ProductCode, &ft, &e.OfferID, &e.AgreementStatus); err != nil {
+			&e.LicenseID, &e.AgreementID, &e.ProductCode, &ft, &e.OfferID, &e.AgreementStatus, &e.Raw); err != nil {
 			return nil, fmt.Errorf("scan event: %w", err)
 		}
 		e.Time, e.ReceivedAt = fromUnixNano(t), fromUnixNano(recv)

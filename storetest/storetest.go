@@ -99,7 +99,8 @@ func testEvents(t *testing.T, st Store) {
 	ctx := context.Background()
 	yes := true
 	evs := []mpsaas.Event{
-		{ID: "sns-1", Kind: mpsaas.EventSubscribeSuccess, Source: "sns", Time: t0, Identity: mpsaas.Identity{CustomerIdentifier: "CI1", ProductCode: "p"}, FreeTrial: &yes, OfferID: "offer-1"},
+		{ID: "sns-1", Kind: mpsaas.EventSubscribeSuccess, Source: "sns", Time: t0, Identity: mpsaas.Identity{CustomerIdentifier: "CI1", ProductCode: "p"}, FreeTrial: &yes, OfferID: "offer-1",
+			Raw: `{"Type":"Notification","Message":"{\"action\":\"subscribe-success\"}"}`},
 		// An agreement event before the license event that links it.
 		{ID: "eb-1", Kind: mpsaas.EventAgreementCreated, Source: "eventbridge", Time: t0, Identity: mpsaas.Identity{AgreementID: "agmt-1", CustomerAWSAccountID: "1111"}, AgreementStatus: "ACTIVE"},
 		{ID: "eb-2", Kind: mpsaas.EventLicenseUpdated, Source: "eventbridge", Time: t0.Add(time.Second), Identity: mpsaas.Identity{AgreementID: "agmt-1", LicenseID: "l-1", ProductCode: "p", CustomerAWSAccountID: "1111"}},
@@ -115,6 +116,9 @@ func testEvents(t *testing.T, st Store) {
 	}
 	if added, err := st.AddEvent(ctx, evs[0]); err != nil || added {
 		t.Errorf("AddEvent(duplicate) = %v, %v; want false, nil", added, err)
+	}
+	if got, err := st.EventsFor(ctx, mpsaas.Identity{CustomerIdentifier: "CI1"}); err != nil || len(got) != 1 || got[0].Raw != evs[0].Raw {
+		t.Errorf("EventsFor(CI1) = %+v, %v; want the event with its raw message", got, err)
 	}
 	got, err := st.EventsFor(ctx, mpsaas.Identity{LicenseID: "l-1"})
 	if err != nil {

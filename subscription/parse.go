@@ -24,6 +24,14 @@ const maxMessageBytes = 256 << 10
 // dead-lettered, not retried). EventBridge events that do not concern
 // seller access (for example Acceptor variants) return no events and no error.
 func ParseMessage(body []byte, receivedAt time.Time) ([]mpsaas.Event, error) {
+	events, err := parseMessage(body, receivedAt)
+	for i := range events {
+		events[i].Raw = string(body)
+	}
+	return events, err
+}
+
+func parseMessage(body []byte, receivedAt time.Time) ([]mpsaas.Event, error) {
 	if len(body) > maxMessageBytes {
 		return nil, mpsaas.Errorf(mpsaas.EINVALID, "message is %d bytes; at most %d are accepted", len(body), maxMessageBytes)
 	}

@@ -42,6 +42,9 @@ func TestParseMessageFixtures(t *testing.T) {
 				t.Fatalf("events = %d, want 1", len(evs))
 			}
 			e := evs[0]
+			if e.Raw != string(body) {
+				t.Errorf("Raw = %.80q…, want the message as received", e.Raw)
+			}
 			if e.Kind != tt.kind || e.ID != tt.id || e.CustomerIdentifier != tt.ci || e.LicenseID != tt.license || e.AgreementID != tt.agreement {
 				t.Errorf("event = %+v\nwant kind %s id %s ci %q license %q agreement %q", e, tt.kind, tt.id, tt.ci, tt.license, tt.agreement)
 			}
