@@ -71,7 +71,8 @@ type App struct {
 // IAM policies must allow them (checked by TestTemplate, and recorded from
 // the real calls by TestBuyerJourneyThroughLambdaHandlers).
 var awsActions = map[string][]string{
-	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:BatchGetItem",
+	// The seller console scans the subscribers table (buyer list).
+	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:Scan",
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements", "aws-marketplace:SearchAgreements", "aws-marketplace:GetAgreementTerms"},
 	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
 		"aws-marketplace:GetEntitlements"},

@@ -56,6 +56,8 @@ Usage:
   mpsaas reconcile [--apply]
                             compare every buyer with AWS's agreements and repair the
                             drift lost notifications leave (a dry run by default)
+  mpsaas admin-password     hash the seller console's password (read from standard
+                            input) for MPSAAS_ADMIN_PASSWORD_HASH
   mpsaas bench [flags]      measure ingestion and metering of 1,000,000 records for 100,000 buyers
   mpsaas bench http [flags] measure a running serve over HTTP: ingestion by N clients,
                             status latency, idle CPU
@@ -86,6 +88,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runUsage(ctx, args[1:], getenv, stdout, stderr)
 	case "reconcile":
 		return runReconcile(ctx, args[1:], getenv, stdout, stderr)
+	case "admin-password":
+		return runAdminPassword(args[1:], stdout, stderr)
 	case "dynamodb":
 		return runDynamoDB(ctx, args[1:], getenv, stdout, stderr)
 	case "bench":

@@ -10,6 +10,7 @@ import (
 	awssns "github.com/aws/aws-sdk-go-v2/service/sns"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/admin"
 	"github.com/mpsaas/mpsaas/marketplace"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/notify"
@@ -26,6 +27,8 @@ type Store interface {
 	mpsaas.SubscriberStore
 	mpsaas.Outbox
 	mpsaas.MeterStore
+	mpsaas.ConsoleStore
+	mpsaas.UsageHistory
 }
 
 // Deps are what the runtime provides around the services.
@@ -95,6 +98,15 @@ func (c *Config) Build(d Deps) *Services {
 			Logger: logger,
 		}, s.Subscriptions)
 		(&web.UsageAPI{Keys: c.UsageAPIKeys, Metering: s.Metering, Ledger: d.Store, Subscribers: s.Metering, Claims: s.Web, Logger: logger}).Register(s.Web)
+		if c.AdminPasswordHash != "" {
+			// Validate checked the hash and the secret.
+			console, err := admin.New(admin.Config{PasswordHash: c.AdminPasswordHash, Secret: []byte(c.Secret), SessionTTL: c.AdminSessionTTL,
+				Channels: s.Channels, Products: c.ProductCodes, Logger: logger, Clock: d.Clock}, d.Store, s.Metering)
+			if err != nil {
+				panic(err)
+			}
+			console.Register(s.Web)
+		}
 	}
 	return s
 }

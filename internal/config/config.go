@@ -26,6 +26,7 @@ import (
 	awsconfig "github.com/aws/aws-sdk-go-v2/config"
 
 	"github.com/mpsaas/mpsaas"
+	"github.com/mpsaas/mpsaas/admin"
 	"github.com/mpsaas/mpsaas/metering"
 	"github.com/mpsaas/mpsaas/subscription"
 )
@@ -67,9 +68,12 @@ type Config struct {
 	ProductResourcesText  string
 	Reconcile             string // apply or report
 	ReconcileIntervalText string
-	SupportEmail          string
-	CORSOrigins           []string
-	WebPagesText          string
+	// AdminPasswordHash turns the seller console (/admin) on.
+	AdminPasswordHash   string
+	AdminSessionTTLText string
+	SupportEmail        string
+	CORSOrigins         []string
+	WebPagesText        string
 
 	// Access-change channels.
 	WebhookURL     string
@@ -136,6 +140,7 @@ type Config struct {
 	// ids of the products, where they differ (see Resources).
 	ProductResources  map[string]string
 	ReconcileInterval time.Duration
+	AdminSessionTTL   time.Duration
 }
 
 // Setting describes one configuration value for flags, the environment,
@@ -184,6 +189,8 @@ func (c *Config) Settings() []Setting {
 		{Name: "entitlement-endpoint", Arg: "URL", Env: "MPSAAS_ENTITLEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
 		{Name: "agreement-endpoint", Arg: "URL", Env: "MPSAAS_AGREEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Agreement API endpoint (free trials are read from the buyer's agreement)", ptr: &c.AgreementEndpoint},
 		{Name: "region", Arg: "REGION", Env: "AWS_REGION", Def: "us-east-1", Runtimes: Serve, Usage: "AWS region for metering", ptr: &c.Region},
+		{Name: "admin-password-hash", Arg: "HASH", Env: "MPSAAS_ADMIN_PASSWORD_HASH", Runtimes: Both, Usage: "turns the seller console at /admin on: the hash of its password, made by `mpsaas admin-password` (off when unset: /admin answers 404)", Secret: true, ptr: &c.AdminPasswordHash},
+		{Name: "admin-session-ttl", Arg: "DURATION", Env: "MPSAAS_ADMIN_SESSION_TTL", Def: "12h", Runtimes: Both, Usage: "how long a console sign-in lasts (5m to 720h)", ptr: &c.AdminSessionTTLText},
 		{Name: "usage-api-keys", Arg: "KEYS", Env: "MPSAAS_USAGE_API_KEYS", Runtimes: Both, Usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", Secret: true, list: &c.UsageAPIKeys},
 		{Name: "meter-interval", Arg: "DURATION", Env: "MPSAAS_METER_INTERVAL", Def: "1m", Runtimes: Serve, Usage: "how often serve seals closed hours and sends usage to AWS", ptr: &c.MeterIntervalText},
 		{Name: "metrics-addr", Arg: "HOST:PORT", Env: "MPSAAS_METRICS_ADDR", Runtimes: Serve, Usage: "address to serve Prometheus metrics at /metrics on (off when unset; keep it private)", ptr: &c.MetricsAddr},
@@ -348,6 +355,16 @@ func (c *Config) Validate(rt Runtime) error {
 		default:
 			c.ProductResources[code] = id
 		}
+	}
+	if c.AdminPasswordHash != "" {
+		if err := admin.ParseHash(c.AdminPasswordHash); err != nil {
+			errs = append(errs, fmt.Errorf("MPSAAS_ADMIN_PASSWORD_HASH: %w", err))
+		}
+	}
+	if d, err := time.ParseDuration(c.AdminSessionTTLText); err != nil || d < 5*time.Minute || d > 720*time.Hour {
+		errs = append(errs, fmt.Errorf("MPSAAS_ADMIN_SESSION_TTL %q: want a duration from 5m to 720h, such as 12h", c.AdminSessionTTLText))
+	} else {
+		c.AdminSessionTTL = d
 	}
 	if c.Reconcile != "apply" && c.Reconcile != "report" {
 		errs = append(errs, fmt.Errorf("MPSAAS_RECONCILE %q: want apply or report", c.Reconcile))
