@@ -146,7 +146,9 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Frame-Options", "DENY")
 	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
+	// same-origin, not no-referrer: under no-referrer browsers send
+	// "Origin: null" with the console's own forms, which sameOrigin refuses.
+	h.Set("Referrer-Policy", "same-origin")
 	h.Set("Content-Security-Policy", "default-src 'self'; style-src 'self' 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'")
 	c.handler.ServeHTTP(w, r)
 }
@@ -281,8 +283,17 @@ func safeNext(next string) string {
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
 	ck, err := r.Cookie(loginCookie)
-	if err != nil || !sameOrigin(r) || !c.s.checkCSRF("login:"+ck.Value, r.PostFormValue("csrf")) {
-		c.audit(r, "login-refused", "", "why", "csrf")
+	why := ""
+	switch {
+	case err != nil:
+		why = "no sign-in form cookie"
+	case !sameOrigin(r):
+		why = "cross-origin"
+	case !c.s.checkCSRF("login:"+ck.Value, r.PostFormValue("csrf")):
+		why = "wrong form token"
+	}
+	if why != "" {
+		c.audit(r, "login-refused", "", "why", why)
 		http.Error(w, "the sign-in form expired: reload it and try again", http.StatusForbidden)
 		return
 	}
