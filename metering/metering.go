@@ -59,6 +59,9 @@ type Service struct {
 	// for (MPSAAS_DIMENSIONS): a typo is a 400 naming the valid ones, not
 	// usage AWS refuses hours later.
 	Dimensions []string
+	// Products override Listing and Dimensions per product code (the
+	// products file).
+	Products map[string]mpsaas.Product
 	// Concurrency is how many BatchMeterUsage calls run at once (default 4).
 	Concurrency int
 	// MaxBackoff caps the retry delay of a batch (default 5 minutes).
@@ -109,18 +112,18 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 	}
 	now := s.now()
 	rows := make([]mpsaas.UsageRow, len(req.Records))
-	keys := map[string]string{}
+	keys := map[string]customerRef{}
 	for i, u := range req.Records {
 		if err := u.Validate(now); err != nil {
 			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: %s", i+1, mpsaas.ErrorMessage(err))
 		}
-		if len(s.Dimensions) > 0 && !slices.Contains(s.Dimensions, u.Dimension) {
+		if len(s.Dimensions) > 0 && len(s.Products) == 0 && !slices.Contains(s.Dimensions, u.Dimension) {
 			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown dimension %q: the product's dimensions are %s", i+1, u.Dimension, strings.Join(s.Dimensions, ", "))
 		}
-		key, ok := keys[u.Customer]
+		c, ok := keys[u.Customer]
 		if !ok {
 			if v, hit := s.customers.Load(u.Customer); hit {
-				key = v.(string)
+				c = v.(customerRef)
 			} else {
 				sub, err := s.Subscriber(ctx, u.Customer)
 				if err != nil {
@@ -129,17 +132,20 @@ func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.U
 					}
 					return mpsaas.UsageReceipt{}, err
 				}
-				key = sub.Key
+				c = customerRef{key: sub.Key, product: sub.ProductCode}
 				// A key, CustomerIdentifier or license always names the
 				// same buyer; a linked account id may move to a new one.
 				if named := sub.Key == u.Customer || sub.CustomerIdentifier == u.Customer || sub.LicenseArn == u.Customer; named && s.cached.Load() < maxCachedCustomers {
-					s.customers.Store(u.Customer, key)
+					s.customers.Store(u.Customer, c)
 					s.cached.Add(1)
 				}
 			}
-			keys[u.Customer] = key
+			keys[u.Customer] = c
 		}
-		rows[i] = mpsaas.UsageRow{SubscriberKey: key, Dimension: u.Dimension, Quantity: u.Quantity, Time: u.Time.UTC(), TagSig: mpsaas.TagSignature(u.Tags)}
+		if dims := s.dimensionsOf(c.product); len(s.Products) > 0 && len(dims) > 0 && !slices.Contains(dims, u.Dimension) {
+			return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "record %d: unknown dimension %q: the dimensions of product %s are %s", i+1, u.Dimension, c.product, strings.Join(dims, ", "))
+		}
+		rows[i] = mpsaas.UsageRow{SubscriberKey: c.key, Dimension: u.Dimension, Quantity: u.Quantity, Time: u.Time.UTC(), TagSig: mpsaas.TagSignature(u.Tags)}
 	}
 	return s.Store.AddUsage(ctx, req.IdempotencyKey, req.Hash(), rows, mpsaas.Hour(now), now)
 }
@@ -436,7 +442,7 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 		if err != nil {
 			return err
 		}
-		if mpsaas.IsContract(s.Listing) {
+		if (mpsaas.Catalog{Products: s.Products, Listing: s.Listing}).AnyContract() {
 			if err := s.loadLate(ctx, late, keys); err != nil {
 				return err
 			}
@@ -651,7 +657,7 @@ func (s *Service) identify(rec *mpsaas.MeterRecord, sub *mpsaas.Subscriber) {
 // allocations are reduced by what is not billed in a fixed order: untagged
 // first, then by tag set.
 func (s *Service) deductEntitlement(rec *mpsaas.MeterRecord, sub *mpsaas.Subscriber, byHour map[int64]int64, late lateHours) {
-	if !mpsaas.IsContract(s.Listing) || rec.State != mpsaas.UsageSealed {
+	if !mpsaas.IsContract(s.listingOf(sub)) || rec.State != mpsaas.UsageSealed {
 		return
 	}
 	entitled := func(h int64) int64 {
@@ -1049,4 +1055,25 @@ func ParseDimensions(v string) ([]string, error) {
 		}
 	}
 	return out, nil
+}
+
+// customerRef is a customer usage names, resolved: the buyer's key and product.
+type customerRef struct{ key, product string }
+
+// listingOf is the listing type of a buyer's product (Listing when the
+// products file does not say, or the buyer is unknown).
+func (s *Service) listingOf(sub *mpsaas.Subscriber) string {
+	if sub == nil {
+		return s.Listing
+	}
+	return mpsaas.Catalog{Products: s.Products, Listing: s.Listing}.ListingOf(sub.ProductCode)
+}
+
+// dimensionsOf is the dimensions of a product: the products file's, or
+// Dimensions.
+func (s *Service) dimensionsOf(product string) []string {
+	if p, ok := s.Products[product]; ok && len(p.Dimensions) > 0 {
+		return p.Dimensions
+	}
+	return s.Dimensions
 }

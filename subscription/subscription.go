@@ -32,6 +32,8 @@ type Service struct {
 	// Listing is the TypeOfSaaSListing: subscriptions, contracts or
 	// contracts_with_subscription. Contracts read entitlements.
 	Listing string
+	// Products override Listing per product code (the products file).
+	Products map[string]mpsaas.Product
 	// ProductCodes are the products this integration serves; tokens for
 	// other products are refused. Empty accepts any product.
 	ProductCodes []string
@@ -304,7 +306,7 @@ func (s *Service) update(ctx context.Context, cust mpsaas.Customer, key string, 
 		if !sub.FreeTrialKnown && sub.OfferType == mpsaas.OfferTypeFreeTrial {
 			sub.FreeTrial = true
 		}
-		if mpsaas.IsContract(s.Listing) {
+		if mpsaas.IsContract(s.listingOf(sub.ProductCode)) {
 			ents, raw, err := s.Marketplace.GetEntitlements(ctx, customerOf(sub))
 			if err != nil {
 				return nil, fmt.Errorf("entitlements of %s: %w", sub.Key, err)
@@ -398,7 +400,7 @@ func (s *Service) load(ctx context.Context, cust mpsaas.Customer, key string) (*
 // decide sets the subscriber's access and returns the change to deliver, or
 // nil when nothing the seller's system sees has changed.
 func (s *Service) decide(sub *mpsaas.Subscriber) *mpsaas.AccessChange {
-	a, fp := mpsaas.DecideAccess(sub, mpsaas.AccessPolicy{Listing: s.Listing, RevokeOnCancel: s.RevokeOnCancel}, s.now())
+	a, fp := mpsaas.DecideAccess(sub, mpsaas.AccessPolicy{Listing: s.listingOf(sub.ProductCode), RevokeOnCancel: s.RevokeOnCancel}, s.now())
 	if a == mpsaas.AccessNone || fp == sub.AccessFingerprint {
 		return nil
 	}
@@ -453,4 +455,9 @@ func ParseRevokeOnCancel(v string) (bool, error) {
 		return true, nil
 	}
 	return false, fmt.Errorf("MPSAAS_REVOKE_ON_CANCEL %q: want true or false", v)
+}
+
+// listingOf is a product's listing type: the products file's, or Listing.
+func (s *Service) listingOf(code string) string {
+	return mpsaas.Catalog{Products: s.Products, Listing: s.Listing}.ListingOf(code)
 }

@@ -45,6 +45,9 @@ type Config struct {
 	ProductName string
 	// SignInURL is where registered buyers sign in to the seller's app.
 	SignInURL string
+	// Products override ProductName and SignInURL per product code on the
+	// pages about one buyer (the products file).
+	Products map[string]mpsaas.Product
 	// SignupURL, when set, is the seller's own sign-up or sign-in page:
 	// /fulfillment sends the buyer there with a claim code (the only thing
 	// in the URL) instead of showing the registration form.
@@ -241,10 +244,24 @@ type page struct {
 	FreeTrial    bool
 	Emulator     bool
 	Update       bool // the registration form updates a registered buyer's details
+	// Product is the product code the page is about (else the
+	// Subscriber's), for per-product names and sign-in URLs.
+	Product string
 }
 
 func (s *Server) render(w http.ResponseWriter, status int, name string, p page) {
 	p.ProductName, p.SupportEmail, p.SignInURL, p.Emulator = s.cfg.ProductName, s.cfg.SupportEmail, s.cfg.SignInURL, s.cfg.Emulator
+	if p.Product == "" && p.Subscriber != nil {
+		p.Product = p.Subscriber.ProductCode
+	}
+	if prod, ok := s.cfg.Products[p.Product]; ok {
+		if prod.Name != "" {
+			p.ProductName = prod.Name
+		}
+		if prod.SignInURL != "" {
+			p.SignInURL = prod.SignInURL
+		}
+	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(status)
@@ -322,7 +339,7 @@ func (s *Server) handleFulfillment(w http.ResponseWriter, r *http.Request) {
 			Message: "You have already registered. Sign in to continue, or update your contact details below."})
 		return
 	}
-	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key, sub.Contact), FreeTrial: sub.FreeTrial})
+	s.render(w, http.StatusOK, "register.html", page{Title: "Create your account", Session: s.session(sub.Key, sub.Contact), FreeTrial: sub.FreeTrial, Product: sub.ProductCode})
 }
 
 // session signs the form for the subscriber's contact details as they are

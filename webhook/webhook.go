@@ -13,6 +13,7 @@ package webhook
 
 import (
 	"bytes"
+	"encoding/json"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
@@ -33,8 +34,12 @@ const SignatureHeader = "X-Mpsaas-Signature"
 
 // Sender posts outbox messages to URL.
 type Sender struct {
-	URL    string
-	Secret []byte
+	URL string
+	// ProductURLs send a product's access changes to its own URL (the
+	// products file); a product in neither has no webhook: its changes
+	// are skipped (done, nothing posted).
+	ProductURLs map[string]string
+	Secret      []byte
 	Client *http.Client // default: 10s timeout, redirects not followed
 	Now    func() time.Time
 }
@@ -54,7 +59,24 @@ func (s *Sender) Send(ctx context.Context, m mpsaas.OutboxMessage) error {
 	if client == nil {
 		client = &http.Client{Timeout: 10 * time.Second, CheckRedirect: noRedirects}
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, s.URL, bytes.NewReader(m.Payload))
+	target := s.URL
+	if len(s.ProductURLs) > 0 {
+		var change struct {
+			Subscriber struct {
+				ProductCode string `json:"productCode"`
+			} `json:"subscriber"`
+		}
+		if err := json.Unmarshal(m.Payload, &change); err != nil {
+			return fmt.Errorf("webhook payload: %w", err)
+		}
+		if u := s.ProductURLs[change.Subscriber.ProductCode]; u != "" {
+			target = u
+		}
+	}
+	if target == "" {
+		return nil // this product has no webhook
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, target, bytes.NewReader(m.Payload))
 	if err != nil {
 		return fmt.Errorf("webhook request: %w", err)
 	}

@@ -84,7 +84,7 @@ func (c *Config) Build(d Deps) *Services {
 	s.Channels, s.Senders = c.channels(d)
 	s.Subscriptions = &subscription.Service{
 		Store: d.Store, Marketplace: s.Marketplace, Agreements: s.Marketplace, Logger: logger, Clock: d.Clock,
-		Listing: c.Listing, ProductCodes: c.ProductCodes, Channels: s.Channels, RevokeOnCancel: c.RevokeOnCancel,
+		Listing: c.Listing, Products: c.Products, ProductCodes: c.ProductCodes, Channels: s.Channels, RevokeOnCancel: c.RevokeOnCancel,
 	}
 	s.Metering = c.MeteringService(d.Store, d.Store, s.Marketplace, logger)
 	s.Metering.Clock = d.Clock
@@ -93,7 +93,7 @@ func (c *Config) Build(d Deps) *Services {
 	if d.Web {
 		s.Web = web.New(web.Config{
 			Secret: []byte(c.Secret), ProductName: c.ProductName, SignInURL: c.SignInURL, SupportEmail: c.SupportEmail,
-			SignupURL: c.SignupURL, ClaimTTL: c.ClaimTTL, Observe: d.Observe, Ready: d.Ready,
+			SignupURL: c.SignupURL, ClaimTTL: c.ClaimTTL, Observe: d.Observe, Ready: d.Ready, Products: c.Products,
 			CORSOrigins: c.CORSOrigins, APIOnly: !c.WebPages, EmailsBuyers: c.emails(), Emulator: d.Emulator,
 			Logger: logger,
 		}, s.Subscriptions)
@@ -117,7 +117,7 @@ func (c *Config) MeteringService(store mpsaas.MeterStore, subs metering.Subscrib
 	return &metering.Service{
 		Store: store, Subscribers: subs, Meterer: m, Logger: logger.With("component", "metering"),
 		Listing: c.Listing, HeartbeatDimension: c.HeartbeatDimension, Concurrency: c.MeterConcurrency, SealGrace: c.MeterGrace,
-		Dimensions: c.Dimensions,
+		Dimensions: c.Dimensions, Products: c.Products,
 	}
 }
 
@@ -167,10 +167,10 @@ func (c *Config) channels(d Deps) ([]string, map[string]worker.Sender) {
 			}
 		}
 	}
-	if c.WebhookURL != "" {
+	if c.hasWebhooks() {
 		channels = append(channels, mpsaas.ChannelWebhook)
 		if sends {
-			senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: c.WebhookURL, Secret: []byte(c.WebhookSecret)}
+			senders[mpsaas.ChannelWebhook] = &webhook.Sender{URL: c.WebhookURL, ProductURLs: c.productWebhooks(), Secret: []byte(c.WebhookSecret)}
 		}
 	}
 	if c.AccessTopicArn != "" {

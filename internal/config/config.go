@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"sort"
@@ -68,6 +69,10 @@ type Config struct {
 	ProductResourcesText  string
 	Reconcile             string // apply or report
 	ReconcileIntervalText string
+	// ProductsFile and ProductsText give the products file (a path, or its
+	// content: the SAM parameter ProductsConfig).
+	ProductsFile string
+	ProductsText string
 	// AdminPasswordHash turns the seller console (/admin) on.
 	AdminPasswordHash   string
 	AdminSessionTTLText string
@@ -141,6 +146,8 @@ type Config struct {
 	ProductResources  map[string]string
 	ReconcileInterval time.Duration
 	AdminSessionTTL   time.Duration
+	// Products are the products file's products by code (none without one).
+	Products map[string]mpsaas.Product
 }
 
 // Setting describes one configuration value for flags, the environment,
@@ -189,6 +196,8 @@ func (c *Config) Settings() []Setting {
 		{Name: "entitlement-endpoint", Arg: "URL", Env: "MPSAAS_ENTITLEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Entitlement endpoint", ptr: &c.EntitlementEndpoint},
 		{Name: "agreement-endpoint", Arg: "URL", Env: "MPSAAS_AGREEMENT_ENDPOINT", Runtimes: Both, Usage: "override the Marketplace Agreement API endpoint (free trials are read from the buyer's agreement)", ptr: &c.AgreementEndpoint},
 		{Name: "region", Arg: "REGION", Env: "AWS_REGION", Def: "us-east-1", Runtimes: Serve, Usage: "AWS region for metering", ptr: &c.Region},
+		{Name: "products-file", Arg: "PATH", Env: "MPSAAS_PRODUCTS_FILE", Runtimes: Both, Usage: "YAML file of per-product settings (listing type, name, sign-in URL, dimensions, webhook URL, resource id) for a deployment selling several products; see the README", ptr: &c.ProductsFile},
+		{Name: "products", Arg: "YAML", Env: "MPSAAS_PRODUCTS", Runtimes: Both, Usage: "the products file's content itself (the SAM template's ProductsConfig parameter); not with MPSAAS_PRODUCTS_FILE", ptr: &c.ProductsText},
 		{Name: "admin-password-hash", Arg: "HASH", Env: "MPSAAS_ADMIN_PASSWORD_HASH", Runtimes: Both, Usage: "turns the seller console at /admin on: the hash of its password, made by `mpsaas admin-password` (off when unset: /admin answers 404)", Secret: true, ptr: &c.AdminPasswordHash},
 		{Name: "admin-session-ttl", Arg: "DURATION", Env: "MPSAAS_ADMIN_SESSION_TTL", Def: "12h", Runtimes: Both, Usage: "how long a console sign-in lasts (5m to 720h)", ptr: &c.AdminSessionTTLText},
 		{Name: "usage-api-keys", Arg: "KEYS", Env: "MPSAAS_USAGE_API_KEYS", Runtimes: Both, Usage: "comma-separated API keys accepted by the usage API (Authorization: Bearer <key>); with the emulator a random key is made and printed", Secret: true, list: &c.UsageAPIKeys},
@@ -301,6 +310,9 @@ func httpURL(v string) bool {
 // the signing secret, only the dispatch function the webhook secret.
 func (c *Config) Validate(rt Runtime) error {
 	var errs []error
+	if err := c.loadProducts(); err != nil {
+		errs = append(errs, err)
+	}
 	switch c.Listing {
 	case mpsaas.ListingSubscriptions, mpsaas.ListingContracts, mpsaas.ListingContractsWithSubscription:
 	default:
@@ -319,9 +331,9 @@ func (c *Config) Validate(rt Runtime) error {
 		if !httpURL(c.WebhookURL) {
 			errs = append(errs, fmt.Errorf("MPSAAS_WEBHOOK_URL %q: want an http(s) URL", c.WebhookURL))
 		}
-		if c.Sends(rt) && len(c.WebhookSecret) < 16 {
-			errs = append(errs, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL, at least 16 characters"))
-		}
+	}
+	if c.hasWebhooks() && c.Sends(rt) && len(c.WebhookSecret) < 16 {
+		errs = append(errs, errors.New("MPSAAS_WEBHOOK_SECRET: required with MPSAAS_WEBHOOK_URL (or a product's webhook_url), at least 16 characters"))
 	}
 	if c.SMTPAddr != "" && c.SMTPFrom == "" {
 		errs = append(errs, errors.New("MPSAAS_SMTP_FROM: required with MPSAAS_SMTP_ADDR"))
@@ -574,4 +586,73 @@ func PrintFlags(fs *flag.FlagSet) {
 	fs.PrintDefaults()
 	fs.SetOutput(out)
 	fmt.Fprint(out, placeholderPrefix.ReplaceAllString(b.String(), "$1"))
+}
+
+// loadProducts reads the products file (or MPSAAS_PRODUCTS), adds its
+// codes to ProductCodes and its resource ids to ProductResourcesText.
+func (c *Config) loadProducts() error {
+	c.Products = nil
+	var name string
+	var b []byte
+	switch {
+	case c.ProductsFile != "" && c.ProductsText != "":
+		return errors.New("MPSAAS_PRODUCTS_FILE and MPSAAS_PRODUCTS: set one, not both")
+	case c.ProductsFile != "":
+		f, err := os.Open(c.ProductsFile)
+		if err != nil {
+			return fmt.Errorf("MPSAAS_PRODUCTS_FILE: %w", err)
+		}
+		defer f.Close()
+		if b, err = io.ReadAll(io.LimitReader(f, maxProductsFile+1)); err != nil {
+			return fmt.Errorf("MPSAAS_PRODUCTS_FILE: %w", err)
+		}
+		name = c.ProductsFile
+	case strings.TrimSpace(c.ProductsText) != "":
+		name, b = "MPSAAS_PRODUCTS", []byte(c.ProductsText)
+	default:
+		return nil
+	}
+	products, err := ParseProducts(name, b)
+	if err != nil {
+		return err
+	}
+	c.Products = map[string]mpsaas.Product{}
+	for _, p := range products {
+		c.Products[p.Code] = p
+		if !slices.Contains(c.ProductCodes, p.Code) {
+			c.ProductCodes = append(c.ProductCodes, p.Code)
+		}
+		if p.Resource != "" && !strings.Contains(c.ProductResourcesText, p.Code+"=") {
+			if c.ProductResourcesText != "" {
+				c.ProductResourcesText += ","
+			}
+			c.ProductResourcesText += p.Code + "=" + p.Resource
+		}
+	}
+	return nil
+}
+
+// hasWebhooks reports whether access changes go to a webhook: the
+// deployment's, or one product's.
+func (c *Config) hasWebhooks() bool {
+	if c.WebhookURL != "" {
+		return true
+	}
+	for _, p := range c.Products {
+		if p.WebhookURL != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// productWebhooks maps product codes to their own webhook URLs.
+func (c *Config) productWebhooks() map[string]string {
+	out := map[string]string{}
+	for code, p := range c.Products {
+		if p.WebhookURL != "" {
+			out[code] = p.WebhookURL
+		}
+	}
+	return out
 }
