@@ -13,11 +13,11 @@ package webhook
 
 import (
 	"bytes"
-	"encoding/json"
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -40,8 +40,8 @@ type Sender struct {
 	// are skipped (done, nothing posted).
 	ProductURLs map[string]string
 	Secret      []byte
-	Client *http.Client // default: 10s timeout, redirects not followed
-	Now    func() time.Time
+	Client      *http.Client // default: 10s timeout, redirects not followed
+	Now         func() time.Time
 }
 
 // noRedirects makes a redirect answer the response: a webhook that

@@ -9,8 +9,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/http"
 	"runtime"
 	"runtime/metrics"
 	"sort"
@@ -25,7 +23,6 @@ import (
 
 	"github.com/mpsaas/mpsaas"
 	"github.com/mpsaas/mpsaas/dynamodb"
-	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/internal/config"
 )
 
@@ -149,31 +146,14 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	res := DynamoDBBenchResult{DynamoDBBenchOptions: o}
 	dims := []string{"users", "requests", "storage"}[:o.Dimensions]
 
-	// The emulator, with one license-based product and the buyers.
-	ecfg := emulator.DefaultConfig()
-	ecfg.NotificationLog = 1
-	em := emulator.New(ecfg)
-	// One clock for the emulator and the meter, starting 10 minutes past
-	// an hour: the newest hour of usage has just closed and the oldest
-	// (23 hours back at most) has 50 minutes left in AWS's 24-hour window,
-	// as for a meter that was down for a day.
-	em.Clock.Set(mpsaas.Hour(time.Now()).Add(10 * time.Minute))
-	em.Clock.Resume()
-	edims := make([]emulator.Dimension, len(dims))
-	for i, d := range dims {
-		edims[i] = emulator.Dimension{Name: d}
-	}
-	if _, err := em.AddProduct(emulator.Product{Code: "bench", Type: emulator.ProductSubscription, LicenseBased: true, Dimensions: edims}); err != nil {
-		return res, err
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The emulator, with one license-based product, in a process of its
+	// own (see runBenchEmulator).
+	em, err := startBenchEmulator(ctx, dims, o.Concurrency)
 	if err != nil {
 		return res, err
 	}
-	srv := &http.Server{Handler: em.Handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
-	defer srv.Close()
-	emURL := "http://" + ln.Addr().String()
+	defer em.Close()
+	emURL := em.URL
 
 	// Fresh tables, and a client that counts what every call costs.
 	static := credentials.NewStaticCredentialsProvider("bench", "bench", "")
@@ -186,7 +166,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	tables := dynamodb.Tables{Subscribers: "BenchSubscribers-" + suffix, Events: "BenchEvents-" + suffix, Outbox: "BenchOutbox-" + suffix,
 		MeterHours: "BenchMeterHours-" + suffix}
 	base := dynamodb.New(client, tables)
-	base.Now = em.Clock.Now
+	base.Now = em.Now
 	store := dynamodb.NewHourStore(base)
 	setup := dynamodb.New(plain, tables) // table creation and buyers are not measured
 	if err := setup.CreateTables(ctx); err != nil {
@@ -209,16 +189,13 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	cfg.MeteringEndpoint, cfg.EntitlementEndpoint = emURL, emURL
 	logger := slog.New(slog.NewTextHandler(progress, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: aws.Config{Region: "us-east-1", Credentials: static}, Logger: logger,
-		Clock: mpsaas.ClockFunc(em.Clock.Now)})
+		Clock: mpsaas.ClockFunc(em.Now)})
 
 	fmt.Fprintf(progress, "setting up %d buyers...\n", o.Buyers)
 	keys := make([]string, o.Buyers)
 	if err := parallel(ctx, o.Buyers, o.Concurrency, func(i int) error {
 		acct := fmt.Sprintf("%012d", 100000000000+i)
-		if _, err := em.AddBuyer(emulator.Buyer{AccountID: acct}); err != nil {
-			return err
-		}
-		sr, err := em.Subscribe(emulator.SubscribeOptions{StartedAt: em.Clock.Now().Add(-24 * time.Hour), ProductCode: "bench", BuyerAccountID: acct})
+		sr, err := em.subscribe(ctx, acct, em.Now().Add(-24*time.Hour))
 		if err != nil {
 			return err
 		}
@@ -238,7 +215,7 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	// (the newest just now), requests of 25 records.
 	res.Records = o.Buyers * len(dims) * o.Hours
 	requests := (res.Records + 24) / 25
-	last := mpsaas.Hour(em.Clock.Now()).Add(-time.Hour)
+	last := mpsaas.Hour(em.Now()).Add(-time.Hour)
 	record := func(i int) mpsaas.Usage {
 		buyer, rest := i%o.Buyers, i/o.Buyers
 		dim, hour := rest%len(dims), rest/len(dims)
@@ -331,13 +308,10 @@ func benchDynamoDB(ctx context.Context, o DynamoDBBenchOptions, progress io.Writ
 	}
 	meter := capacity.Snapshot().Sub(before)
 	res.HotKeys = capacity.Snapshot()
-	res.Calls = em.Calls()["BatchMeterUsage"]
-	billed := em.Billed("")
-	res.Pairs = len(billed)
-	res.MinimumCalls = (res.Pairs + mpsaas.MaxBatchRecords - 1) / mpsaas.MaxBatchRecords
-	for _, b := range billed {
-		res.BilledQuantity += b.Quantity
+	if res.Calls, res.Pairs, res.BilledQuantity, err = em.billed(ctx); err != nil {
+		return res, err
 	}
+	res.MinimumCalls = (res.Pairs + mpsaas.MaxBatchRecords - 1) / mpsaas.MaxBatchRecords
 	res.MeterRequests = meter.Requests
 	res.MeterWRU, res.MeterRRU = meter.WriteUnits/float64(max(res.Pairs, 1)), meter.ReadUnits/float64(max(res.Pairs, 1))
 	switch {

@@ -30,6 +30,13 @@ import (
 var version = "dev"
 
 func main() {
+	if dims, ok := os.LookupEnv(benchEmulatorEnv); ok { // the DynamoDB bench's child process
+		if err := runBenchEmulator(dims, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "mpsaas bench emulator:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
