@@ -29,6 +29,7 @@ import (
 	"github.com/mpsaas/mpsaas/emulator"
 	"github.com/mpsaas/mpsaas/internal/testenv"
 	mpsaassqs "github.com/mpsaas/mpsaas/sqs"
+	"github.com/mpsaas/mpsaas/webhook"
 )
 
 // deployedEnv returns each function's environment exactly as template.yaml
@@ -370,6 +371,54 @@ func TestExistingSubscribersTable(t *testing.T) {
 		for _, arn := range []string{"table/SampleSubscribers\"", "table/SampleSubscribers/index/*"} {
 			if !strings.Contains(string(b), arn) {
 				t.Errorf("SubscribersTableExists=%s: no policy names %s", exists, arn)
+			}
+		}
+	}
+}
+
+// TestDeployedStackWithProductsConfig (issue 11): the ProductsConfig
+// parameter gives every function the same products: the listing type each
+// decides access and meters by, the dimensions it accepts, and the webhook
+// each product's access changes go to, with the secret reaching dispatch
+// though the stack-wide WebhookUrl is empty.
+func TestDeployedStackWithProductsConfig(t *testing.T) {
+	products := `products:
+  - code: prodcode
+    listing: subscriptions
+    name: Widgets Cloud
+    dimensions: [users]
+    webhook_url: https://seller.example/hooks/widgets
+  - code: enterprise
+    listing: contracts
+    name: Widgets Enterprise
+    webhook_url: https://seller.example/hooks/enterprise
+`
+	params := map[string]any{"TypeOfSaaSListing": "contracts_with_subscription", "ProductCode": "prodcode", "MarketplaceTechAdminEmail": "admin@seller.example",
+		"RegistrationSecret": strings.Repeat("s", 32), "WebhookSecret": strings.Repeat("w", 24), "ProductsConfig": products}
+	envs := deployedEnv(t, params)
+	for role, env := range envs {
+		if role == "" {
+			continue
+		}
+		app, err := build(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler),
+			awsconfig.WithRegion("us-east-1"), awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("A", "B", "")))
+		if err != nil {
+			t.Fatalf("%s function as deployed: %v", role, err)
+		}
+		switch role {
+		case "dispatch":
+			s, ok := app.dispatcher.Senders[mpsaas.ChannelWebhook].(*webhook.Sender)
+			if !ok || s.ProductURLs["enterprise"] != "https://seller.example/hooks/enterprise" || len(s.Secret) == 0 {
+				t.Errorf("dispatch's webhook sender = %+v", app.dispatcher.Senders[mpsaas.ChannelWebhook])
+			}
+		case "api", "events", "reconcile":
+			if p := app.svc.Products["enterprise"]; p.Listing != mpsaas.ListingContracts || !slices.Contains(app.svc.ProductCodes, "enterprise") ||
+				!slices.Contains(app.svc.Channels, mpsaas.ChannelWebhook) {
+				t.Errorf("%s: products %v, codes %v, channels %v", role, app.svc.Products, app.svc.ProductCodes, app.svc.Channels)
+			}
+		case "meter":
+			if p := app.meter.Products["prodcode"]; fmt.Sprint(p.Dimensions) != "[users]" {
+				t.Errorf("meter: products %v", app.meter.Products)
 			}
 		}
 	}
