@@ -120,3 +120,22 @@ func SortHourUsage(u []HourUsage) {
 		return u[i].Dimension < u[j].Dimension
 	})
 }
+
+// ProductHour is the usage of one product in one hour, and what AWS billed
+// for it (sealed hours).
+type ProductHour struct {
+	ProductCode string    `json:"productCode"`
+	Hour        time.Time `json:"hour"`
+	Usage       int64     `json:"usage"`
+	Billed      int64     `json:"billed"`
+}
+
+// DeadNotification is an incoming notification (SNS message or EventBridge
+// event) that could not be handled and was set aside.
+type DeadNotification struct {
+	ID       int64     `json:"id"`
+	Body     string    `json:"body"`
+	Attempts int       `json:"attempts"`
+	Reason   string    `json:"reason"`
+	DeadAt   time.Time `json:"deadAt"`
+}

@@ -129,6 +129,7 @@ func New(cfg Config, store Store, meter Metering) (*Console, error) {
 	mux.Handle("POST /admin/metering/replay", c.authed(c.replay))
 	mux.Handle("GET /admin/deliveries", c.authed(c.deliveries))
 	mux.Handle("POST /admin/deliveries/retry", c.authed(c.retry))
+	mux.Handle("POST /admin/notifications/redrive", c.authed(c.redrive))
 	c.handler = mux
 	return c, nil
 }
@@ -448,11 +449,21 @@ func (c *Console) buyer(w http.ResponseWriter, r *http.Request, id string) {
 	c.render(w, http.StatusOK, "buyer", page{Title: s.Key, Nav: "buyers", CSRF: c.s.csrf(id), Data: d, Signout: true, Flash: flash(r)})
 }
 
+// productUsage is implemented by stores that sum usage by product and
+// hour cheaply enough for a page view (SQLite; not DynamoDB, where it would
+// read every buyer's items of every hour).
+type productUsage interface {
+	ProductUsage(ctx context.Context, from, to time.Time) ([]mpsaas.ProductHour, error)
+}
+
 type meteringData struct {
-	Summary  []stateRow
-	Rejected []mpsaas.LedgerEntry
-	Flagged  []mpsaas.LedgerEntry
-	AtRisk   []mpsaas.LedgerEntry
+	// ProductChart is the last 24 hours' usage and billed quantity by
+	// product ("" when the store cannot sum them).
+	ProductChart template.HTML
+	Summary      []stateRow
+	Rejected     []mpsaas.LedgerEntry
+	Flagged      []mpsaas.LedgerEntry
+	AtRisk       []mpsaas.LedgerEntry
 }
 
 type stateRow struct {
@@ -492,6 +503,20 @@ func (c *Console) metering(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	now := c.clock.Now()
+	if pu, ok := c.store.(productUsage); ok {
+		to := mpsaas.Hour(now)
+		from := to.Add(-23 * time.Hour)
+		hours, err := pu.ProductUsage(ctx, from, to)
+		if err != nil {
+			c.fail(w, r, id, err)
+			return
+		}
+		series := make([]mpsaas.HourUsage, len(hours))
+		for i, h := range hours {
+			series[i] = mpsaas.HourUsage{Dimension: h.ProductCode, Hour: h.Hour, Usage: h.Usage, Quantity: h.Billed, State: "billed"}
+		}
+		d.ProductChart = usageChart(series, from, to)
+	}
 	for _, st := range []string{mpsaas.UsagePending, "sealed", "batched"} {
 		if sum[st].Records == 0 {
 			continue
@@ -552,6 +577,17 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, id string) {
 
 type deliveriesData struct {
 	Failed []mpsaas.OutboxMessage
+	// Dead are the dead-lettered notifications (nil: the store's queue is
+	// SQS, whose dead-letter queue is redriven in SQS).
+	Dead      []mpsaas.DeadNotification
+	LocalDead bool
+}
+
+// deadLetters is implemented by stores that hold the notification queue
+// (SQLite: serve without MPSAAS_SQS_QUEUE_URL).
+type deadLetters interface {
+	DeadNotifications(ctx context.Context, limit int) ([]mpsaas.DeadNotification, error)
+	RedriveNotification(ctx context.Context, id int64) error
 }
 
 func (c *Console) deliveries(w http.ResponseWriter, r *http.Request, id string) {
@@ -560,7 +596,15 @@ func (c *Console) deliveries(w http.ResponseWriter, r *http.Request, id string) 
 		c.fail(w, r, id, err)
 		return
 	}
-	c.render(w, http.StatusOK, "deliveries", page{Title: "Deliveries", Nav: "deliveries", CSRF: c.s.csrf(id), Data: deliveriesData{Failed: failed},
+	d := deliveriesData{Failed: failed}
+	if dl, ok := c.store.(deadLetters); ok {
+		d.LocalDead = true
+		if d.Dead, err = dl.DeadNotifications(r.Context(), 100); err != nil {
+			c.fail(w, r, id, err)
+			return
+		}
+	}
+	c.render(w, http.StatusOK, "deliveries", page{Title: "Deliveries", Nav: "deliveries", CSRF: c.s.csrf(id), Data: d,
 		Signout: true, Flash: flash(r)})
 }
 
@@ -588,9 +632,31 @@ func flash(r *http.Request) string {
 	switch r.URL.Query().Get("flash") {
 	case "retried":
 		return "Delivery queued again: the dispatcher sends it on its next pass."
+	case "redriven":
+		return "Notification back in the queue: it is handled again within seconds."
 	case "replayed":
 		n, _ := strconv.Atoi(r.URL.Query().Get("n"))
 		return fmt.Sprintf("%d usage records are pending again: the next meter run sends them.", n)
 	}
 	return ""
+}
+
+// redrive puts a dead-lettered notification back in the local queue.
+func (c *Console) redrive(w http.ResponseWriter, r *http.Request, id string) {
+	dl, ok := c.store.(deadLetters)
+	n, err := strconv.ParseInt(r.PostFormValue("id"), 10, 64)
+	switch {
+	case !ok:
+		c.fail(w, r, id, mpsaas.Errorf(mpsaas.ENOTFOUND, "notifications come from SQS here: redrive its dead-letter queue in SQS"))
+		return
+	case err != nil:
+		c.fail(w, r, id, mpsaas.Errorf(mpsaas.EINVALID, "notification id %q is not a number", r.PostFormValue("id")))
+		return
+	}
+	if err := dl.RedriveNotification(r.Context(), n); err != nil {
+		c.fail(w, r, id, err)
+		return
+	}
+	c.audit(r, "redrive-notification", strconv.FormatInt(n, 10))
+	http.Redirect(w, r, "/admin/deliveries?flash=redriven", http.StatusSeeOther)
 }

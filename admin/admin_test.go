@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/cookiejar"
@@ -396,6 +397,59 @@ func TestBuyerPageAndRetry(t *testing.T) {
 	}
 	if resp, _ := e.post(c, "/admin/deliveries/retry", url.Values{"csrf": {token}, "id": {"424242"}}); resp.StatusCode != http.StatusNotFound {
 		t.Errorf("retrying an unknown message: %d", resp.StatusCode)
+	}
+}
+
+// TestProductChart: the metering page charts usage and billed quantity by
+// product from the meter records (SQLite).
+func TestProductChart(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	hour := mpsaas.Hour(e.now).Add(-2 * time.Hour)
+	rec := mpsaas.MeterRecord{SubscriberKey: "cust-1", Dimension: "users", Hour: hour, Quantity: 6, UsageQuantity: 6, ProductCode: "prod-a",
+		CustomerIdentifier: "cust-1", State: mpsaas.UsageSealed}
+	if _, err := e.db.AddHeartbeats(ctx, []mpsaas.MeterRecord{rec}); err != nil {
+		t.Fatal(err)
+	}
+	c := e.login()
+	_, page, _ := e.get(c, "/admin/metering")
+	if !strings.Contains(page, `id="usage-chart"`) || !strings.Contains(page, `data-dimension="prod-a"`) {
+		t.Errorf("metering page has no product chart:\n%s", page)
+	}
+}
+
+// TestDeadLetteredNotificationReplay: a notification the queue set aside
+// is listed with its message and reason, and Replay puts it back.
+func TestDeadLetteredNotificationReplay(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	if err := e.db.Enqueue(ctx, []byte(`{"Type":"Notification","Message":"broken"}`)); err != nil {
+		t.Fatal(err)
+	}
+	msgs, err := e.db.Receive(ctx, 1, time.Minute)
+	if err != nil || len(msgs) != 1 {
+		t.Fatalf("receive: %v %v", msgs, err)
+	}
+	if err := e.db.DeadLetter(ctx, msgs[0].ID, "SNS message is not a JSON object"); err != nil {
+		t.Fatal(err)
+	}
+	c := e.login()
+	_, page, token := e.get(c, "/admin/deliveries")
+	if !strings.Contains(page, "SNS message is not a JSON object") || !strings.Contains(page, `class="redrive"`) {
+		t.Fatalf("deliveries page:\n%s", page)
+	}
+	resp, _ := e.post(c, "/admin/notifications/redrive", url.Values{"csrf": {token}, "id": {fmt.Sprint(msgs[0].ID)}})
+	if resp.StatusCode != http.StatusSeeOther {
+		t.Fatalf("redrive: %d", resp.StatusCode)
+	}
+	if again, _ := e.db.Receive(ctx, 1, time.Minute); len(again) != 1 || again[0].ID != msgs[0].ID {
+		t.Errorf("after redrive the queue gives %v", again)
+	}
+	if resp, _ := e.post(c, "/admin/notifications/redrive", url.Values{"csrf": {token}, "id": {fmt.Sprint(msgs[0].ID)}}); resp.StatusCode != http.StatusNotFound {
+		t.Errorf("redriving a message that is not dead-lettered: %d", resp.StatusCode)
+	}
+	if !strings.Contains(e.log(), `"action":"redrive-notification"`) {
+		t.Errorf("redrive is not audited")
 	}
 }
 

@@ -166,3 +166,62 @@ func (d *DB) UsageHistory(ctx context.Context, key string, from, to time.Time) (
 	mpsaas.SortHourUsage(res)
 	return res, nil
 }
+
+// ProductUsage sums the meter records of the hours from..to by product:
+// the usage they include and what AWS billed. It reads the records of
+// those hours by the hour index (at 100,000 buyers x 3 dimensions, 300,000
+// rows an hour).
+func (d *DB) ProductUsage(ctx context.Context, from, to time.Time) ([]mpsaas.ProductHour, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT product_code, hour, SUM(COALESCE(usage_quantity, 0)), SUM(CASE WHEN state = 'billed' THEN quantity ELSE 0 END)
+		FROM meter_records WHERE hour BETWEEN ? AND ? GROUP BY product_code, hour ORDER BY hour, product_code`, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("usage by product: %w", err)
+	}
+	defer rows.Close()
+	var out []mpsaas.ProductHour
+	for rows.Next() {
+		var p mpsaas.ProductHour
+		var h int64
+		if err := rows.Scan(&p.ProductCode, &h, &p.Usage, &p.Billed); err != nil {
+			return nil, fmt.Errorf("usage by product: %w", err)
+		}
+		p.Hour = time.Unix(h, 0).UTC()
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// DeadNotifications returns the dead-lettered notifications of the local
+// queue, newest first, at most limit.
+func (d *DB) DeadNotifications(ctx context.Context, limit int) ([]mpsaas.DeadNotification, error) {
+	rows, err := d.db.QueryContext(ctx, `SELECT id, body, attempts, last_error, dead_at FROM queue WHERE dead_at != 0 ORDER BY id DESC LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("dead notifications: %w", err)
+	}
+	defer rows.Close()
+	var out []mpsaas.DeadNotification
+	for rows.Next() {
+		var m mpsaas.DeadNotification
+		var body []byte
+		var dead int64
+		if err := rows.Scan(&m.ID, &body, &m.Attempts, &m.Reason, &dead); err != nil {
+			return nil, fmt.Errorf("dead notifications: %w", err)
+		}
+		m.Body, m.DeadAt = string(body), fromUnixNano(dead)
+		out = append(out, m)
+	}
+	return out, rows.Err()
+}
+
+// RedriveNotification puts a dead-lettered notification back in the queue,
+// visible now, with its attempts reset.
+func (d *DB) RedriveNotification(ctx context.Context, id int64) error {
+	res, err := d.db.ExecContext(ctx, `UPDATE queue SET dead_at = 0, attempts = 0, visible_at = ? WHERE id = ? AND dead_at != 0`, unixNano(d.Now()), id)
+	if err != nil {
+		return fmt.Errorf("redrive notification %d: %w", id, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return mpsaas.Errorf(mpsaas.ENOTFOUND, "no dead-lettered notification %d", id)
+	}
+	return nil
+}
