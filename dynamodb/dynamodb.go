@@ -56,7 +56,11 @@ const (
 	indexAgreement = "agreementId-index"
 	indexDue       = "pending-due-index"
 	indexOutbox    = "outboxPending-index"
-	indexLinked    = "linkedAccountId-index"
+	// indexEnding holds only buyers whose subscription is ending or ended
+	// (attribute ending), by their last event: the meter's flushing reads
+	// the recent ones instead of scanning every buyer.
+	indexEnding = "ending-index"
+	indexLinked = "linkedAccountId-index"
 )
 
 // Store is the DynamoDB store.
@@ -114,7 +118,7 @@ func (s *Store) CreateTables(ctx context.Context) error {
 	if err := s.createTables(ctx, []*ddb.CreateTableInput{
 		{
 			TableName:              aws.String(s.tables.Subscribers),
-			AttributeDefinitions:   []types.AttributeDefinition{str("customerIdentifier"), str("licenseId"), str("outboxPending"), str("linkedAccountId")},
+			AttributeDefinitions:   subscriberAttributes(),
 			KeySchema:              hash("customerIdentifier"),
 			GlobalSecondaryIndexes: subscriberIndexes(),
 		},
@@ -180,13 +184,46 @@ func (s *Store) expires(table string) bool {
 
 // subscriberIndexes are the indexes mpsaas adds to the subscribers table
 // (the sample stack's has none): buyers by license id, subscribers with
-// access changes not yet copied to the outbox, and buyers by the seller's
-// account id they are linked to.
+// access changes not yet copied to the outbox, buyers by the seller's
+// account id they are linked to, and ending buyers by their last event.
 func subscriberIndexes() []types.GlobalSecondaryIndex {
 	var out []types.GlobalSecondaryIndex
-	for _, ix := range [][2]string{{indexLicense, "licenseId"}, {indexOutbox, "outboxPending"}, {indexLinked, "linkedAccountId"}} {
+	for _, ix := range [][3]string{{indexLicense, "licenseId"}, {indexOutbox, "outboxPending"}, {indexLinked, "linkedAccountId"}, {indexEnding, "ending", "lastEventAt"}} {
+		keys := []types.KeySchemaElement{{AttributeName: aws.String(ix[1]), KeyType: types.KeyTypeHash}}
+		if ix[2] != "" {
+			keys = append(keys, types.KeySchemaElement{AttributeName: aws.String(ix[2]), KeyType: types.KeyTypeRange})
+		}
 		out = append(out, types.GlobalSecondaryIndex{IndexName: aws.String(ix[0]), Projection: &types.Projection{ProjectionType: types.ProjectionTypeAll},
-			KeySchema: []types.KeySchemaElement{{AttributeName: aws.String(ix[1]), KeyType: types.KeyTypeHash}}})
+			KeySchema: keys})
+	}
+	return out
+}
+
+// subscriberAttributes are the subscribers table's key attributes (the
+// table's and its indexes').
+func subscriberAttributes() []types.AttributeDefinition {
+	out := []types.AttributeDefinition{{AttributeName: aws.String("customerIdentifier"), AttributeType: types.ScalarAttributeTypeS}}
+	for _, ix := range subscriberIndexes() {
+		for _, k := range ix.KeySchema {
+			typ := types.ScalarAttributeTypeS
+			if aws.ToString(k.AttributeName) == "lastEventAt" {
+				typ = types.ScalarAttributeTypeN
+			}
+			out = append(out, types.AttributeDefinition{AttributeName: k.AttributeName, AttributeType: typ})
+		}
+	}
+	return out
+}
+
+// attributesOf are the definitions of an index's key attributes.
+func attributesOf(ix types.GlobalSecondaryIndex) []types.AttributeDefinition {
+	var out []types.AttributeDefinition
+	for _, d := range subscriberAttributes() {
+		for _, k := range ix.KeySchema {
+			if aws.ToString(k.AttributeName) == aws.ToString(d.AttributeName) {
+				out = append(out, d)
+			}
+		}
 	}
 	return out
 }
@@ -230,7 +267,7 @@ func (s *Store) PrepareSubscribersTable(ctx context.Context, progress io.Writer)
 		}
 		fmt.Fprintf(progress, "%s: adding index %s...\n", s.tables.Subscribers, name)
 		if _, err := s.client.UpdateTable(ctx, &ddb.UpdateTableInput{TableName: aws.String(s.tables.Subscribers),
-			AttributeDefinitions:        []types.AttributeDefinition{{AttributeName: ix.KeySchema[0].AttributeName, AttributeType: types.ScalarAttributeTypeS}},
+			AttributeDefinitions:        attributesOf(ix),
 			GlobalSecondaryIndexUpdates: []types.GlobalSecondaryIndexUpdate{{Create: create}}}); err != nil {
 			return added, fmt.Errorf("add index %s to %s: %w", name, s.tables.Subscribers, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -403,5 +404,43 @@ func TestHourStoreUsageHistory(t *testing.T) {
 	}
 	if _, err := st.UsageHistory(ctx, "A", h10.Add(-40*24*time.Hour), open); mpsaas.ErrorCode(err) != mpsaas.EINVALID {
 		t.Errorf("40 days: %v, want EINVALID", err)
+	}
+}
+
+// TestEndingSubscribers: the sparse ending index holds exactly the buyers
+// whose subscription is ending or ended, found by their last event; a
+// buyer who subscribes again leaves it. The meter's flushing reads it
+// instead of scanning every buyer.
+func TestEndingSubscribers(t *testing.T) {
+	ctx := context.Background()
+	st := MustOpenHours(t)
+	save := func(key string, status mpsaas.Status, last time.Time) *mpsaas.Subscriber {
+		t.Helper()
+		s := &mpsaas.Subscriber{Key: key, Identity: mpsaas.Identity{CustomerIdentifier: key, ProductCode: "p"}, State: mpsaas.State{Status: status, LastEventAt: last}}
+		if err := st.SaveSubscriber(ctx, s, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	save("active", mpsaas.StatusActive, h10)
+	save("pending-cancel", mpsaas.StatusUnsubscribePending, h10)
+	save("cancelled-long-ago", mpsaas.StatusCancelled, h10.Add(-48*time.Hour))
+	back := save("cancelled-then-back", mpsaas.StatusCancelled, h10)
+	save("failed", mpsaas.StatusFailed, h10.Add(time.Minute))
+	back.Status, back.LastEventAt = mpsaas.StatusActive, h10.Add(2*time.Minute)
+	if err := st.SaveSubscriber(ctx, back, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.EndingSubscribers(ctx, h10.Add(-24*time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, s := range got {
+		keys = append(keys, s.Key)
+	}
+	slices.Sort(keys)
+	if fmt.Sprint(keys) != "[failed pending-cancel]" {
+		t.Errorf("ending subscribers = %v, want [failed pending-cancel]", keys)
 	}
 }

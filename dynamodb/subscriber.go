@@ -57,6 +57,9 @@ func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.Attri
 	putS(item, "claimId", s.ClaimID)
 	putS(item, "access", string(s.Access))
 	putS(item, "accessFingerprint", s.AccessFingerprint)
+	if endingStatus(s.Status) {
+		item["ending"] = sv("1") // in the ending index (EndingSubscribers)
+	}
 	if len(s.EntitlementHistory) > 0 {
 		// At most 64 periods of ~150 bytes: well under the 400 KB item limit.
 		h, err := json.Marshal(s.EntitlementHistory)
@@ -214,7 +217,8 @@ func (s *Store) LinkedAccountFor(ctx context.Context, awsAccount, product string
 
 // optionalAttributes are removed from the item when the subscriber has no value.
 var optionalAttributes = []string{"productCode", "companyName", "contactPerson", "contactPhone", "contactEmail",
-	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created", "linkedAccountId", "claimId"}
+	"CustomerAWSAccountId", "entitlement", "licenseArn", "licenseId", "offerId", "offerType", "access", "accessFingerprint", "created", "linkedAccountId", "claimId",
+	"ending"}
 
 // outboxEntry is an access change waiting in the subscriber item until it
 // is copied to the outbox table.
@@ -556,5 +560,38 @@ func (s *Store) SubscribersFor(ctx context.Context, e mpsaas.Event) ([]string, e
 		out = append(out, k)
 	}
 	sort.Strings(out)
+	return out, nil
+}
+
+// endingStatus: the statuses the ending index holds.
+func endingStatus(st mpsaas.Status) bool {
+	return st == mpsaas.StatusUnsubscribePending || st == mpsaas.StatusCancelled || st == mpsaas.StatusFailed
+}
+
+// EndingSubscribers returns the buyers whose subscription is ending or
+// ended and whose last event is at or after since, from the sparse ending
+// index (only such buyers are in it): the meter's flushing no longer scans
+// every buyer on every run. Its partition key has one value, but it is
+// written only when a buyer's status changes to or within those states.
+func (s *Store) EndingSubscribers(ctx context.Context, since time.Time) ([]*mpsaas.Subscriber, error) {
+	p := ddb.NewQueryPaginator(s.client, &ddb.QueryInput{
+		TableName: aws.String(s.tables.Subscribers), IndexName: aws.String(indexEnding),
+		KeyConditionExpression:    aws.String("ending = :one AND lastEventAt >= :since"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":one": sv("1"), ":since": nv(timeN(since))},
+	})
+	var out []*mpsaas.Subscriber
+	for p.HasMorePages() {
+		page, err := p.NextPage(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ending subscribers: %w", err)
+		}
+		for _, it := range page.Items {
+			sub, err := subscriberFrom(it)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, sub)
+		}
+	}
 	return out, nil
 }

@@ -529,7 +529,13 @@ func (s *Service) subscribersOf(ctx context.Context, keys [][]mpsaas.UsageGroup)
 // and sent at once, even for the current hour, so the final usage reaches
 // AWS within the final metering window.
 func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error) {
-	subs, err := s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed})
+	var subs []*mpsaas.Subscriber
+	var err error
+	if el, ok := s.Store.(EndingLister); ok {
+		subs, err = el.EndingSubscribers(ctx, now.Add(-mpsaas.MeteringWindow))
+	} else {
+		subs, err = s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed})
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -547,6 +553,16 @@ func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error)
 		}
 	}
 	return keys, nil
+}
+
+// EndingLister is implemented by stores that find ending buyers without
+// reading every buyer (DynamoDB's sparse ending index).
+type EndingLister interface {
+	// EndingSubscribers returns the buyers whose status is
+	// unsubscribe-pending, cancelled or failed and whose last event is at
+	// or after since. (A buyer unsubscribe-pending for longer than AWS's
+	// metering window is not flushed any more: AWS takes no usage that old.)
+	EndingSubscribers(ctx context.Context, since time.Time) ([]*mpsaas.Subscriber, error)
 }
 
 // lateHours holds, for one pass, what is already billed for usage hours

@@ -47,7 +47,16 @@ func (f *fakeDynamoDB) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch op := strings.TrimPrefix(r.Header.Get("X-Amz-Target"), "DynamoDB_20120810."); op {
 	case "UpdateTable":
 		for _, u := range in.GlobalSecondaryIndexUpdates {
-			if len(in.AttributeDefinitions) != 1 || in.AttributeDefinitions[0].AttributeName != u.Create.KeySchema[0].AttributeName {
+			// DynamoDB wants a definition of each key attribute, no more.
+			defined := map[string]bool{}
+			for _, d := range in.AttributeDefinitions {
+				defined[d.AttributeName] = true
+			}
+			match := len(in.AttributeDefinitions) == len(u.Create.KeySchema)
+			for _, k := range u.Create.KeySchema {
+				match = match && defined[k.AttributeName]
+			}
+			if !match {
 				w.WriteHeader(400)
 				fmt.Fprint(w, `{"__type":"com.amazon.coral.validate#ValidationException","message":"attribute definitions do not match"}`)
 				return
@@ -89,16 +98,16 @@ func TestDynamoDBPrepare(t *testing.T) {
 	if err := run(ctx, args, env, &out, io.Discard); err != nil {
 		t.Fatalf("%v\n%s", err, out.String())
 	}
-	if got := fmt.Sprint(fake.updates); got != "[licenseId-index:licenseId outboxPending-index:outboxPending linkedAccountId-index:linkedAccountId]" {
+	if got := fmt.Sprint(fake.updates); got != "[licenseId-index:licenseId outboxPending-index:outboxPending linkedAccountId-index:linkedAccountId ending-index:ending]" {
 		t.Errorf("indexes added: %s", got)
 	}
-	for _, want := range []string{"adding index licenseId-index", "being built", "added licenseId-index, outboxPending-index, linkedAccountId-index"} {
+	for _, want := range []string{"adding index licenseId-index", "being built", "added licenseId-index, outboxPending-index, linkedAccountId-index, ending-index"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("output lacks %q:\n%s", want, out.String())
 		}
 	}
 	out.Reset()
-	if err := run(ctx, args, env, &out, io.Discard); err != nil || !strings.Contains(out.String(), "nothing to add") || len(fake.updates) != 3 {
+	if err := run(ctx, args, env, &out, io.Discard); err != nil || !strings.Contains(out.String(), "nothing to add") || len(fake.updates) != 4 {
 		t.Errorf("second run: %v, %d updates\n%s", err, len(fake.updates), out.String())
 	}
 	fake.pk = "id"
