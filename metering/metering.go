@@ -62,6 +62,10 @@ type Service struct {
 	// Products override Listing and Dimensions per product code (the
 	// products file).
 	Products map[string]mpsaas.Product
+	// OnIngest, when set, hears of each ingestion request: the records
+	// stored (0 for a replayed request) and the records refused (the whole
+	// request, when it is invalid).
+	OnIngest func(stored, refused int)
 	// Concurrency is how many BatchMeterUsage calls run at once (default 4).
 	Concurrency int
 	// MaxBackoff caps the retry delay of a batch (default 5 minutes).
@@ -104,6 +108,19 @@ const MaxRecordsPerRequest = 10000
 // same idempotency key is counted once; the key reused with other records
 // is a conflict. Every record must name a known buyer.
 func (s *Service) Ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.UsageReceipt, error) {
+	rec, err := s.ingest(ctx, req)
+	if s.OnIngest != nil {
+		switch {
+		case err == nil && !rec.Replayed:
+			s.OnIngest(rec.Accepted, 0)
+		case mpsaas.ErrorCode(err) == mpsaas.EINVALID:
+			s.OnIngest(0, len(req.Records))
+		}
+	}
+	return rec, err
+}
+
+func (s *Service) ingest(ctx context.Context, req mpsaas.UsageRequest) (mpsaas.UsageReceipt, error) {
 	if n := len(req.IdempotencyKey); n < 1 || n > 256 || !utf8.ValidString(req.IdempotencyKey) || strings.ContainsRune(req.IdempotencyKey, 0) {
 		return mpsaas.UsageReceipt{}, mpsaas.Errorf(mpsaas.EINVALID, "idempotencyKey is required (1 to 256 characters of valid UTF-8)")
 	}

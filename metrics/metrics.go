@@ -28,6 +28,8 @@ type Metrics struct {
 	deliveries *prometheus.CounterVec
 	reconciles *prometheus.CounterVec
 	drift      prometheus.Gauge
+	registers  *prometheus.CounterVec
+	usage      *prometheus.CounterVec
 }
 
 // Gauges are read from the store when Prometheus scrapes.
@@ -50,8 +52,10 @@ func New(g Gauges) *Metrics {
 	m.violations = prometheus.NewCounter(prometheus.CounterOpts{Name: "mpsaas_metering_invariant_violations_total", Help: "Violations of the metering invariant found by runs (alert on any)."})
 	m.deliveries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_access_change_deliveries_total", Help: "Access-change delivery attempts by channel and result (delivered, failed)."}, []string{"channel", "result"})
 	m.reconciles = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_reconcile_runs_total", Help: "Reconciliations with AWS's agreements by result (ok, error)."}, []string{"result"})
+	m.registers = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_registrations_total", Help: "Buyers' first registrations by product code."}, []string{"product"})
+	m.usage = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mpsaas_usage_records_total", Help: "Usage records received by result (stored, refused)."}, []string{"result"})
 	m.drift = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mpsaas_reconcile_drift", Help: "Differences between mpsaas and AWS's agreements the last reconciliation found (repaired unless MPSAAS_RECONCILE=report)."})
-	m.reg.MustRegister(m.requests, m.latency, m.meterRuns, m.records, m.calls, m.violations, m.deliveries, m.reconciles, m.drift,
+	m.reg.MustRegister(m.requests, m.latency, m.meterRuns, m.records, m.calls, m.violations, m.deliveries, m.reconciles, m.drift, m.registers, m.usage,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	if g != nil {
 		m.reg.MustRegister(gaugeCollector{g: g})
@@ -147,4 +151,19 @@ func (c gaugeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(dbBytesDesc, prometheus.GaugeValue, float64(size))
 	}
 	ch <- prometheus.MustNewConstMetric(gaugeErrDesc, prometheus.GaugeValue, failed)
+}
+
+// ObserveRegistration counts a buyer's first registration
+// (subscription.Service.OnRegister).
+func (m *Metrics) ObserveRegistration(product string) { m.registers.WithLabelValues(product).Inc() }
+
+// ObserveIngest counts usage records stored and refused
+// (metering.Service.OnIngest).
+func (m *Metrics) ObserveIngest(stored, refused int) {
+	if stored > 0 {
+		m.usage.WithLabelValues("stored").Add(float64(stored))
+	}
+	if refused > 0 {
+		m.usage.WithLabelValues("refused").Add(float64(refused))
+	}
 }

@@ -34,6 +34,9 @@ type Service struct {
 	Listing string
 	// Products override Listing per product code (the products file).
 	Products map[string]mpsaas.Product
+	// OnRegister, when set, hears of each buyer's first registration
+	// (metrics).
+	OnRegister func(productCode string)
 	// ProductCodes are the products this integration serves; tokens for
 	// other products are refused. Empty accepts any product.
 	ProductCodes []string
@@ -187,13 +190,19 @@ func (s *Service) Register(ctx context.Context, key string, c mpsaas.Contact) (*
 	if err != nil {
 		return nil, fmt.Errorf("register %s: %w", key, err)
 	}
-	return s.update(ctx, customerOf(sub), key, func(sub *mpsaas.Subscriber) error {
+	first := false
+	out, err := s.update(ctx, customerOf(sub), key, func(sub *mpsaas.Subscriber) error {
 		sub.Contact = c
-		if sub.RegisteredAt.IsZero() {
+		first = sub.RegisteredAt.IsZero()
+		if first {
 			sub.RegisteredAt = s.now()
 		}
 		return nil
 	})
+	if err == nil && first && s.OnRegister != nil {
+		s.OnRegister(out.ProductCode)
+	}
+	return out, err
 }
 
 // RegisterWithToken is the sample stack's API: resolve and register in one call.

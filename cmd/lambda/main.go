@@ -18,6 +18,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/aws/aws-lambda-go/events"
@@ -65,6 +66,12 @@ type App struct {
 	logLevel     string
 	// metrics are CloudWatch metrics written to the log stream (EMF).
 	metrics *awslambda.Metrics
+	// deliveries counts the dispatch function's delivery attempts of one
+	// invocation, written as one EMF line at its end.
+	deliveries struct {
+		sync.Mutex
+		n map[string]int64
+	}
 }
 
 // awsActions are the AWS API actions each role's code calls; the template's
@@ -111,15 +118,38 @@ func build(ctx context.Context, getenv func(string) string, logger *slog.Logger,
 	tables.Retention = cfg.Retention
 	store := dynamodb.NewHourStore(tables)
 	role := cfg.Function
-	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI})
-	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, svc: svc.Subscriptions, meter: svc.Metering, web: svc.Web,
-		reconcile: svc.Reconcile, applyRepairs: cfg.Reconcile == "apply",
+	app := &App{role: role, logger: logger, logLevel: cfg.LogLevel, applyRepairs: cfg.Reconcile == "apply",
 		metrics: &awslambda.Metrics{W: os.Stdout, Namespace: "mpsaas", Dimensions: map[string]string{"Function": role}}}
+	// Registrations and usage records as EMF lines (the same counts serve
+	// gives Prometheus).
+	put := func(counts map[string]int64) {
+		if err := app.metrics.Put(counts); err != nil {
+			logger.Warn("writing metrics", "err", err)
+		}
+	}
+	svc := cfg.Build(config.Deps{Runtime: config.Lambda, Store: store, AWS: awsCfg, ChannelAWS: awsCfg, Logger: logger, Web: role == config.RoleAPI,
+		OnRegister: func(string) { put(map[string]int64{"Registrations": 1}) },
+		OnIngest: func(stored, refused int) {
+			put(map[string]int64{"UsageRecordsStored": int64(stored), "UsageRecordsRefused": int64(refused)})
+		}})
+	app.svc, app.meter, app.web, app.reconcile = svc.Subscriptions, svc.Metering, svc.Web, svc.Reconcile
 	if cfg.SampleMeteringTable != "" {
 		app.sample = &dynamodb.SampleMeteringTable{Client: client, Table: cfg.SampleMeteringTable}
 	}
 	if role == config.RoleDispatch {
-		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: svc.Senders, Logger: logger}
+		app.dispatcher = &worker.Dispatcher{Outbox: store, Senders: svc.Senders, Logger: logger,
+			Observe: func(channel string, err error) {
+				app.deliveries.Lock()
+				defer app.deliveries.Unlock()
+				if app.deliveries.n == nil {
+					app.deliveries.n = map[string]int64{}
+				}
+				if err != nil {
+					app.deliveries.n["AccessChangesFailed"]++
+				} else {
+					app.deliveries.n["AccessChangesDelivered"]++
+				}
+			}}
 	}
 	return app, nil
 }
@@ -244,6 +274,15 @@ func (a *App) importSample(ctx context.Context) error {
 
 // dispatchAll delivers every due access change.
 func (a *App) dispatchAll(ctx context.Context) error {
+	defer func() {
+		a.deliveries.Lock()
+		counts := a.deliveries.n
+		a.deliveries.n = nil
+		a.deliveries.Unlock()
+		if err := a.metrics.Put(counts); err != nil {
+			a.logger.WarnContext(ctx, "writing metrics", "err", err)
+		}
+	}()
 	for {
 		n, err := a.dispatcher.RunOnce(ctx)
 		if err != nil || n == 0 {

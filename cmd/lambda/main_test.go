@@ -83,6 +83,9 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 		return f.build(t, role, awsconfig.WithHTTPClient(calls[role]))
 	}
 	api, evs, disp, meter := fn("api"), fn("events"), fn("dispatch"), fn("meter")
+	// The CloudWatch metrics the api and dispatch functions write (EMF).
+	var apiEMF, dispatchEMF bytes.Buffer
+	api.metrics.W, disp.metrics.W = &apiEMF, &dispatchEMF
 	apiHandler := api.handler().(func(context.Context, events.APIGatewayV2HTTPRequest) (events.APIGatewayV2HTTPResponse, error))
 	dispatch := disp.handler().(func(context.Context, events.EventBridgeEvent) error)
 	post := func(path, form string) events.APIGatewayV2HTTPResponse {
@@ -216,6 +219,13 @@ func TestBuyerJourneyThroughLambdaHandlers(t *testing.T) {
 	}
 	if got := hooks.accesses(); fmt.Sprint(got) != "[granted pending-cancellation revoked]" {
 		t.Errorf("webhooks = %v, want [granted pending-cancellation revoked]", got)
+	}
+	for buf, names := range map[*bytes.Buffer][]string{&apiEMF: {`"Registrations":1`, `"UsageRecordsStored":`}, &dispatchEMF: {`"AccessChangesDelivered":`}} {
+		for _, n := range names {
+			if !strings.Contains(buf.String(), n) {
+				t.Errorf("EMF lines lack %s:\n%s", n, buf.String())
+			}
+		}
 	}
 	// Every AWS call each function made is one its IAM policy must allow.
 	for role, rec := range calls {

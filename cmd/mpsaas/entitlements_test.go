@@ -280,6 +280,9 @@ func TestMetricsAndReadiness(t *testing.T) {
 	if _, err := client.New(app.URL(), testUsageKey).RecordUsage(context.Background(), "m-1", []mpsaas.Usage{{Customer: key, Dimension: "users", Quantity: 1, Time: time.Now().Add(-time.Minute)}}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := client.New(app.URL(), testUsageKey).RecordUsage(context.Background(), "m-bad", []mpsaas.Usage{{Customer: "nobody", Dimension: "users", Quantity: 1, Time: time.Now()}}); err == nil {
+		t.Fatal("usage for an unknown customer was accepted")
+	}
 	resp, err := http.Get(app.URL() + "/readyz")
 	if err != nil {
 		t.Fatal(err)
@@ -302,6 +305,9 @@ func TestMetricsAndReadiness(t *testing.T) {
 		`mpsaas_http_requests_total{route="GET /readyz",status="200"} 1`,
 		`mpsaas_access_change_deliveries_total{channel="webhook",result="delivered"}`,
 		`mpsaas_meter_runs_total{result="ok"}`,
+		`mpsaas_registrations_total{product="` + demoLicenseProduct + `"} 1`,
+		`mpsaas_usage_records_total{result="stored"} 1`,
+		`mpsaas_usage_records_total{result="refused"} 1`,
 		`mpsaas_outbox_pending 0`,
 		`mpsaas_database_bytes`,
 		`mpsaas_gauges_error 0`,

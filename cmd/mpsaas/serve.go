@@ -170,6 +170,7 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 	}
 	deps := config.Deps{Runtime: config.Serve, Store: outboxWaker{a.db, a.wakeD}, AWS: awsCfg, ChannelAWS: channelAWS, Logger: logger,
 		LogEmails: true, Web: true, Emulator: target == targetEmulator, Observe: a.metrics.ObserveRequest,
+		OnRegister: a.metrics.ObserveRegistration, OnIngest: a.metrics.ObserveIngest,
 		Ready: a.ready(mpOpts.MeteringEndpoint)}
 	if a.em != nil {
 		// The subscription lifecycle and metering follow the embedded

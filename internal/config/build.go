@@ -54,6 +54,10 @@ type Deps struct {
 	// Observe and Ready are web.Config's (metrics and /readyz of serve).
 	Observe func(route string, status int, d time.Duration)
 	Ready   func(ctx context.Context) error
+	// OnRegister and OnIngest count registrations and usage records
+	// (Prometheus in serve, CloudWatch EMF on Lambda).
+	OnRegister func(productCode string)
+	OnIngest   func(stored, refused int)
 }
 
 // Services are the configured services of one process.
@@ -86,8 +90,9 @@ func (c *Config) Build(d Deps) *Services {
 		Store: d.Store, Marketplace: s.Marketplace, Agreements: s.Marketplace, Logger: logger, Clock: d.Clock,
 		Listing: c.Listing, Products: c.Products, ProductCodes: c.ProductCodes, Channels: s.Channels, RevokeOnCancel: c.RevokeOnCancel,
 	}
+	s.Subscriptions.OnRegister = d.OnRegister
 	s.Metering = c.MeteringService(d.Store, d.Store, s.Marketplace, logger)
-	s.Metering.Clock = d.Clock
+	s.Metering.Clock, s.Metering.OnIngest = d.Clock, d.OnIngest
 	s.Reconcile = &reconcile.Service{Agreements: s.Marketplace, Store: d.Store, Events: s.Subscriptions, Products: c.Resources(), Clock: d.Clock,
 		Logger: logger.With("component", "reconcile")}
 	if d.Web {
