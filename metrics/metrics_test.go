@@ -28,6 +28,8 @@ func TestGrafanaDashboard(t *testing.T) {
 	m.ObserveRun(Run{Sealed: 1, Billed: 1, Calls: 1})
 	m.ObserveDelivery("webhook", errors.New("down"))
 	m.ObserveReconcile(2, nil)
+	m.ObserveRegistration("prod")
+	m.ObserveIngest(3, 1)
 	rec := httptest.NewRecorder()
 	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 	body, _ := io.ReadAll(rec.Body)
