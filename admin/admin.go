@@ -363,23 +363,38 @@ func (c *Console) buyers(w http.ResponseWriter, r *http.Request, id string) {
 	c.render(w, http.StatusOK, "buyers", page{Title: "Buyers", Nav: "buyers", CSRF: c.s.csrf(id), Data: d, Signout: true})
 }
 
-// buyersCSV streams every buyer the filter matches, a page at a time.
+// maxCSVRows bounds one CSV download (about 2 MB): a Lambda response is at
+// most 6 MB and API Gateway waits 29 s. A longer export ends with a
+// comment line giving the URL of the rest.
+var maxCSVRows = 10000
+
+// buyersCSV streams the buyers the filter matches, a page at a time, from
+// the after cursor on, at most maxCSVRows.
 func (c *Console) buyersCSV(w http.ResponseWriter, r *http.Request, _ string) {
 	f := filterOf(r.URL.Query())
-	f.After, f.Limit = "", 500
+	f.Limit = 500
 	c.audit(r, "export-buyers", f.Query, "product", f.ProductCode, "status", string(f.Status))
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="buyers.csv"`)
 	cw := csv.NewWriter(w)
 	_ = cw.Write([]string{"key", "product_code", "status", "access", "company", "contact_person", "contact_email", "contact_phone",
 		"aws_account_id", "customer_identifier", "license_arn", "free_trial", "registered_at", "created_at"})
+	rows := 0
 	for {
+		if rows >= maxCSVRows {
+			q := r.URL.Query()
+			q.Set("after", f.After)
+			_ = cw.Write([]string{"# more buyers: /admin/buyers.csv?" + q.Encode()})
+			break
+		}
+		f.Limit = min(500, maxCSVRows-rows)
 		p, err := c.store.ListSubscribers(r.Context(), f)
 		if err != nil {
 			c.log.Error("export buyers", "err", err)
 			_ = cw.Write([]string{"# export stopped: " + err.Error()})
 			break
 		}
+		rows += len(p.Subscribers)
 		for _, s := range p.Subscribers {
 			_ = cw.Write([]string{s.Key, s.ProductCode, string(s.Status), string(s.Access), csvSafe(s.CompanyName), csvSafe(s.ContactPerson),
 				csvSafe(s.ContactEmail), csvSafe(s.ContactPhone), s.CustomerAWSAccountID, s.CustomerIdentifier, s.LicenseArn,

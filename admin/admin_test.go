@@ -348,6 +348,15 @@ func TestBuyersSearchAndCSV(t *testing.T) {
 			t.Errorf("a formula in the CSV is not defused: %q", r[4])
 		}
 	}
+	// A page of the CSV starts after the cursor.
+	resp, err = c.Get(e.srv.URL + "/admin/buyers.csv?q=example&after=bulk-Cz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, _ = csv.NewReader(strings.NewReader(body(t, resp))).ReadAll()
+	if len(rows) != 1+2 || rows[1][0] != "cust-1" {
+		t.Errorf("CSV after bulk-Cz: %v", rows)
+	}
 	if !strings.Contains(e.log(), `"action":"export-buyers"`) {
 		t.Errorf("export is not audited")
 	}
