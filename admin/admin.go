@@ -479,6 +479,27 @@ type meteringData struct {
 	Rejected     []mpsaas.LedgerEntry
 	Flagged      []mpsaas.LedgerEntry
 	AtRisk       []mpsaas.LedgerEntry
+	// Cut: a listing took longer than its budget and shows what was found.
+	Cut bool
+}
+
+// ledgerBudget bounds each ledger search of the metering page: a state
+// filter on DynamoDB reads ledger parts until enough entries match, which
+// on a large ledger with few matches is all of it (and API Gateway waits
+// only 29 s).
+var ledgerBudget = 5 * time.Second
+
+// ledgerWithin searches the ledger for at most ledgerBudget; cut reports
+// that it stopped early (the store answers all or nothing, so a cut
+// search shows none).
+func (c *Console) ledgerWithin(ctx context.Context, f mpsaas.LedgerFilter) (entries []mpsaas.LedgerEntry, cut bool, err error) {
+	bctx, cancel := context.WithTimeout(ctx, ledgerBudget)
+	defer cancel()
+	entries, err = c.store.Ledger(bctx, f)
+	if err != nil && bctx.Err() != nil && ctx.Err() == nil {
+		return nil, true, nil
+	}
+	return entries, false, err
 }
 
 type stateRow struct {
@@ -509,13 +530,19 @@ func (c *Console) metering(w http.ResponseWriter, r *http.Request, id string) {
 			d.Summary = append(d.Summary, stateRow{st, n})
 		}
 	}
-	if d.Rejected, err = c.store.Ledger(ctx, mpsaas.LedgerFilter{State: "rejected", Limit: 100}); err != nil {
-		c.fail(w, r, id, err)
-		return
-	}
-	if d.Flagged, err = c.store.Ledger(ctx, mpsaas.LedgerFilter{State: "flagged", Limit: 100}); err != nil {
-		c.fail(w, r, id, err)
-		return
+	for _, l := range []struct {
+		state string
+		out   *[]mpsaas.LedgerEntry
+	}{{"rejected", &d.Rejected}, {"flagged", &d.Flagged}} {
+		if sum[l.state].Records == 0 {
+			continue
+		}
+		var cut bool
+		if *l.out, cut, err = c.ledgerWithin(ctx, mpsaas.LedgerFilter{State: l.state, Limit: 100}); err != nil {
+			c.fail(w, r, id, err)
+			return
+		}
+		d.Cut = d.Cut || cut
 	}
 	now := c.clock.Now()
 	if pu, ok := c.store.(productUsage); ok {
@@ -536,11 +563,12 @@ func (c *Console) metering(w http.ResponseWriter, r *http.Request, id string) {
 		if sum[st].Records == 0 {
 			continue
 		}
-		es, err := c.store.Ledger(ctx, mpsaas.LedgerFilter{State: st, Limit: 200})
+		es, cut, err := c.ledgerWithin(ctx, mpsaas.LedgerFilter{State: st, Limit: 200})
 		if err != nil {
 			c.fail(w, r, id, err)
 			return
 		}
+		d.Cut = d.Cut || cut
 		for _, e := range es {
 			if now.Sub(e.Hour) > riskAge && len(d.AtRisk) < 100 {
 				d.AtRisk = append(d.AtRisk, e)
@@ -567,7 +595,10 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	if r.PostFormValue("confirm") != "yes" {
-		flagged, err := c.store.Ledger(r.Context(), mpsaas.LedgerFilter{State: "flagged", Limit: 10000})
+		flagged, cut, err := c.ledgerWithin(r.Context(), mpsaas.LedgerFilter{State: "flagged", Limit: 10000})
+		if err == nil && cut {
+			err = mpsaas.Errorf(mpsaas.EINVALID, "the flagged usage could not be listed in time to confirm it: replay it with `mpsaas meter replay` or POST /v1/meter/replay")
+		}
 		if err != nil {
 			c.fail(w, r, id, err)
 			return

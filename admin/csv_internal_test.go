@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mpsaas/mpsaas"
 )
@@ -66,4 +67,40 @@ func (s *listStore) ListSubscribers(_ context.Context, f mpsaas.SubscriberFilter
 		}
 	}
 	return p, nil
+}
+
+// slowLedger is a store whose ledger searches take until their deadline,
+// with flagged usage in its summary.
+type slowLedger struct{ listStore }
+
+func (slowLedger) MeterSummary(context.Context) (map[string]mpsaas.StateCount, error) {
+	return map[string]mpsaas.StateCount{"flagged": {Records: 1, Quantity: 1}}, nil
+}
+
+func (slowLedger) Ledger(ctx context.Context, _ mpsaas.LedgerFilter) ([]mpsaas.LedgerEntry, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestMeteringPageBoundsLedgerSearches: a ledger search that takes too
+// long is cut at its budget and the page says the list is incomplete,
+// instead of the request timing out.
+func TestMeteringPageBoundsLedgerSearches(t *testing.T) {
+	old := ledgerBudget
+	ledgerBudget = 50 * time.Millisecond
+	t.Cleanup(func() { ledgerBudget = old })
+	hash, err := HashPassword("a long enough password", 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := New(Config{PasswordHash: hash, Secret: []byte(strings.Repeat("s", 32))}, &slowLedger{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := httptest.NewRecorder()
+	start := time.Now()
+	c.metering(rec, httptest.NewRequest("GET", "/admin/metering", nil), "session")
+	if rec.Code != 200 || !strings.Contains(rec.Body.String(), `id="cut"`) || time.Since(start) > 5*time.Second {
+		t.Errorf("metering page: %d after %s\n%s", rec.Code, time.Since(start), rec.Body.String())
+	}
 }
