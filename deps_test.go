@@ -34,6 +34,8 @@ func TestDependencyRules(t *testing.T) {
 		mod + "/worker":       {mod},
 		mod + "/storetest":    {mod},
 		mod + "/web":          {mod, mod + "/subscription"},
+		mod + "/admin":        {mod},
+		mod + "/metrics":      {},
 	}
 	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
 		pkg, imports, _ := strings.Cut(line, ":")
