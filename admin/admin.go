@@ -465,8 +465,8 @@ func (c *Console) buyer(w http.ResponseWriter, r *http.Request, id string) {
 }
 
 // productUsage is implemented by stores that sum usage by product and
-// hour cheaply enough for a page view (SQLite; not DynamoDB, where it would
-// read every buyer's items of every hour).
+// hour cheaply enough for a page view (SQLite from its meter records,
+// DynamoDB from the totals its hour marks keep once an hour is final).
 type productUsage interface {
 	ProductUsage(ctx context.Context, from, to time.Time) ([]mpsaas.ProductHour, error)
 }

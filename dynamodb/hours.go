@@ -551,6 +551,9 @@ type hourMeta struct {
 	done   bool
 	sealed map[int]bool
 	counts map[string]mpsaas.StateCount
+	// products are a done hour's usage and billed quantity by product
+	// code (the console's chart).
+	products map[string][2]int64
 }
 
 func metaSK(h int64) string { return fmt.Sprintf("h#%012d", h) }
@@ -570,6 +573,9 @@ func metaFrom(it map[string]types.AttributeValue) hourMeta {
 		if c != (mpsaas.StateCount{}) {
 			m.counts[st] = c
 		}
+	}
+	if p := getS(it, "products"); p != "" {
+		_ = json.Unmarshal([]byte(p), &m.products) // display only: a bad value shows no chart
 	}
 	return m
 }
@@ -772,7 +778,7 @@ func (s *HourStore) advance(ctx context.Context, from, before int64) (int64, err
 		if len(m.sealed) < hourShards {
 			break
 		}
-		counts, final, err := s.countHour(ctx, h, true)
+		counts, products, final, err := s.countHour(ctx, h, true)
 		if err != nil {
 			return from, err
 		}
@@ -781,6 +787,11 @@ func (s *HourStore) advance(ctx context.Context, from, before int64) (int64, err
 		}
 		names, vals := map[string]string{"#d": "done"}, map[string]types.AttributeValue{":t": bv(true)}
 		sets := []string{"#d = :t"}
+		if len(products) > 0 {
+			b, _ := json.Marshal(products)
+			names["#p"], vals[":p"] = "products", sv(string(b))
+			sets = append(sets, "#p = :p")
+		}
 		i := 0
 		for st, c := range counts {
 			for suffix, v := range map[string]int64{"r": c.Records, "q": c.Quantity, "m": c.MeterRecords, "mq": c.MeterQuantity} {
@@ -805,8 +816,9 @@ func (s *HourStore) advance(ctx context.Context, from, before int64) (int64, err
 
 // countHour counts an hour's usage records by state, reading its items;
 // final reports whether none is pending or being sent.
-func (s *HourStore) countHour(ctx context.Context, h int64, consistent bool) (map[string]mpsaas.StateCount, bool, error) {
+func (s *HourStore) countHour(ctx context.Context, h int64, consistent bool) (map[string]mpsaas.StateCount, map[string][2]int64, bool, error) {
 	counts := map[string]mpsaas.StateCount{}
+	products := map[string][2]int64{}
 	final := true
 	var mu sync.Mutex
 	err := parallel(ctx, hourShards, s.workers(), func(k int) error {
@@ -828,6 +840,14 @@ func (s *HourStore) countHour(ctx context.Context, h int64, consistent bool) (ma
 				c := counts[st]
 				c.Records += getN(it, "n")
 				c.Quantity += getN(it, "q")
+				if pc := getS(it, "pc"); pc != "" {
+					p := products[pc]
+					p[0] += getN(it, "q")
+					if st == mpsaas.UsageBilled {
+						p[1] += getN(it, "bq")
+					}
+					products[pc] = p
+				}
 				if st != mpsaas.UsagePending {
 					c.MeterRecords++
 					c.MeterQuantity += getN(it, "bq")
@@ -836,7 +856,7 @@ func (s *HourStore) countHour(ctx context.Context, h int64, consistent bool) (ma
 				return nil
 			})
 	})
-	return counts, final, err
+	return counts, products, final, err
 }
 
 // InsertMeterRecords seals the items the records sum: each only if its
@@ -1465,7 +1485,7 @@ func (s *HourStore) MeterSummary(ctx context.Context) (map[string]mpsaas.StateCo
 		if metas[h].done {
 			continue
 		}
-		counts, _, err := s.countHour(ctx, h, false)
+		counts, _, _, err := s.countHour(ctx, h, false)
 		if err != nil {
 			return nil, err
 		}
@@ -1858,4 +1878,31 @@ func parallel(ctx context.Context, n, workers int, fn func(i int) error) error {
 		first = ctx.Err()
 	}
 	return first
+}
+
+// ProductUsage returns the usage and billed quantity of each product in
+// the done hours from..to (those whose records are all final and counted:
+// the hour marks keep the totals, so this reads one item an hour).
+func (s *HourStore) ProductUsage(ctx context.Context, from, to time.Time) ([]mpsaas.ProductHour, error) {
+	metas, err := s.metas(ctx, mpsaas.Hour(from).Unix(), mpsaas.Hour(to).Unix())
+	if err != nil {
+		return nil, err
+	}
+	var out []mpsaas.ProductHour
+	for h := mpsaas.Hour(from).Unix(); h <= to.Unix(); h += 3600 {
+		m, ok := metas[h]
+		if !ok || !m.done {
+			continue
+		}
+		codes := make([]string, 0, len(m.products))
+		for code := range m.products {
+			codes = append(codes, code)
+		}
+		sort.Strings(codes)
+		for _, code := range codes {
+			p := m.products[code]
+			out = append(out, mpsaas.ProductHour{ProductCode: code, Hour: time.Unix(h, 0).UTC(), Usage: p[0], Billed: p[1]})
+		}
+	}
+	return out, nil
 }

@@ -369,6 +369,27 @@ func TestContractStatusOnDynamoDB(t *testing.T) {
 	if b, c := sum[mpsaas.UsageBilled], sum[mpsaas.UsageCovered]; b.MeterQuantity != total || c.Quantity != 3 || b.Quantity != 6 {
 		t.Errorf("status = %+v; want 3 covered, 6 in billed records of which AWS billed %d", sum, total)
 	}
+	// The console's chart by product: the done hours' totals from the
+	// hour marks (hour 12: 3 covered; 13: 4 late + 1, 2 billed; 14: 1 late,
+	// 1 billed). An hour is folded by the run after its last batch ends.
+	ph, err := st.ProductUsage(ctx, at(11, 0), at(15, 0))
+	if err != nil || len(ph) != 2 {
+		t.Errorf("usage by product before the hour 14 is folded: %+v, %v", ph, err)
+	}
+	if _, err := meter.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ph, err = st.ProductUsage(ctx, at(11, 0), at(15, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for _, p := range ph {
+		lines = append(lines, fmt.Sprintf("%s %s usage %d billed %d", p.Hour.Format("15h"), p.ProductCode, p.Usage, p.Billed))
+	}
+	if want := "12h c usage 3 billed 0|13h c usage 5 billed 2|14h c usage 1 billed 1"; strings.Join(lines, "|") != want {
+		t.Errorf("usage by product:\n%s\nwant\n%s", strings.Join(lines, "|"), want)
+	}
 }
 
 // TestHourStoreUsageHistory: a buyer's usage by hour and dimension for the
