@@ -326,4 +326,14 @@ type OutboxMessage struct {
 	SubscriberKey string
 	CreatedAt     time.Time
 	DeliveredAt   time.Time
+	// History is the delivery attempts, oldest first (the console's
+	// reads; SQLite keeps the last 20).
+	History []DeliveryAttempt
+}
+
+// DeliveryAttempt is one attempt to deliver an access change.
+type DeliveryAttempt struct {
+	At time.Time `json:"at"`
+	// Error is the channel's answer to a failed attempt ("" delivered).
+	Error string `json:"error,omitempty"`
 }

@@ -383,7 +383,8 @@ func TestBuyerPageAndRetry(t *testing.T) {
 	if status != http.StatusOK {
 		t.Fatalf("buyer page: %d", status)
 	}
-	for _, want := range []string{"Acme Corp", "subscribe-success", `&lt;script&gt;`, `id="usage-chart"`, `data-dimension="users"`, "receiver answered 500", `class="retry"`} {
+	for _, want := range []string{"Acme Corp", "subscribe-success", `&lt;script&gt;`, `id="usage-chart"`, `data-dimension="users"`, "receiver answered 500", `class="retry"`,
+		`class="attempts"`} {
 		if !strings.Contains(page, want) {
 			t.Errorf("buyer page lacks %q", want)
 		}

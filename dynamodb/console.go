@@ -117,7 +117,7 @@ func consoleMessage(it map[string]types.AttributeValue) mpsaas.OutboxMessage {
 		ID: getS(it, "id"), Channel: getS(it, "channel"), IdempotencyKey: getS(it, "idempotencyKey"),
 		Payload: []byte(getS(it, "payload")), Attempts: int(getN(it, "attempts")),
 		NextAttemptAt: fromN(getN(it, "nextAttemptAt")), LastError: getS(it, "lastError"),
-		SubscriberKey: getS(it, "subscriberKey"), CreatedAt: fromN(getN(it, "createdAt")),
+		SubscriberKey: getS(it, "subscriberKey"), CreatedAt: fromN(getN(it, "createdAt")), History: historyFrom(it),
 	}
 	if d := getN(it, "deliveredAt"); d != 0 {
 		m.DeliveredAt = fromN(d)

@@ -3,6 +3,8 @@ package dynamodb
 import (
 	"context"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -42,10 +44,10 @@ func (s *Store) DueMessages(ctx context.Context, now time.Time, limit int) ([]mp
 
 // MarkDelivered records a delivery: the entry leaves the pending index.
 func (s *Store) MarkDelivered(ctx context.Context, id string, at time.Time) error {
-	names, vals := map[string]string{}, map[string]types.AttributeValue{":at": nv(timeN(at)), ":one": nv(1)}
+	names, vals := map[string]string{}, map[string]types.AttributeValue{":at": nv(timeN(at)), ":one": nv(1), ":h": attemptItem(at, ""), ":empty": emptyList}
 	in := &ddb.UpdateItemInput{
 		TableName: aws.String(s.tables.Outbox), Key: map[string]types.AttributeValue{"id": sv(id)},
-		UpdateExpression:          aws.String("SET deliveredAt = :at, attempts = attempts + :one" + s.setTTL(at, names, vals) + " REMOVE pending, lastError"),
+		UpdateExpression:          aws.String("SET deliveredAt = :at, attempts = attempts + :one, history = list_append(if_not_exists(history, :empty), :h)" + s.setTTL(at, names, vals) + " REMOVE pending, lastError"),
 		ConditionExpression:       aws.String("attribute_exists(id)"),
 		ExpressionAttributeValues: vals,
 	}
@@ -63,12 +65,45 @@ func (s *Store) MarkDelivered(ctx context.Context, id string, at time.Time) erro
 func (s *Store) MarkFailed(ctx context.Context, id string, errMsg string, next time.Time) error {
 	_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{
 		TableName: aws.String(s.tables.Outbox), Key: map[string]types.AttributeValue{"id": sv(id)},
-		UpdateExpression:          aws.String("SET attempts = attempts + :one, lastError = :e, nextAttemptAt = :next"),
-		ConditionExpression:       aws.String("attribute_exists(pending)"),
-		ExpressionAttributeValues: map[string]types.AttributeValue{":one": nv(1), ":e": sv(errMsg), ":next": nv(timeN(next))},
+		UpdateExpression:    aws.String("SET attempts = attempts + :one, lastError = :e, nextAttemptAt = :next, history = list_append(if_not_exists(history, :empty), :h)"),
+		ConditionExpression: aws.String("attribute_exists(pending)"),
+		ExpressionAttributeValues: map[string]types.AttributeValue{":one": nv(1), ":e": sv(errMsg), ":next": nv(timeN(next)),
+			":h": attemptItem(s.Now(), errMsg), ":empty": emptyList},
 	})
 	if err != nil && !isConditionFailed(err) {
 		return fmt.Errorf("mark outbox %s failed: %w", id, err)
 	}
 	return nil
+}
+
+// emptyList starts a history.
+var emptyList = &types.AttributeValueMemberL{Value: []types.AttributeValue{}}
+
+// attemptItem is one delivery attempt, appended to an outbox item's
+// history (list of "<unix nano>|<error>"; one a retry, at most about 24 a
+// day with the 1-hour backoff cap, and the item expires after delivery).
+func attemptItem(at time.Time, errMsg string) types.AttributeValue {
+	if len(errMsg) > 500 {
+		errMsg = errMsg[:500]
+	}
+	return &types.AttributeValueMemberL{Value: []types.AttributeValue{sv(fmt.Sprintf("%d|%s", at.UnixNano(), errMsg))}}
+}
+
+// historyFrom reads an outbox item's history.
+func historyFrom(it map[string]types.AttributeValue) []mpsaas.DeliveryAttempt {
+	l, _ := it["history"].(*types.AttributeValueMemberL)
+	if l == nil {
+		return nil
+	}
+	out := make([]mpsaas.DeliveryAttempt, 0, len(l.Value))
+	for _, v := range l.Value {
+		s, _ := v.(*types.AttributeValueMemberS)
+		if s == nil {
+			continue
+		}
+		ns, msg, _ := strings.Cut(s.Value, "|")
+		n, _ := strconv.ParseInt(ns, 10, 64)
+		out = append(out, mpsaas.DeliveryAttempt{At: time.Unix(0, n).UTC(), Error: msg})
+	}
+	return out
 }

@@ -2,6 +2,7 @@ package sqlite
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -52,7 +53,7 @@ func (d *DB) hasSubscriberAfter(ctx context.Context, key string) (bool, error) {
 	return n > 0, nil
 }
 
-const consoleOutboxColumns = `id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error, subscriber_key, created_at, delivered_at`
+const consoleOutboxColumns = `id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error, subscriber_key, created_at, delivered_at, history`
 
 // DeliveriesFor returns the subscriber's queued access changes, newest
 // first (channels are those stored: SQLite keeps every row).
@@ -74,10 +75,13 @@ func (d *DB) consoleOutbox(ctx context.Context, where string, args ...any) ([]mp
 	var out []mpsaas.OutboxMessage
 	for rows.Next() {
 		var m mpsaas.OutboxMessage
-		var payload string
+		var payload, history string
 		var id, next, created, delivered int64
-		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError, &m.SubscriberKey, &created, &delivered); err != nil {
+		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError, &m.SubscriberKey, &created, &delivered, &history); err != nil {
 			return nil, fmt.Errorf("scan outbox message: %w", err)
+		}
+		if err := json.Unmarshal([]byte(history), &m.History); err != nil {
+			return nil, fmt.Errorf("outbox message %d history: %w", id, err)
 		}
 		m.ID, m.Payload, m.NextAttemptAt, m.CreatedAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next), fromUnixNano(created)
 		if delivered != 0 {

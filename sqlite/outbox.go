@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -44,7 +45,8 @@ func scanOutbox(rows *sql.Rows) ([]mpsaas.OutboxMessage, error) {
 
 // MarkDelivered records a delivery.
 func (d *DB) MarkDelivered(ctx context.Context, id string, at time.Time) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '' WHERE id = ?`, unixNano(at), id)
+	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET delivered_at = ?, attempts = attempts + 1, last_error = '', history = `+appendHistory+` WHERE id = ?`,
+		unixNano(at), attemptJSON(at, ""), id)
 	if err != nil {
 		return fmt.Errorf("mark outbox %s delivered: %w", id, err)
 	}
@@ -53,7 +55,8 @@ func (d *DB) MarkDelivered(ctx context.Context, id string, at time.Time) error {
 
 // MarkFailed records a failed attempt.
 func (d *DB) MarkFailed(ctx context.Context, id string, errMsg string, next time.Time) error {
-	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ? WHERE id = ?`, errMsg, unixNano(next), id)
+	_, err := d.db.ExecContext(ctx, `UPDATE outbox SET attempts = attempts + 1, last_error = ?, next_attempt_at = ?, history = `+appendHistory+` WHERE id = ?`,
+		errMsg, unixNano(next), attemptJSON(d.Now(), errMsg), id)
 	if err != nil {
 		return fmt.Errorf("mark outbox %s failed: %w", id, err)
 	}
@@ -156,4 +159,13 @@ func (d *DB) DueMessagesOn(ctx context.Context, channel string, now time.Time, l
 		return nil, fmt.Errorf("due outbox messages on %s: %w", channel, err)
 	}
 	return scanOutbox(rows)
+}
+
+// appendHistory appends the attempt given as JSON to an outbox row's
+// history, keeping the last 20.
+const appendHistory = `json_insert(CASE WHEN json_array_length(history) >= 20 THEN json_remove(history, '$[0]') ELSE history END, '$[#]', json(?))`
+
+func attemptJSON(at time.Time, errMsg string) string {
+	b, _ := json.Marshal(mpsaas.DeliveryAttempt{At: at.UTC(), Error: errMsg})
+	return string(b)
 }

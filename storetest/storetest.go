@@ -294,6 +294,16 @@ func testConsole(t *testing.T, st Store) {
 	if len(msgs) != 2 || delivered != 1 {
 		t.Errorf("after one delivery: %+v", msgs)
 	}
+	// Each message keeps its attempts: when, and the channel's answer.
+	for _, m := range msgs {
+		want := "receiver answered 500"
+		if !m.DeliveredAt.IsZero() {
+			want = ""
+		}
+		if len(m.History) != 1 || m.History[0].Error != want || m.History[0].At.IsZero() {
+			t.Errorf("history of %s = %+v, want one attempt answered %q", m.Channel, m.History, want)
+		}
+	}
 	now := time.Now()
 	if err := st.RetryDelivery(ctx, failed, now); err != nil {
 		t.Fatal(err)
