@@ -138,6 +138,31 @@ func deployedEnv(t *testing.T, given map[string]any) map[string]map[string]strin
 	return out
 }
 
+// deployedFunction is one function built from its environment as deployed.
+type deployedFunction struct {
+	app *App
+	env map[string]string
+}
+
+// buildDeployed builds every function, by role, from the environment
+// template.yaml gives it for params (no AWS calls are made).
+func buildDeployed(t *testing.T, params map[string]any) map[string]deployedFunction {
+	t.Helper()
+	out := map[string]deployedFunction{}
+	for role, env := range deployedEnv(t, params) {
+		if role == "" {
+			continue
+		}
+		app, err := build(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler),
+			awsconfig.WithRegion("us-east-1"), awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("A", "B", "")))
+		if err != nil {
+			t.Fatalf("%s function as deployed: %v\nenvironment: %v", role, err, env)
+		}
+		out[role] = deployedFunction{app: app, env: env}
+	}
+	return out
+}
+
 // TestDeployedFunctionsQueueWhatDispatchDelivers builds every function
 // with the environment the template gives it (issue 8, item 1): the api,
 // events and meter functions decide access changes and must queue them on
@@ -147,17 +172,9 @@ func TestDeployedFunctionsQueueWhatDispatchDelivers(t *testing.T) {
 	params := map[string]any{"TypeOfSaaSListing": "contracts_with_subscription", "ProductCode": "prodcode", "MarketplaceTechAdminEmail": "admin@seller.example",
 		"RegistrationSecret": strings.Repeat("s", 32), "WebhookUrl": "https://seller.example/hooks/mpsaas", "WebhookSecret": strings.Repeat("w", 24),
 		"MarketplaceSellerEmail": "seller@seller.example"}
-	envs := deployedEnv(t, params)
 	channels := map[string][]string{}
-	for role, env := range envs {
-		if role == "" {
-			continue
-		}
-		app, err := build(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler),
-			awsconfig.WithRegion("us-east-1"), awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("A", "B", "")))
-		if err != nil {
-			t.Fatalf("%s function as deployed: %v\nenvironment: %v", role, err, env)
-		}
+	for role, deployed := range buildDeployed(t, params) {
+		app, env := deployed.app, deployed.env
 		if role == "dispatch" {
 			for ch := range app.dispatcher.Senders {
 				channels[role] = append(channels[role], ch)
@@ -395,16 +412,8 @@ func TestDeployedStackWithProductsConfig(t *testing.T) {
 `
 	params := map[string]any{"TypeOfSaaSListing": "contracts_with_subscription", "ProductCode": "prodcode", "MarketplaceTechAdminEmail": "admin@seller.example",
 		"RegistrationSecret": strings.Repeat("s", 32), "WebhookSecret": strings.Repeat("w", 24), "ProductsConfig": products}
-	envs := deployedEnv(t, params)
-	for role, env := range envs {
-		if role == "" {
-			continue
-		}
-		app, err := build(context.Background(), func(k string) string { return env[k] }, slog.New(slog.DiscardHandler),
-			awsconfig.WithRegion("us-east-1"), awsconfig.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("A", "B", "")))
-		if err != nil {
-			t.Fatalf("%s function as deployed: %v", role, err)
-		}
+	for role, deployed := range buildDeployed(t, params) {
+		app := deployed.app
 		switch role {
 		case "dispatch":
 			s, ok := app.dispatcher.Senders[mpsaas.ChannelWebhook].(*webhook.Sender)
