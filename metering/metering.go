@@ -793,6 +793,9 @@ func (s *Service) heartbeats(ctx context.Context, now time.Time) (int, error) {
 	var recs []mpsaas.MeterRecord
 	added := 0
 	each := func(sub *mpsaas.Subscriber) error {
+		if !s.heartbeatsFor(sub) {
+			return nil
+		}
 		start := mpsaas.Hour(sub.CreatedAt)
 		if start.Before(earliest) {
 			start = earliest
@@ -1109,4 +1112,19 @@ func (s *Service) dimensionsOf(product string) []string {
 		return p.Dimensions
 	}
 	return s.Dimensions
+}
+
+// heartbeatsFor reports whether a buyer's product gets the hourly zero
+// records: not a contract-only listing (nothing is metered), and not a
+// product whose dimensions (the products file) lack the heartbeat
+// dimension, which AWS would refuse.
+func (s *Service) heartbeatsFor(sub *mpsaas.Subscriber) bool {
+	if len(s.Products) == 0 {
+		return true // one product: the heartbeat dimension is its own
+	}
+	if s.listingOf(sub) == mpsaas.ListingContracts {
+		return false
+	}
+	p, ok := s.Products[sub.ProductCode]
+	return !ok || len(p.Dimensions) == 0 || slices.Contains(p.Dimensions, s.HeartbeatDimension)
 }

@@ -367,6 +367,26 @@ func TestHeartbeatZeroRecords(t *testing.T) {
 	}
 }
 
+// TestHeartbeatsOnlyWhereAWSTakesThem (products file): a contract-only
+// product gets no hourly zero records, nor does a product whose dimensions
+// lack the heartbeat dimension (AWS would refuse them); a subscription
+// product gets them.
+func TestHeartbeatsOnlyWhereAWSTakesThem(t *testing.T) {
+	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true), product("c", emulator.ProductContract, true),
+		product("q", emulator.ProductSubscription, true))
+	h.meter.HeartbeatDimension = "users"
+	h.meter.Products = map[string]mpsaas.Product{"c": {Code: "c", Listing: mpsaas.ListingContracts}, "q": {Code: "q", Dimensions: []string{"requests"}}}
+	_, res := h.buyer(t, "p", nil)
+	h.buyer(t, "c", map[string]int32{"users": 5})
+	h.buyer(t, "q", nil)
+	h.em.Clock.Advance(time.Hour) // 13:30: hour 12 has closed
+	h.runUntilDone(t)
+	a := res.Subscription.BuyerAccountID
+	if got, want := h.billed(), map[string]int64{a + "/users/12h": 0}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("billed = %v, want a zero record for the subscription buyer only: %v", got, want)
+	}
+}
+
 func TestIngestRejectsBadInput(t *testing.T) {
 	h := newHarness(t, mpsaas.ListingSubscriptions, product("p", emulator.ProductSubscription, true))
 	key, _ := h.buyer(t, "p", nil)
