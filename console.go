@@ -139,3 +139,20 @@ type DeadNotification struct {
 	Reason   string    `json:"reason"`
 	DeadAt   time.Time `json:"deadAt"`
 }
+
+// HourSummary is what became of one hour's usage, for the console.
+type HourSummary struct {
+	Hour time.Time `json:"hour"`
+	// Counts are the hour's usage by state (the states of MeterSummary);
+	// nil when the store has not counted an hour still being metered.
+	Counts map[string]StateCount `json:"counts,omitempty"`
+	// Late counts the hour's meter records that carry late usage of
+	// earlier hours (-1: not known).
+	Late int64 `json:"late"`
+	// Done: every record of the hour reached a final state.
+	Done bool `json:"done"`
+	// Sealed is how many of the hour's parts are sealed, of Parts (stores
+	// that seal an hour in parts; 0 of 0 otherwise).
+	Sealed int `json:"sealed,omitempty"`
+	Parts  int `json:"parts,omitempty"`
+}

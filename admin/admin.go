@@ -471,7 +471,21 @@ type productUsage interface {
 	ProductUsage(ctx context.Context, from, to time.Time) ([]mpsaas.ProductHour, error)
 }
 
+// hourSummaries is implemented by both metering stores.
+type hourSummaries interface {
+	HourSummaries(ctx context.Context, from, to time.Time) ([]mpsaas.HourSummary, error)
+}
+
+// hourRow is one hour of the metering page.
+type hourRow struct {
+	mpsaas.HourSummary
+	// States are the hour's counts in the page's state order.
+	States []stateRow
+}
+
 type meteringData struct {
+	// Hours are the last 48 hours, newest first.
+	Hours []hourRow
 	// ProductChart is the last 24 hours' usage and billed quantity by
 	// product ("" when the store cannot sum them).
 	ProductChart template.HTML
@@ -502,6 +516,9 @@ func (c *Console) ledgerWithin(ctx context.Context, f mpsaas.LedgerFilter) (entr
 	return entries, false, err
 }
 
+// stateOrder is the order the console shows usage states in.
+var stateOrder = []string{mpsaas.UsagePending, mpsaas.UsageSealed, mpsaas.UsageBatched, mpsaas.UsageBilled, mpsaas.UsageCovered, mpsaas.UsageRejected, mpsaas.UsageFlagged}
+
 type stateRow struct {
 	State string
 	mpsaas.StateCount
@@ -520,7 +537,7 @@ func (c *Console) metering(w http.ResponseWriter, r *http.Request, id string) {
 		return
 	}
 	var d meteringData
-	for _, st := range []string{mpsaas.UsagePending, "sealed", "batched", "billed", "covered", "rejected", "flagged"} {
+	for _, st := range stateOrder {
 		if n, ok := sum[st]; ok {
 			d.Summary = append(d.Summary, stateRow{st, n})
 		}
@@ -545,6 +562,23 @@ func (c *Console) metering(w http.ResponseWriter, r *http.Request, id string) {
 		d.Cut = d.Cut || cut
 	}
 	now := c.clock.Now()
+	if hs, ok := c.store.(hourSummaries); ok {
+		to := mpsaas.Hour(now)
+		hours, err := hs.HourSummaries(ctx, to.Add(-47*time.Hour), to)
+		if err != nil {
+			c.fail(w, r, id, err)
+			return
+		}
+		for _, h := range hours {
+			row := hourRow{HourSummary: h}
+			for _, st := range stateOrder {
+				if n, ok := h.Counts[st]; ok {
+					row.States = append(row.States, stateRow{st, n})
+				}
+			}
+			d.Hours = append(d.Hours, row)
+		}
+	}
 	if pu, ok := c.store.(productUsage); ok {
 		to := mpsaas.Hour(now)
 		from := to.Add(-23 * time.Hour)

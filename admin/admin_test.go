@@ -421,10 +421,19 @@ func TestProductChart(t *testing.T) {
 	if _, err := e.db.AddHeartbeats(ctx, []mpsaas.MeterRecord{rec}); err != nil {
 		t.Fatal(err)
 	}
+	if _, err := e.db.AddUsage(ctx, "u1", "h", []mpsaas.UsageRow{{SubscriberKey: "cust-1", Dimension: "users", Quantity: 7, Time: mpsaas.Hour(e.now)}}, mpsaas.Hour(e.now), e.now); err != nil {
+		t.Fatal(err)
+	}
 	c := e.login()
 	_, page, _ := e.get(c, "/admin/metering")
 	if !strings.Contains(page, `id="usage-chart"`) || !strings.Contains(page, `data-dimension="prod-a"`) {
 		t.Errorf("metering page has no product chart:\n%s", page)
+	}
+	// The hours: the open hour's pending usage, the sealed record two hours back.
+	for _, want := range []string{`id="hours"`, "pending: 1 / 7", "sealed: 0 / 0; 0", hour.Format("2006-01-02 15:00")} {
+		if !strings.Contains(page, want) {
+			t.Errorf("metering page's hours lack %q", want)
+		}
 	}
 }
 

@@ -87,3 +87,26 @@ func (s *HourStore) UsageHistory(ctx context.Context, key string, from, to time.
 	mpsaas.SortHourUsage(out)
 	return out, nil
 }
+
+// HourSummaries reads the hour marks from..to (one Query): a done hour's
+// counts by state, and for an hour still being metered how many of its
+// shards are sealed (its counts would mean reading all its items).
+func (s *HourStore) HourSummaries(ctx context.Context, from, to time.Time) ([]mpsaas.HourSummary, error) {
+	metas, err := s.metas(ctx, mpsaas.Hour(from).Unix(), mpsaas.Hour(to).Unix())
+	if err != nil {
+		return nil, err
+	}
+	var out []mpsaas.HourSummary
+	for h := mpsaas.Hour(to).Unix(); h >= mpsaas.Hour(from).Unix(); h -= 3600 {
+		m, ok := metas[h]
+		if !ok || m.done && len(m.counts) == 0 {
+			continue // no usage in that hour
+		}
+		sum := mpsaas.HourSummary{Hour: time.Unix(h, 0).UTC(), Late: -1, Done: m.done, Sealed: len(m.sealed), Parts: hourShards}
+		if m.done {
+			sum.Counts = m.counts
+		}
+		out = append(out, sum)
+	}
+	return out, nil
+}

@@ -390,6 +390,18 @@ func TestContractStatusOnDynamoDB(t *testing.T) {
 	if want := "12h c usage 3 billed 0|13h c usage 5 billed 2|14h c usage 1 billed 1"; strings.Join(lines, "|") != want {
 		t.Errorf("usage by product:\n%s\nwant\n%s", strings.Join(lines, "|"), want)
 	}
+	// The console's hours: done hours with their counts, newest first.
+	hs, err := st.HourSummaries(ctx, at(11, 0), at(15, 0))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines = nil
+	for _, h := range hs {
+		lines = append(lines, fmt.Sprintf("%s done=%v covered=%d billed=%d", h.Hour.Format("15h"), h.Done, h.Counts[mpsaas.UsageCovered].Quantity, h.Counts[mpsaas.UsageBilled].MeterQuantity))
+	}
+	if want := "14h done=true covered=0 billed=1|13h done=true covered=0 billed=2|12h done=true covered=3 billed=0"; strings.Join(lines, "|") != want {
+		t.Errorf("hour summaries:\n%s\nwant\n%s", strings.Join(lines, "|"), want)
+	}
 }
 
 // TestHourStoreUsageHistory: a buyer's usage by hour and dimension for the

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sort"
 	"strconv"
 	"time"
 
@@ -228,4 +229,66 @@ func (d *DB) RedriveNotification(ctx context.Context, id int64) error {
 		return mpsaas.Errorf(mpsaas.ENOTFOUND, "no dead-lettered notification %d", id)
 	}
 	return nil
+}
+
+// HourSummaries counts the hours from..to: meter records by state (the
+// hour index) and pending usage by meter hour (the pending index).
+func (d *DB) HourSummaries(ctx context.Context, from, to time.Time) ([]mpsaas.HourSummary, error) {
+	byHour := map[int64]*mpsaas.HourSummary{}
+	get := func(h int64) *mpsaas.HourSummary {
+		if s := byHour[h]; s != nil {
+			return s
+		}
+		s := &mpsaas.HourSummary{Hour: time.Unix(h, 0).UTC(), Counts: map[string]mpsaas.StateCount{}, Done: true}
+		byHour[h] = s
+		return s
+	}
+	rows, err := d.db.QueryContext(ctx, `SELECT hour, state, SUM(usage_records), SUM(COALESCE(usage_quantity, 0)), COUNT(*), SUM(quantity), SUM(shares != '')
+		FROM meter_records WHERE hour BETWEEN ? AND ? GROUP BY hour, state`, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("hour summaries: %w", err)
+	}
+	for rows.Next() {
+		var h, late int64
+		var st string
+		var c mpsaas.StateCount
+		if err := rows.Scan(&h, &st, &c.Records, &c.Quantity, &c.MeterRecords, &c.MeterQuantity, &late); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("hour summaries: %w", err)
+		}
+		s := get(h)
+		s.Counts[st] = c
+		s.Late += late
+		if st == mpsaas.UsageSealed || st == mpsaas.UsageBatched {
+			s.Done = false
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, err
+	}
+	pending, err := d.db.QueryContext(ctx, `SELECT meter_hour, COUNT(*), SUM(quantity) FROM usage
+		WHERE state = 'pending' AND meter_hour BETWEEN ? AND ? GROUP BY meter_hour`, from.Unix(), to.Unix())
+	if err != nil {
+		return nil, fmt.Errorf("hour summaries: %w", err)
+	}
+	defer pending.Close()
+	for pending.Next() {
+		var h int64
+		var c mpsaas.StateCount
+		if err := pending.Scan(&h, &c.Records, &c.Quantity); err != nil {
+			return nil, err
+		}
+		s := get(h)
+		s.Counts[mpsaas.UsagePending], s.Done = c, false
+	}
+	if err := pending.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]mpsaas.HourSummary, 0, len(byHour))
+	for _, s := range byHour {
+		out = append(out, *s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Hour.After(out[j].Hour) })
+	return out, nil
 }
