@@ -44,9 +44,15 @@ func TestTwoProductsOneServe(t *testing.T) {
 		t.Fatal(err)
 	}
 	app := startApp(t, mpsaas.ListingSubscriptions, "MPSAAS_PRODUCTS_FILE", file, "MPSAAS_USAGE_API_KEYS", testUsageKey, "MPSAAS_METER_INTERVAL", "1s")
-	if _, err := app.em.AddProduct(emulator.Product{Code: "enterprise-prod", Type: emulator.ProductContract, LicenseBased: true,
-		Dimensions: []emulator.Dimension{{Name: "seats"}}, FulfillmentURL: app.URL() + "/fulfillment"}); err != nil {
-		t.Fatal(err)
+	// The emulator has the file's products (a seller can try each locally).
+	var seeded *emulator.Product
+	for _, p := range app.em.Products() {
+		if p.Code == "enterprise-prod" {
+			seeded = &p
+		}
+	}
+	if seeded == nil || seeded.Type != emulator.ProductContract || seeded.Name != "Widgets Enterprise" || len(seeded.Dimensions) != 1 || seeded.Dimensions[0].Name != "seats" {
+		t.Fatalf("the emulator's enterprise product: %+v", seeded)
 	}
 	ctx := context.Background()
 	c := client.New(app.URL(), testUsageKey)

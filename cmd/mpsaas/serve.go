@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -106,6 +107,9 @@ func openApp(ctx context.Context, cfg Config, getenv func(string) string, logger
 		emURL := a.EmulatorURL()
 		a.em = emulator.New(emulatorConfig(logger))
 		if err := seedDemo(a.em, a.cfg.PublicURL+"/fulfillment", cfg.Listing, cfg.ProductName); err != nil {
+			return nil, err
+		}
+		if err := seedProducts(a.em, a.cfg.PublicURL+"/fulfillment", cfg); err != nil {
 			return nil, err
 		}
 		if len(a.cfg.ProductCodes) == 0 {
@@ -291,6 +295,44 @@ func seedDemo(em *emulator.Server, fulfillmentURL, listing, name string) error {
 	for _, b := range []emulator.Buyer{{AccountID: "123456789012", Name: "Example Buyer Inc."}, {AccountID: "210987654321", Name: "Another Customer LLC"}} {
 		if _, err := em.AddBuyer(b); err != nil {
 			return fmt.Errorf("seed emulator: %w", err)
+		}
+	}
+	return nil
+}
+
+// seedProducts adds the products file's products to the emulator (those
+// it does not have yet), so a seller can try each of them locally: its
+// listing type, name and dimensions (the demo's when it names none).
+func seedProducts(em *emulator.Server, fulfillmentURL string, cfg Config) error {
+	have := map[string]bool{}
+	for _, p := range em.Products() {
+		have[p.Code] = true
+	}
+	codes := make([]string, 0, len(cfg.Products))
+	for code := range cfg.Products {
+		codes = append(codes, code)
+	}
+	sort.Strings(codes)
+	for _, code := range codes {
+		if have[code] {
+			continue
+		}
+		p := cfg.Products[code]
+		ep := emulator.Product{Code: code, Name: p.Name, Type: p.Listing, LicenseBased: true, FulfillmentURL: fulfillmentURL}
+		if ep.Name == "" {
+			ep.Name = cfg.ProductName
+		}
+		if ep.Type == "" {
+			ep.Type = cfg.Listing
+		}
+		for _, d := range p.Dimensions {
+			ep.Dimensions = append(ep.Dimensions, emulator.Dimension{Name: d})
+		}
+		if len(ep.Dimensions) == 0 {
+			ep.Dimensions = []emulator.Dimension{{Name: "users", Description: "Active users"}, {Name: "requests", Description: "API requests"}}
+		}
+		if _, err := em.AddProduct(ep); err != nil {
+			return fmt.Errorf("seed emulator with product %s: %w", code, err)
 		}
 	}
 	return nil
