@@ -368,6 +368,13 @@ func (c *Config) Validate(rt Runtime) error {
 			c.ProductResources[code] = id
 		}
 	}
+	// The products file's resource ids, where MPSAAS_PRODUCT_RESOURCES
+	// does not name one.
+	for code, p := range c.Products {
+		if _, set := c.ProductResources[code]; !set && p.Resource != "" {
+			c.ProductResources[code] = p.Resource
+		}
+	}
 	if c.AdminPasswordHash != "" {
 		if err := admin.ParseHash(c.AdminPasswordHash); err != nil {
 			errs = append(errs, fmt.Errorf("MPSAAS_ADMIN_PASSWORD_HASH: %w", err))
@@ -588,8 +595,9 @@ func PrintFlags(fs *flag.FlagSet) {
 	fmt.Fprint(out, placeholderPrefix.ReplaceAllString(b.String(), "$1"))
 }
 
-// loadProducts reads the products file (or MPSAAS_PRODUCTS), adds its
-// codes to ProductCodes and its resource ids to ProductResourcesText.
+// loadProducts reads the products file (or MPSAAS_PRODUCTS) and adds its
+// codes to ProductCodes (its resource ids join ProductResources in
+// Validate).
 func (c *Config) loadProducts() error {
 	c.Products = nil
 	var name string
@@ -621,12 +629,6 @@ func (c *Config) loadProducts() error {
 		c.Products[p.Code] = p
 		if !slices.Contains(c.ProductCodes, p.Code) {
 			c.ProductCodes = append(c.ProductCodes, p.Code)
-		}
-		if p.Resource != "" && !strings.Contains(c.ProductResourcesText, p.Code+"=") {
-			if c.ProductResourcesText != "" {
-				c.ProductResourcesText += ","
-			}
-			c.ProductResourcesText += p.Code + "=" + p.Resource
 		}
 	}
 	return nil

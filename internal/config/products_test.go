@@ -119,3 +119,24 @@ func TestProductsFileSettings(t *testing.T) {
 		t.Errorf("missing file: %v", err)
 	}
 }
+
+// TestProductsFileResources: MPSAAS_PRODUCT_RESOURCES wins for the codes it
+// names; the file's resource ids fill in the others, including a code that
+// is the end of another's.
+func TestProductsFileResources(t *testing.T) {
+	env := map[string]string{
+		"MPSAAS_PRODUCTS":      "products:\n  - code: prod\n    resource: prod-file\n  - code: subprod\n    resource: prod-file-sub\n",
+		"MPSAAS_PRODUCT_CODES": "subprod", "MPSAAS_PRODUCT_RESOURCES": "subprod=prod-env",
+	}
+	var c Config
+	c.LoadEnv(Serve, func(k string) string { return env[k] })
+	if err := c.Validate(Serve); err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Resources(); r["subprod"] != "prod-env" || r["prod"] != "prod-file" {
+		t.Errorf("resources = %v, want subprod from the setting and prod from the file", r)
+	}
+	if c.ProductResourcesText != "subprod=prod-env" {
+		t.Errorf("the setting was rewritten: %q", c.ProductResourcesText)
+	}
+}
