@@ -93,7 +93,7 @@ func (s *Store) DeliveriesFor(ctx context.Context, sub *mpsaas.Subscriber, chann
 				return nil, fmt.Errorf("read deliveries of %s: %w", sub.Key, err)
 			}
 			for _, it := range res.Responses[s.tables.Outbox] {
-				out = append(out, consoleMessage(it))
+				out = append(out, outboxMessageFrom(it))
 			}
 			pending = res.UnprocessedKeys[s.tables.Outbox].Keys
 			if len(pending) > 0 {
@@ -110,19 +110,6 @@ func (s *Store) DeliveriesFor(ctx context.Context, sub *mpsaas.Subscriber, chann
 		return out[i].ID > out[j].ID
 	})
 	return out, nil
-}
-
-func consoleMessage(it map[string]types.AttributeValue) mpsaas.OutboxMessage {
-	m := mpsaas.OutboxMessage{
-		ID: getS(it, "id"), Channel: getS(it, "channel"), IdempotencyKey: getS(it, "idempotencyKey"),
-		Payload: []byte(getS(it, "payload")), Attempts: int(getN(it, "attempts")),
-		NextAttemptAt: fromN(getN(it, "nextAttemptAt")), LastError: getS(it, "lastError"),
-		SubscriberKey: getS(it, "subscriberKey"), CreatedAt: fromN(getN(it, "createdAt")), History: historyFrom(it),
-	}
-	if d := getN(it, "deliveredAt"); d != 0 {
-		m.DeliveredAt = fromN(d)
-	}
-	return m
 }
 
 // FailedDeliveries reads the sparse index of undelivered messages (only
@@ -142,7 +129,7 @@ func (s *Store) FailedDeliveries(ctx context.Context, limit int) ([]mpsaas.Outbo
 		}
 		for _, it := range page.Items {
 			if len(out) < limit {
-				out = append(out, consoleMessage(it))
+				out = append(out, outboxMessageFrom(it))
 			}
 		}
 	}

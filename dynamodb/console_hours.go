@@ -3,7 +3,6 @@ package dynamodb
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -33,52 +32,27 @@ func (s *HourStore) UsageHistory(ctx context.Context, key string, from, to time.
 		hours = append(hours, h)
 	}
 	found := make([][]mpsaas.HourUsage, len(hours))
-	errs := make([]error, len(hours))
-	gctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	sem := make(chan struct{}, 8)
-	var wg sync.WaitGroup
-	for i, h := range hours {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			errs[i] = func() error {
-				k := itemKey{sub: key, hour: h.Unix()}
-				p := ddb.NewQueryPaginator(s.client, &ddb.QueryInput{
-					TableName:                 aws.String(s.tables.MeterHours),
-					KeyConditionExpression:    aws.String("pk = :pk AND begins_with(sk, :prefix)"),
-					ExpressionAttributeValues: map[string]types.AttributeValue{":pk": sv(k.pk()), ":prefix": sv(key + "\x1f")},
-				})
-				for p.HasMorePages() {
-					page, err := p.NextPage(gctx)
-					if err != nil {
-						return fmt.Errorf("usage history of %s: %w", key, err)
-					}
-					for _, it := range page.Items {
-						if _, moved := it["to"]; moved {
-							continue
-						}
-						u := mpsaas.HourUsage{Dimension: getS(it, "dim"), Hour: h, Usage: getN(it, "q"), Quantity: getN(it, "bq"),
-							State: getS(it, "st"), BatchID: getN(it, "batch"), MeteringRecordID: getS(it, "mrid"), Reason: getS(it, "reason")}
-						if u.State == "" {
-							u.State, u.Quantity = mpsaas.UsagePending, 0
-						}
-						found[i] = append(found[i], u)
-					}
+	err := parallel(ctx, len(hours), 8, func(i int) error {
+		h := hours[i]
+		k := itemKey{sub: key, hour: h.Unix()}
+		return s.pages(ctx, &ddb.QueryInput{TableName: s.table(),
+			KeyConditionExpression:    aws.String("pk = :p AND begins_with(sk, :prefix)"),
+			ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(k.pk()), ":prefix": sv(key + "\x1f")}},
+			func(it map[string]types.AttributeValue) error {
+				if _, moved := it["to"]; moved {
+					return nil
 				}
+				u := mpsaas.HourUsage{Dimension: getS(it, "dim"), Hour: h, Usage: getN(it, "q"), Quantity: getN(it, "bq"),
+					State: getS(it, "st"), BatchID: getN(it, "batch"), MeteringRecordID: getS(it, "mrid"), Reason: getS(it, "reason")}
+				if u.State == "" {
+					u.State, u.Quantity = mpsaas.UsagePending, 0
+				}
+				found[i] = append(found[i], u)
 				return nil
-			}()
-			if errs[i] != nil {
-				cancel()
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			return nil, err
-		}
+			})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("usage history of %s: %w", key, err)
 	}
 	var out []mpsaas.HourUsage
 	for _, f := range found {

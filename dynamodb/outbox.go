@@ -33,13 +33,23 @@ func (s *Store) DueMessages(ctx context.Context, now time.Time, limit int) ([]mp
 	}
 	msgs := make([]mpsaas.OutboxMessage, 0, len(out.Items))
 	for _, it := range out.Items {
-		msgs = append(msgs, mpsaas.OutboxMessage{
-			ID: getS(it, "id"), Channel: getS(it, "channel"), IdempotencyKey: getS(it, "idempotencyKey"),
-			Payload: []byte(getS(it, "payload")), Attempts: int(getN(it, "attempts")),
-			NextAttemptAt: fromN(getN(it, "nextAttemptAt")), LastError: getS(it, "lastError"),
-		})
+		msgs = append(msgs, outboxMessageFrom(it))
 	}
 	return msgs, nil
+}
+
+// outboxMessageFrom reads an outbox item.
+func outboxMessageFrom(it map[string]types.AttributeValue) mpsaas.OutboxMessage {
+	m := mpsaas.OutboxMessage{
+		ID: getS(it, "id"), Channel: getS(it, "channel"), IdempotencyKey: getS(it, "idempotencyKey"),
+		Payload: []byte(getS(it, "payload")), Attempts: int(getN(it, "attempts")),
+		NextAttemptAt: fromN(getN(it, "nextAttemptAt")), LastError: getS(it, "lastError"),
+		SubscriberKey: getS(it, "subscriberKey"), CreatedAt: fromN(getN(it, "createdAt")), History: historyFrom(it),
+	}
+	if d := getN(it, "deliveredAt"); d != 0 {
+		m.DeliveredAt = fromN(d)
+	}
+	return m
 }
 
 // MarkDelivered records a delivery: the entry leaves the pending index.

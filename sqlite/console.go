@@ -2,7 +2,6 @@ package sqlite
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"sort"
 	"strconv"
@@ -54,8 +53,6 @@ func (d *DB) hasSubscriberAfter(ctx context.Context, key string) (bool, error) {
 	return n > 0, nil
 }
 
-const consoleOutboxColumns = `id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error, subscriber_key, created_at, delivered_at, history`
-
 // DeliveriesFor returns the subscriber's queued access changes, newest
 // first (channels are those stored: SQLite keeps every row).
 func (d *DB) DeliveriesFor(ctx context.Context, s *mpsaas.Subscriber, _ []string) ([]mpsaas.OutboxMessage, error) {
@@ -68,29 +65,11 @@ func (d *DB) FailedDeliveries(ctx context.Context, limit int) ([]mpsaas.OutboxMe
 }
 
 func (d *DB) consoleOutbox(ctx context.Context, where string, args ...any) ([]mpsaas.OutboxMessage, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT `+consoleOutboxColumns+` FROM outbox `+where, args...)
+	rows, err := d.db.QueryContext(ctx, `SELECT `+outboxDetailColumns+` FROM outbox `+where, args...)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
-	defer rows.Close()
-	var out []mpsaas.OutboxMessage
-	for rows.Next() {
-		var m mpsaas.OutboxMessage
-		var payload, history string
-		var id, next, created, delivered int64
-		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError, &m.SubscriberKey, &created, &delivered, &history); err != nil {
-			return nil, fmt.Errorf("scan outbox message: %w", err)
-		}
-		if err := json.Unmarshal([]byte(history), &m.History); err != nil {
-			return nil, fmt.Errorf("outbox message %d history: %w", id, err)
-		}
-		m.ID, m.Payload, m.NextAttemptAt, m.CreatedAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next), fromUnixNano(created)
-		if delivered != 0 {
-			m.DeliveredAt = fromUnixNano(delivered)
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
+	return scanOutbox(rows, true)
 }
 
 // RetryDelivery makes an undelivered message due now.

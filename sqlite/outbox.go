@@ -18,26 +18,47 @@ var (
 
 // DueMessages returns undelivered outbox messages whose next attempt is due, oldest first.
 func (d *DB) DueMessages(ctx context.Context, now time.Time, limit int) ([]mpsaas.OutboxMessage, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error
+	rows, err := d.db.QueryContext(ctx, `SELECT `+outboxColumns+`
 		FROM outbox WHERE delivered_at = 0 AND next_attempt_at <= ? ORDER BY id LIMIT ?`, unixNano(now), limit)
 	if err != nil {
 		return nil, fmt.Errorf("due outbox messages: %w", err)
 	}
-	return scanOutbox(rows)
+	return scanOutbox(rows, false)
 }
 
-// scanOutbox reads the rows of an outbox query.
-func scanOutbox(rows *sql.Rows) ([]mpsaas.OutboxMessage, error) {
+// outboxColumns are what delivery needs of a message; outboxDetailColumns
+// add what the console shows (scanOutbox with full).
+const (
+	outboxColumns       = `id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error`
+	outboxDetailColumns = outboxColumns + `, subscriber_key, created_at, delivered_at, history`
+)
+
+// scanOutbox reads the rows of an outbox query of outboxColumns, or of
+// outboxDetailColumns when full.
+func scanOutbox(rows *sql.Rows, full bool) ([]mpsaas.OutboxMessage, error) {
 	defer rows.Close()
 	var out []mpsaas.OutboxMessage
 	for rows.Next() {
 		var m mpsaas.OutboxMessage
-		var payload string
-		var next, id int64
-		if err := rows.Scan(&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError); err != nil {
+		var payload, history string
+		var next, id, created, delivered int64
+		dest := []any{&id, &m.Channel, &m.IdempotencyKey, &payload, &m.Attempts, &next, &m.LastError}
+		if full {
+			dest = append(dest, &m.SubscriberKey, &created, &delivered, &history)
+		}
+		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("scan outbox message: %w", err)
 		}
 		m.ID, m.Payload, m.NextAttemptAt = strconv.FormatInt(id, 10), []byte(payload), fromUnixNano(next)
+		if full {
+			m.CreatedAt = fromUnixNano(created)
+			if delivered != 0 {
+				m.DeliveredAt = fromUnixNano(delivered)
+			}
+			if err := json.Unmarshal([]byte(history), &m.History); err != nil {
+				return nil, fmt.Errorf("outbox message %d history: %w", id, err)
+			}
+		}
 		out = append(out, m)
 	}
 	return out, rows.Err()
@@ -153,12 +174,12 @@ type DeadLetter struct {
 // outbox_due index, then the channel: a channel's backlog never hides
 // another's).
 func (d *DB) DueMessagesOn(ctx context.Context, channel string, now time.Time, limit int) ([]mpsaas.OutboxMessage, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, channel, idempotency_key, payload, attempts, next_attempt_at, last_error
+	rows, err := d.db.QueryContext(ctx, `SELECT `+outboxColumns+`
 		FROM outbox WHERE delivered_at = 0 AND next_attempt_at <= ? AND channel = ? ORDER BY id LIMIT ?`, unixNano(now), channel, limit)
 	if err != nil {
 		return nil, fmt.Errorf("due outbox messages on %s: %w", channel, err)
 	}
-	return scanOutbox(rows)
+	return scanOutbox(rows, false)
 }
 
 // appendHistory appends the attempt given as JSON to an outbox row's
