@@ -87,6 +87,13 @@ const (
 	StatusFailed             Status = "failed"
 )
 
+// Statuses are all subscription states.
+var Statuses = []Status{StatusPending, StatusActive, StatusUnsubscribePending, StatusCancelled, StatusFailed}
+
+// EndingStatuses are the states of a subscription that is ending or has
+// ended: its final usage is sent at once (metering's flushing).
+var EndingStatuses = []Status{StatusUnsubscribePending, StatusCancelled, StatusFailed}
+
 // State is what the events say about a subscription.
 type State struct {
 	Status    Status `json:"status"`

@@ -334,8 +334,6 @@ func filterOf(q url.Values) mpsaas.SubscriberFilter {
 	return f
 }
 
-var statuses = []mpsaas.Status{mpsaas.StatusPending, mpsaas.StatusActive, mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed}
-
 type buyersData struct {
 	Filter   mpsaas.SubscriberFilter
 	Products []string
@@ -352,7 +350,7 @@ func (c *Console) buyers(w http.ResponseWriter, r *http.Request, id string) {
 		c.fail(w, r, id, err)
 		return
 	}
-	d := buyersData{Filter: f, Products: c.cfg.Products, Statuses: statuses, Page: p}
+	d := buyersData{Filter: f, Products: c.cfg.Products, Statuses: mpsaas.Statuses, Page: p}
 	q := r.URL.Query()
 	q.Del("after")
 	d.CSVURL = "/admin/buyers.csv?" + q.Encode()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -57,7 +58,7 @@ func subscriberItem(s *mpsaas.Subscriber, now time.Time) (map[string]types.Attri
 	putS(item, "claimId", s.ClaimID)
 	putS(item, "access", string(s.Access))
 	putS(item, "accessFingerprint", s.AccessFingerprint)
-	if endingStatus(s.Status) {
+	if slices.Contains(mpsaas.EndingStatuses, s.Status) {
 		item["ending"] = sv("1") // in the ending index (EndingSubscribers)
 	}
 	if len(s.EntitlementHistory) > 0 {
@@ -561,11 +562,6 @@ func (s *Store) SubscribersFor(ctx context.Context, e mpsaas.Event) ([]string, e
 	}
 	sort.Strings(out)
 	return out, nil
-}
-
-// endingStatus: the statuses the ending index holds.
-func endingStatus(st mpsaas.Status) bool {
-	return st == mpsaas.StatusUnsubscribePending || st == mpsaas.StatusCancelled || st == mpsaas.StatusFailed
 }
 
 // EndingSubscribers returns the buyers whose subscription is ending or

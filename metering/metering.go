@@ -551,7 +551,7 @@ func (s *Service) flushing(ctx context.Context, now time.Time) ([]string, error)
 	if el, ok := s.Store.(EndingLister); ok {
 		subs, err = el.EndingSubscribers(ctx, now.Add(-mpsaas.MeteringWindow))
 	} else {
-		subs, err = s.Store.ActiveSubscribers(ctx, []mpsaas.Status{mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed})
+		subs, err = s.Store.ActiveSubscribers(ctx, mpsaas.EndingStatuses)
 	}
 	if err != nil {
 		return nil, err

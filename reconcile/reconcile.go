@@ -105,8 +105,6 @@ func (s *Service) now() time.Time {
 	return s.Clock.Now().UTC()
 }
 
-var allStatuses = []mpsaas.Status{mpsaas.StatusPending, mpsaas.StatusActive, mpsaas.StatusUnsubscribePending, mpsaas.StatusCancelled, mpsaas.StatusFailed}
-
 // Run compares every buyer of the products with AWS and, with apply,
 // records the repairs.
 func (s *Service) Run(ctx context.Context, apply bool) (Report, error) {
@@ -126,7 +124,7 @@ func (s *Service) Run(ctx context.Context, apply bool) (Report, error) {
 			return rep, fmt.Errorf("agreements of %s: %w", product, err)
 		}
 	}
-	subs, err := s.Store.ActiveSubscribers(ctx, allStatuses)
+	subs, err := s.Store.ActiveSubscribers(ctx, mpsaas.Statuses)
 	if err != nil {
 		return rep, err
 	}
