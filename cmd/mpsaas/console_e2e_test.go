@@ -105,6 +105,9 @@ func TestConsoleInBrowser(t *testing.T) {
 		chromedp.WaitVisible(css("table#buyers")),
 		chromedp.SendKeys(css("#q"), "console buyer"),
 		chromedp.Click(css("#search")),
+		// The results page (its search box holds the query as rendered);
+		// the list before the search has buyer links too.
+		chromedp.WaitVisible(css(`#q[value="console buyer"]`)),
 		chromedp.WaitVisible(css("a.buyer")),
 		chromedp.Click(css("a.buyer")),
 		chromedp.WaitVisible(css("#usage-chart")),
