@@ -177,7 +177,7 @@ func (c *Console) authed(h func(http.ResponseWriter, *http.Request, string)) htt
 		if r.Method == http.MethodPost {
 			r.Body = http.MaxBytesReader(w, r.Body, 64<<10)
 			if !sameOrigin(r) || !c.s.checkCSRF(id, r.PostFormValue("csrf")) {
-				c.audit(r, "csrf-refused", "")
+				c.audit(r, id, "csrf-refused", "")
 				http.Error(w, "the form expired or did not come from this console: reload the page and try again", http.StatusForbidden)
 				return
 			}
@@ -197,13 +197,11 @@ func sameOrigin(r *http.Request) bool {
 	return err == nil && u.Host == r.Host
 }
 
-// audit logs one console action: who (the session), from where, what.
-func (c *Console) audit(r *http.Request, action, target string, attrs ...any) {
-	session := ""
-	if ck, err := r.Cookie(sessionCookie); err == nil {
-		if id, ok := c.s.check(ck.Value, c.clock.Now()); ok {
-			session = id[:8]
-		}
+// audit logs one console action: who (the session's id, "" before a
+// sign-in), from where, what.
+func (c *Console) audit(r *http.Request, session, action, target string, attrs ...any) {
+	if len(session) > 8 {
+		session = session[:8] // enough to follow one session; not the cookie
 	}
 	args := append([]any{"audit", true, "action", action, "target", target, "session", session, "client", clientAddr(r)}, attrs...)
 	c.log.Info("admin action", args...)
@@ -294,32 +292,31 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		why = "wrong form token"
 	}
 	if why != "" {
-		c.audit(r, "login-refused", "", "why", why)
+		c.audit(r, "", "login-refused", "", "why", why)
 		http.Error(w, "the sign-in form expired: reload it and try again", http.StatusForbidden)
 		return
 	}
 	if !c.limit.allow(clientAddr(r), c.clock.Now()) {
-		c.audit(r, "login-refused", "", "why", "rate limit")
+		c.audit(r, "", "login-refused", "", "why", "rate limit")
 		w.Header().Set("Retry-After", "60")
 		http.Error(w, "too many sign-in attempts: wait a minute", http.StatusTooManyRequests)
 		return
 	}
 	if !c.hash.verify(r.PostFormValue("password")) {
-		c.audit(r, "login-failed", "")
+		c.audit(r, "", "login-failed", "")
 		c.render(w, http.StatusUnauthorized, "login", page{Title: "Sign in", Error: "Wrong password.", CSRF: c.s.csrf("login:" + ck.Value),
 			Data: safeNext(r.PostFormValue("next"))})
 		return
 	}
-	v := c.s.issue(c.clock.Now())
+	v, id := c.s.issue(c.clock.Now())
 	c.setCookie(w, r, sessionCookie, v, c.cfg.SessionTTL)
 	c.setCookie(w, r, loginCookie, "", -time.Second)
-	id, _ := c.s.check(v, c.clock.Now())
-	c.log.Info("admin action", "audit", true, "action", "login", "session", id[:8], "client", clientAddr(r))
+	c.audit(r, id, "login", "")
 	http.Redirect(w, r, safeNext(r.PostFormValue("next")), http.StatusSeeOther)
 }
 
-func (c *Console) logout(w http.ResponseWriter, r *http.Request, _ string) {
-	c.audit(r, "logout", "")
+func (c *Console) logout(w http.ResponseWriter, r *http.Request, id string) {
+	c.audit(r, id, "logout", "")
 	c.setCookie(w, r, sessionCookie, "", -time.Second)
 	http.Redirect(w, r, "/admin/login", http.StatusSeeOther)
 }
@@ -368,10 +365,10 @@ var maxCSVRows = 10000
 
 // buyersCSV streams the buyers the filter matches, a page at a time, from
 // the after cursor on, at most maxCSVRows.
-func (c *Console) buyersCSV(w http.ResponseWriter, r *http.Request, _ string) {
+func (c *Console) buyersCSV(w http.ResponseWriter, r *http.Request, id string) {
 	f := filterOf(r.URL.Query())
 	f.Limit = 500
-	c.audit(r, "export-buyers", f.Query, "product", f.ProductCode, "status", string(f.Status))
+	c.audit(r, id, "export-buyers", f.Query, "product", f.ProductCode, "status", string(f.Status))
 	w.Header().Set("Content-Type", "text/csv; charset=utf-8")
 	w.Header().Set("Content-Disposition", `attachment; filename="buyers.csv"`)
 	cw := csv.NewWriter(w)
@@ -649,7 +646,7 @@ func (c *Console) replay(w http.ResponseWriter, r *http.Request, id string) {
 		c.fail(w, r, id, err)
 		return
 	}
-	c.audit(r, "replay-usage", fmt.Sprint(ids), "moved", n)
+	c.audit(r, id, "replay-usage", fmt.Sprint(ids), "moved", n)
 	http.Redirect(w, r, "/admin/metering?flash=replayed&n="+strconv.Itoa(n), http.StatusSeeOther)
 }
 
@@ -692,7 +689,7 @@ func (c *Console) retry(w http.ResponseWriter, r *http.Request, id string) {
 		c.fail(w, r, id, err)
 		return
 	}
-	c.audit(r, "retry-delivery", msg)
+	c.audit(r, id, "retry-delivery", msg)
 	back := r.PostFormValue("back")
 	if !strings.HasPrefix(back, "/admin/") {
 		back = "/admin/deliveries"
@@ -735,6 +732,6 @@ func (c *Console) redrive(w http.ResponseWriter, r *http.Request, id string) {
 		c.fail(w, r, id, err)
 		return
 	}
-	c.audit(r, "redrive-notification", strconv.FormatInt(n, 10))
+	c.audit(r, id, "redrive-notification", strconv.FormatInt(n, 10))
 	http.Redirect(w, r, "/admin/deliveries?flash=redriven", http.StatusSeeOther)
 }

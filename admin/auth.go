@@ -103,12 +103,14 @@ func (s sessions) mac(parts ...string) string {
 	return base64.RawURLEncoding.EncodeToString(m.Sum(nil))
 }
 
-// issue returns a new session cookie value: "<expiry>.<id>.<mac>".
-func (s sessions) issue(now time.Time) string {
-	id := make([]byte, 16)
-	_, _ = rand.Read(id)
-	body := strconv.FormatInt(now.Add(s.ttl).Unix(), 10) + "." + hex.EncodeToString(id)
-	return body + "." + s.mac("session", body)
+// issue returns a new session cookie value, "<expiry>.<id>.<mac>", and
+// its id.
+func (s sessions) issue(now time.Time) (value, id string) {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	id = hex.EncodeToString(b)
+	body := strconv.FormatInt(now.Add(s.ttl).Unix(), 10) + "." + id
+	return body + "." + s.mac("session", body), id
 }
 
 // check returns the session id of a valid, unexpired cookie value.
