@@ -369,6 +369,12 @@ type PendingScan struct {
 	// Read lists the partitions ScanPending read in full, for stores that
 	// record sealing progress by partition (DynamoDB's usage hours).
 	Read []string
+	// More reports that ScanPending stopped at its budget before reading
+	// every closed hour (it reads the oldest first). The caller seals and
+	// sends what it read, then scans again: a backlog of hours (a meter
+	// that was down) is billed oldest hour first, within AWS's window,
+	// instead of being sealed whole before anything is sent.
+	More bool
 }
 
 // VerifyScope limits a check of the metering invariant. The zero value

@@ -55,6 +55,11 @@ type HourStore struct {
 	*Store
 	// Workers bounds the concurrent requests of one call (default 16).
 	Workers int
+	// SealBudget is about how many usage items one sealing pass reads
+	// (default 20,000: 800 BatchMeterUsage calls). A pass that reaches it
+	// stops after the shard it is reading and reports More, so a backlog
+	// of closed hours is sealed and sent a part at a time, oldest first.
+	SealBudget int
 
 	closed sync.Map // hour (unix) → true: hours known closed for ingestion
 
@@ -94,6 +99,13 @@ const (
 )
 
 func (s *HourStore) table() *string { return aws.String(s.tables.MeterHours) }
+
+func (s *HourStore) sealBudget() int {
+	if s.SealBudget > 0 {
+		return s.SealBudget
+	}
+	return 20000
+}
 
 func (s *HourStore) workers() int {
 	if s.Workers > 0 {
@@ -642,21 +654,31 @@ func (s *HourStore) ScanPending(ctx context.Context, scan *mpsaas.PendingScan, f
 		if err != nil {
 			return err
 		}
+		read, budget := 0, s.sealBudget()
+	hours:
 		for h := c.hour; h < before; h += 3600 {
 			m := metas[h]
-			if !m.closed {
-				if err := s.closeHour(ctx, h); err != nil {
-					return err
-				}
-			}
 			for k := range hourShards {
 				if m.sealed[k] {
 					continue
 				}
+				if read >= budget {
+					scan.More = true // the rest in the next pass
+					break hours
+				}
+				if !m.closed {
+					if err := s.closeHour(ctx, h); err != nil {
+						return err
+					}
+					m.closed = true
+				}
 				pk := fmt.Sprintf("u#%d#%d", h, k)
 				err := s.pages(ctx, &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true),
 					KeyConditionExpression: aws.String("pk = :p"), ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(pk)}},
-					func(it map[string]types.AttributeValue) error { return emitPending(it, fn) })
+					func(it map[string]types.AttributeValue) error {
+						read++
+						return emitPending(it, fn)
+					})
 				if err != nil {
 					return err
 				}

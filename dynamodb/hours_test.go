@@ -33,11 +33,15 @@ func MustOpenHours(t *testing.T, opts ...func(*ddb.Options)) *dynamodb.HourStore
 // TestModelDynamoDB runs the model-based metering test (see
 // internal/metermodel) on DynamoDB: random interleavings of ingestion,
 // late usage, cancellations, runs cut short by failing store calls, AWS
-// faults and a clock that steps on every reading; the last seed runs
-// contract listings (each hour's overage).
+// faults and a clock that steps on every reading; the second seed seals
+// in parts of a few items, the last runs contract listings (each hour's
+// overage).
 func TestModelDynamoDB(t *testing.T) {
 	for seed := range 3 {
 		st := MustOpenHours(t)
+		if seed == 1 {
+			st.SealBudget = 2 // a pass seals a few items, then sends them
+		}
 		metermodel.Run(t, metermodel.Config{Seed: uint64(500 + seed), Steps: 200, CheckEvery: 10, Store: st,
 			SetClock: func(f func() time.Time) { st.Now = f }, StoreFaultRate: 0.1, AWSFaultRate: 0.1, Contracts: seed == 2})
 	}
@@ -475,5 +479,104 @@ func TestEndingSubscribers(t *testing.T) {
 	slices.Sort(keys)
 	if fmt.Sprint(keys) != "[failed pending-cancel]" {
 		t.Errorf("ending subscribers = %v, want [failed pending-cancel]", keys)
+	}
+}
+
+// slowMeterer is AWS as seen from a meter with a backlog: every
+// BatchMeterUsage call takes step of the emulator's clock. It records the
+// meter hours of each call's records.
+type slowMeterer struct {
+	mpsaas.Meterer
+	clock *emulator.Clock
+	step  time.Duration
+	hours [][]time.Time
+}
+
+func (m *slowMeterer) BatchMeterUsage(ctx context.Context, product string, recs []mpsaas.MeterRecord) (mpsaas.BatchResult, error) {
+	var hs []time.Time
+	for _, r := range recs {
+		hs = append(hs, r.Hour)
+	}
+	m.hours = append(m.hours, hs)
+	defer m.clock.Advance(m.step)
+	return m.Meterer.BatchMeterUsage(ctx, product, recs)
+}
+
+// TestBacklogIsBilledOldestHourFirst: a meter that was down for 23 hours
+// starts at 55 minutes past the hour, so AWS takes the oldest hour's usage
+// for 5 more minutes, and each BatchMeterUsage call takes 6 minutes. The
+// store seals the backlog a part at a time (SealBudget) and each part is
+// sent before the next is sealed, so every hour reaches AWS inside its
+// 24-hour window: all of it is billed, in hour order. Sealing everything
+// first and then sending the batches in any order would lose the oldest
+// hours (TimestampOutOfBoundsException: flagged).
+func TestBacklogIsBilledOldestHourFirst(t *testing.T) {
+	ctx := context.Background()
+	start := time.Date(2026, 11, 24, 12, 55, 0, 0, time.UTC)
+	em, _, mp := testenv.Local(t, start, emulator.Product{Code: "p", Type: emulator.ProductSubscription, LicenseBased: true,
+		Dimensions: []emulator.Dimension{{Name: "users"}}})
+	st := MustOpenHours(t)
+	st.Now = em.Clock.Now
+	st.SealBudget = 25
+	const buyers, hours = 25, 23
+	keys := make([]string, buyers)
+	for i := range keys {
+		b, err := em.AddBuyer(emulator.Buyer{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := em.Subscribe(emulator.SubscribeOptions{ProductCode: "p", BuyerAccountID: b.AccountID, StartedAt: start.Add(-30 * time.Hour)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		arn := res.Subscription.LicenseArn
+		sub := &mpsaas.Subscriber{Key: mpsaas.SubscriberKey(mpsaas.Customer{LicenseArn: arn}), LicenseArn: arn, State: mpsaas.State{Status: mpsaas.StatusActive},
+			Identity: mpsaas.Identity{CustomerAWSAccountID: b.AccountID, LicenseID: mpsaas.LicenseID(arn), ProductCode: "p"}}
+		if err := st.SaveSubscriber(ctx, sub, nil, nil); err != nil {
+			t.Fatal(err)
+		}
+		keys[i] = sub.Key
+	}
+	slow := &slowMeterer{Meterer: mp, clock: em.Clock, step: 6 * time.Minute}
+	meter := &metering.Service{Store: st, Subscribers: st, Meterer: slow, Clock: mpsaas.ClockFunc(em.Clock.Now), Listing: mpsaas.ListingSubscriptions,
+		MaxBackoff: time.Millisecond}
+	oldest := mpsaas.Hour(start).Add(-hours * time.Hour)
+	var want int64
+	for h := range hours {
+		var recs []mpsaas.Usage
+		for i, k := range keys {
+			q := int64(i + h + 1)
+			want += q
+			recs = append(recs, mpsaas.Usage{Customer: k, Dimension: "users", Quantity: q, Time: oldest.Add(time.Duration(h)*time.Hour + time.Duration(i)*time.Minute)})
+		}
+		if _, err := meter.Ingest(ctx, mpsaas.UsageRequest{IdempotencyKey: fmt.Sprintf("h%d", h), Records: recs}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := meter.Run(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var got int64
+	for _, b := range em.Billed("") {
+		got += b.Quantity
+	}
+	sum, err := st.MeterSummary(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != want || sum[mpsaas.UsageFlagged].Records != 0 || sum[mpsaas.UsageBilled].Records != buyers*hours {
+		t.Errorf("AWS billed %d of %d; status %+v", got, want, sum)
+	}
+	var last time.Time
+	for i, hs := range slow.hours {
+		for _, h := range hs {
+			if h.Before(last) {
+				t.Fatalf("call %d sends hour %s after hour %s was sent", i, h.Format("15h"), last.Format("15h"))
+			}
+			last = h
+		}
+	}
+	if len(slow.hours) != hours {
+		t.Errorf("%d BatchMeterUsage calls, want %d (one per hour of 25 buyers)", len(slow.hours), hours)
 	}
 }

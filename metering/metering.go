@@ -263,24 +263,41 @@ func (s *Service) run(work, ctx context.Context) (res RunResult, err error) {
 		}
 	}()
 	now := s.now()
-	scan, sealed, err := s.seal(work, now)
-	res.Sealed = sealed
-	if err != nil {
-		return res, err
+	for part := 0; ; part++ {
+		// A store that seals a backlog a part at a time (scan.More) gets
+		// each part sent before the next is sealed: oldest hours first.
+		scan, sealed, err := s.seal(work, now)
+		res.Sealed += sealed
+		if err != nil {
+			return res, err
+		}
+		if part == 0 {
+			if res.Heartbeats, err = s.heartbeats(work, now); err != nil {
+				return res, err
+			}
+		}
+		batches, err := s.Store.CreateBatches(work, now)
+		res.Batches += batches
+		if err != nil {
+			return res, err
+		}
+		if err = s.send(work, ctx, &res); err != nil {
+			return res, err
+		}
+		if scan.Hi > 0 {
+			v, err := s.verify(ctx, mpsaas.VerifyScope{UsageFrom: scan.Lo, UsageTo: scan.Hi, RecordsAfter: scan.Records})
+			res.Violations += v
+			if err != nil {
+				return res, err
+			}
+		}
+		if !scan.More {
+			return res, nil
+		}
+		if err := work.Err(); err != nil {
+			return res, err
+		}
 	}
-	if res.Heartbeats, err = s.heartbeats(work, now); err != nil {
-		return res, err
-	}
-	if res.Batches, err = s.Store.CreateBatches(work, now); err != nil {
-		return res, err
-	}
-	if err = s.send(work, ctx, &res); err != nil {
-		return res, err
-	}
-	if scan.Hi > 0 {
-		res.Violations, err = s.verify(ctx, mpsaas.VerifyScope{UsageFrom: scan.Lo, UsageTo: scan.Hi, RecordsAfter: scan.Records})
-	}
-	return res, err
 }
 
 // RunWhileTime runs metering passes while the last one sent something
@@ -505,7 +522,7 @@ func (s *Service) seal(ctx context.Context, now time.Time) (mpsaas.PendingScan, 
 	if moved > 0 {
 		s.log().Info("usage for hours already metered moved to a later open hour", "records", moved)
 	}
-	if err == nil && moved == 0 {
+	if err == nil && moved == 0 && !scan.More {
 		// Usage moved to another hour may match this decision again.
 		s.lastSeal = &mark
 	}

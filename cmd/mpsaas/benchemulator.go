@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -37,9 +38,10 @@ func runBenchEmulator(dimsText string, stdout io.Writer) error {
 	// One clock for the emulator and the meter, starting 10 minutes past
 	// an hour: the newest hour of usage has just closed and the oldest
 	// (23 hours back at most) has 50 minutes left in AWS's 24-hour window,
-	// as for a meter that was down for a day.
+	// as for a meter that was down for a day. The clock stands still
+	// (usage that arrived during the day, however long the bench takes to
+	// ingest it) until the bench resumes it to meter.
 	em.Clock.Set(mpsaas.Hour(time.Now()).Add(10 * time.Minute))
-	em.Clock.Resume()
 	var edims []emulator.Dimension
 	for _, d := range strings.Split(dimsText, ",") {
 		edims = append(edims, emulator.Dimension{Name: d})
@@ -64,8 +66,12 @@ type benchEmulator struct {
 	cmd    *exec.Cmd
 	stdin  io.Closer
 	client *http.Client
-	// offset is the emulator's clock minus the wall clock (its clock runs
-	// at real speed).
+	mu     sync.Mutex
+	// frozen: the emulator's clock stands still at at (until resume);
+	// then offset is its clock minus the wall clock (it runs at real
+	// speed).
+	frozen bool
+	at     time.Time
 	offset time.Duration
 }
 
@@ -103,12 +109,34 @@ func startBenchEmulator(ctx context.Context, dims []string, conc int) (*benchEmu
 		e.Close()
 		return nil, err
 	}
-	e.offset = time.Until(clock.Now)
+	e.frozen, e.at = true, clock.Now
 	return e, nil
 }
 
 // Now is the emulator's time.
-func (e *benchEmulator) Now() time.Time { return time.Now().Add(e.offset).UTC() }
+func (e *benchEmulator) Now() time.Time {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.frozen {
+		return e.at
+	}
+	return time.Now().Add(e.offset).UTC()
+}
+
+// resume starts the emulator's clock, which stood still while usage was
+// ingested: from now on it runs at real speed.
+func (e *benchEmulator) resume(ctx context.Context) error {
+	var clock struct {
+		Now time.Time `json:"now"`
+	}
+	if err := e.call(ctx, http.MethodPost, "/emulator/api/clock", emulator.ClockChange{Resume: true}, &clock); err != nil {
+		return fmt.Errorf("resume the emulator's clock: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.frozen, e.offset = false, time.Until(clock.Now)
+	return nil
+}
 
 func (e *benchEmulator) Close() {
 	_ = e.stdin.Close()
