@@ -144,32 +144,6 @@ func (d *DB) DeadLetter(ctx context.Context, id int64, reason string) error {
 	return nil
 }
 
-// DeadLetters returns the parked messages, oldest first.
-func (d *DB) DeadLetters(ctx context.Context) ([]DeadLetter, error) {
-	rows, err := d.db.QueryContext(ctx, `SELECT id, body, attempts, last_error FROM queue WHERE dead_at != 0 ORDER BY id`)
-	if err != nil {
-		return nil, fmt.Errorf("dead letters: %w", err)
-	}
-	defer rows.Close()
-	var out []DeadLetter
-	for rows.Next() {
-		var m DeadLetter
-		if err := rows.Scan(&m.ID, &m.Body, &m.Attempts, &m.Reason); err != nil {
-			return nil, err
-		}
-		out = append(out, m)
-	}
-	return out, rows.Err()
-}
-
-// DeadLetter is a parked queue message.
-type DeadLetter struct {
-	ID       int64
-	Body     []byte
-	Attempts int
-	Reason   string
-}
-
 // DueMessagesOn returns up to limit due messages of one channel (the
 // outbox_due index, then the channel: a channel's backlog never hides
 // another's).

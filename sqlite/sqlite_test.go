@@ -1,7 +1,6 @@
 package sqlite_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -69,9 +68,9 @@ func TestQueue(t *testing.T) {
 	if len(again) != 1 || string(again[0].Body) != "c" || again[0].Attempts != 2 {
 		t.Errorf("after visibility timeout = %+v, want c again on attempt 2", again)
 	}
-	dead, err := db.DeadLetters(ctx)
-	if err != nil || len(dead) != 1 || !bytes.Equal(dead[0].Body, []byte("b")) || dead[0].Reason != "malformed" {
-		t.Errorf("DeadLetters = %+v, %v", dead, err)
+	dead, err := db.DeadNotifications(ctx, 10)
+	if err != nil || len(dead) != 1 || dead[0].Body != "b" || dead[0].Reason != "malformed" {
+		t.Errorf("DeadNotifications = %+v, %v", dead, err)
 	}
 }
 

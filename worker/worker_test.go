@@ -63,15 +63,15 @@ func TestQueueWorker(t *testing.T) {
 	if handled["ok"] != 1 || handled["malformed"] != 1 || handled["flaky"] != 2 || handled["broken"] != 3 {
 		t.Errorf("handled = %v, want ok 1, malformed 1, flaky 2, broken 3", handled)
 	}
-	dead, err := db.DeadLetters(ctx)
+	dead, err := db.DeadNotifications(ctx, 10) // newest first
 	if err != nil {
 		t.Fatal(err)
 	}
 	var names []string
 	for _, d := range dead {
-		names = append(names, string(d.Body))
+		names = append(names, d.Body)
 	}
-	if len(names) != 2 || names[0] != "malformed" || names[1] != "broken" {
+	if len(names) != 2 || names[0] != "broken" || names[1] != "malformed" {
 		t.Errorf("dead letters = %v, want malformed and broken", names)
 	}
 	if msgs, _ := db.Receive(ctx, 10, time.Minute); len(msgs) != 0 {
