@@ -189,6 +189,10 @@ func (s *HourStore) floorHour(ctx context.Context) (int64, error) {
 
 type cursor struct {
 	floor, hour, bucket int64 // unix hours: the first kept, the first not done, the first batch bucket with work
+	// heads is the first batch bucket whose pending batches all have a
+	// head item (see putBatch); 0 on tables metered by a version without
+	// heads (see pendingBatches).
+	heads int64
 }
 
 // readCursor reads the metering cursor, creating it on first use.
@@ -199,7 +203,7 @@ func (s *HourStore) readCursor(ctx context.Context) (cursor, error) {
 			return cursor{}, fmt.Errorf("metering cursor: %w", err)
 		}
 		if it := out.Item; it != nil {
-			c := cursor{floor: getN(it, "floor"), hour: getN(it, "hour"), bucket: getN(it, "bucket")}
+			c := cursor{floor: getN(it, "floor"), hour: getN(it, "hour"), bucket: getN(it, "bucket"), heads: getN(it, "heads")}
 			s.mu.Lock()
 			s.floor, s.bucket = c.floor, max(s.bucket, c.bucket)
 			s.mu.Unlock()
@@ -207,7 +211,8 @@ func (s *HourStore) readCursor(ctx context.Context) (cursor, error) {
 		}
 		f := mpsaas.Hour(s.Now().Add(-floorAge)).Unix()
 		_, err = s.client.PutItem(ctx, &ddb.PutItemInput{TableName: s.table(),
-			Item:                map[string]types.AttributeValue{"pk": sv(metaPK), "sk": sv(cursorSK), "floor": nv(f), "hour": nv(f), "bucket": nv(f)},
+			Item: map[string]types.AttributeValue{"pk": sv(metaPK), "sk": sv(cursorSK), "floor": nv(f), "hour": nv(f), "bucket": nv(f),
+				"heads": nv(1)},
 			ConditionExpression: aws.String("attribute_not_exists(pk)")})
 		if err != nil && !isConditionFailed(err) {
 			return cursor{}, fmt.Errorf("metering cursor: %w", err)
@@ -1057,6 +1062,16 @@ func batchPK(id int64) string {
 
 func batchSK(id int64) string { return fmt.Sprintf("%019d", id) }
 
+// headPK is the partition of a pending batch's head: a small item (id,
+// next attempt, attempts, product) that exists while the batch is
+// pending, so looking for due batches reads only those, not every batch
+// item of the hour (about 2.5 KB each, most of them done).
+func headPK(id int64) string {
+	return fmt.Sprintf("d#%d#%d", (id>>21)*3600, id%hourShards)
+}
+
+func headKey(id int64) map[string]types.AttributeValue { return hkey(headPK(id), batchSK(id)) }
+
 // putBatch stores a batch of records (not yet sealed into it) and returns
 // its id: the hour bucket it is created in, and 21 random bits.
 func (s *HourStore) putBatch(ctx context.Context, recs []mpsaas.MeterRecord, now time.Time) (int64, error) {
@@ -1077,6 +1092,14 @@ func (s *HourStore) putBatch(ctx context.Context, recs []mpsaas.MeterRecord, now
 		id := bucket/3600<<21 | int64(binary.BigEndian.Uint32(b[:])&(1<<21-1))
 		if id == 0 {
 			continue
+		}
+		// The head first: a head without its batch (a crash in between)
+		// is dropped by DueBatches; a batch without its head would never
+		// be sent.
+		head := map[string]types.AttributeValue{"pk": sv(headPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "next": nv(timeN(now)), "attempts": nv(0)}
+		putS(head, "pc", product)
+		if _, err := s.client.PutItem(ctx, &ddb.PutItemInput{TableName: s.table(), Item: head}); err != nil {
+			return 0, fmt.Errorf("create batch: %w", err)
 		}
 		item := map[string]types.AttributeValue{"pk": sv(batchPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "st": sv("pending"), "next": nv(timeN(now)),
 			"attempts": nv(0), "at": nv(timeN(now)), "keys": &types.AttributeValueMemberL{Value: keys}}
@@ -1099,6 +1122,14 @@ func (s *HourStore) endBatch(ctx context.Context, id int64, state string, now ti
 		UpdateExpression:         aws.String("SET #st = :s, doneAt = :now, attempts = attempts + :one" + s.setTTL(now, names, vals)),
 		ExpressionAttributeNames: names, ExpressionAttributeValues: vals})
 	if err != nil {
+		return fmt.Errorf("finish batch %d: %w", id, err)
+	}
+	return s.dropHead(ctx, id)
+}
+
+// dropHead deletes a batch's head (the batch is no longer pending).
+func (s *HourStore) dropHead(ctx context.Context, id int64) error {
+	if _, err := s.client.DeleteItem(ctx, &ddb.DeleteItemInput{TableName: s.table(), Key: headKey(id)}); err != nil {
 		return fmt.Errorf("finish batch %d: %w", id, err)
 	}
 	return nil
@@ -1229,23 +1260,47 @@ func (s *HourStore) batchRecords(ctx context.Context, b map[string]types.Attribu
 }
 
 func (s *HourStore) getBatch(ctx context.Context, id int64) (map[string]types.AttributeValue, error) {
+	it, err := s.findBatch(ctx, id)
+	if err == nil && it == nil {
+		err = fmt.Errorf("batch %d: not found", id)
+	}
+	return it, err
+}
+
+// findBatch reads a batch item (nil: there is none).
+func (s *HourStore) findBatch(ctx context.Context, id int64) (map[string]types.AttributeValue, error) {
 	out, err := s.client.GetItem(ctx, &ddb.GetItemInput{TableName: s.table(), Key: hkey(batchPK(id), batchSK(id)), ConsistentRead: aws.Bool(true)})
 	if err != nil {
 		return nil, fmt.Errorf("batch %d: %w", id, err)
-	}
-	if out.Item == nil {
-		return nil, fmt.Errorf("batch %d: not found", id)
 	}
 	return out.Item, nil
 }
 
 // pendingBatches lists the unfinished batches of the buckets from the
-// batch cursor to the current hour, moving the cursor past buckets that
-// have none and can get no more.
+// batch cursor to the current hour (their heads; whole batch items, with a
+// filter, for buckets from before heads), moving the cursor past buckets
+// that have none and can get no more. A head may be stale (its batch ended
+// or was never written): DueBatches drops those.
 func (s *HourStore) pendingBatches(ctx context.Context, now time.Time) ([]map[string]types.AttributeValue, error) {
 	c, err := s.readCursor(ctx)
 	if err != nil {
 		return nil, err
+	}
+	if c.heads == 0 {
+		// A table metered by a version without heads: its batches have
+		// none. A meter invocation of that version may still be finishing
+		// (minutes), so buckets are trusted to have heads from two hours
+		// on; earlier ones are read whole until the cursor passes them.
+		h := mpsaas.Hour(s.Now()).Unix() + 2*3600
+		_, err := s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: s.table(), Key: hkey(metaPK, cursorSK),
+			UpdateExpression: aws.String("SET heads = :h"), ConditionExpression: aws.String("attribute_not_exists(heads)"),
+			ExpressionAttributeValues: map[string]types.AttributeValue{":h": nv(h)}})
+		if err != nil && !isConditionFailed(err) {
+			return nil, fmt.Errorf("metering cursor: %w", err)
+		}
+		if c, err = s.readCursor(ctx); err != nil {
+			return nil, err
+		}
 	}
 	last := mpsaas.Hour(now).Unix() + 3600
 	var out []map[string]types.AttributeValue
@@ -1254,13 +1309,18 @@ func (s *HourStore) pendingBatches(ctx context.Context, now time.Time) ([]map[st
 	for b := c.bucket; b <= last; b += 3600 {
 		n := 0
 		err := parallel(ctx, hourShards, s.workers(), func(k int) error {
-			return s.pages(ctx, &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true),
-				KeyConditionExpression: aws.String("pk = :p"), FilterExpression: aws.String("#st = :pending"),
-				// Only what scheduling needs: the record keys of thousands of
-				// batches would make memory grow with the number of buyers.
-				ProjectionExpression:      aws.String("id, #st, #next, attempts, pc"),
-				ExpressionAttributeNames:  map[string]string{"#st": "st", "#next": "next"},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("b#%d#%d", b, k)), ":pending": sv("pending")}},
+			in := &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true), KeyConditionExpression: aws.String("pk = :p"),
+				ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("d#%d#%d", b, k))}}
+			if b < c.heads {
+				in = &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true),
+					KeyConditionExpression: aws.String("pk = :p"), FilterExpression: aws.String("#st = :pending"),
+					// Only what scheduling needs: the record keys of thousands of
+					// batches would make memory grow with the number of buyers.
+					ProjectionExpression:      aws.String("id, #st, #next, attempts, pc"),
+					ExpressionAttributeNames:  map[string]string{"#st": "st", "#next": "next"},
+					ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("b#%d#%d", b, k)), ":pending": sv("pending")}}
+			}
+			return s.pages(ctx, in,
 				func(it map[string]types.AttributeValue) error {
 					mu.Lock()
 					out = append(out, it)
@@ -1318,15 +1378,22 @@ func (s *HourStore) DueBatches(ctx context.Context, now time.Time, limit int) ([
 	err = parallel(ctx, len(due), s.workers(), func(i int) error {
 		it := due[i]
 		b := mpsaas.MeterBatch{ID: getN(it, "id"), ProductCode: getS(it, "pc"), Attempts: int(getN(it, "attempts")), NextAttempt: fromN(getN(it, "next"))}
-		full, err := s.getBatch(ctx, b.ID)
+		full, err := s.findBatch(ctx, b.ID)
 		if err != nil {
 			return err
+		}
+		if full == nil || getS(full, "st") != "pending" {
+			// A stale head: the batch ended (or was never written).
+			return s.dropHead(ctx, b.ID)
 		}
 		b.Records, _, err = s.batchRecords(ctx, full)
 		out[i] = b
 		return err
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	return slices.DeleteFunc(out, func(b mpsaas.MeterBatch) bool { return b.ID == 0 }), nil
 }
 
 // FinishBatches stores what AWS said about each record (only if it is
@@ -1376,6 +1443,14 @@ func (s *HourStore) FinishBatches(ctx context.Context, results []mpsaas.BatchOut
 				UpdateExpression: aws.String("SET attempts = attempts + :one, #next = :n, lastError = :e"), ExpressionAttributeNames: map[string]string{"#next": "next"},
 				ExpressionAttributeValues: map[string]types.AttributeValue{":one": nv(1), ":n": nv(timeN(res.Retry)), ":e": sv(res.LastError)}})
 			if err != nil {
+				return fmt.Errorf("retry batch %d: %w", res.BatchID, err)
+			}
+			// Its head's schedule too (a batch from before heads has none).
+			_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: s.table(), Key: headKey(res.BatchID),
+				UpdateExpression: aws.String("SET attempts = attempts + :one, #next = :n"), ConditionExpression: aws.String("attribute_exists(pk)"),
+				ExpressionAttributeNames:  map[string]string{"#next": "next"},
+				ExpressionAttributeValues: map[string]types.AttributeValue{":one": nv(1), ":n": nv(timeN(res.Retry))}})
+			if err != nil && !isConditionFailed(err) {
 				return fmt.Errorf("retry batch %d: %w", res.BatchID, err)
 			}
 			return nil

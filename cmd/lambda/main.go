@@ -81,7 +81,7 @@ var awsActions = map[string][]string{
 	// The seller console scans the subscribers table (buyer list).
 	"api": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:BatchGetItem", "dynamodb:Scan",
 		"aws-marketplace:ResolveCustomer", "aws-marketplace:GetEntitlements", "aws-marketplace:SearchAgreements", "aws-marketplace:GetAgreementTerms"},
-	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "aws-marketplace:BatchMeterUsage",
+	"meter": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "dynamodb:BatchGetItem", "dynamodb:DeleteItem", "aws-marketplace:BatchMeterUsage",
 		"aws-marketplace:GetEntitlements"},
 	"events": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "aws-marketplace:GetEntitlements"},
 	"reconcile": {"dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:Query", "dynamodb:Scan", "aws-marketplace:SearchAgreements",
