@@ -83,7 +83,7 @@ func TestBatchHeads(t *testing.T) {
 	stale := a + 1
 	for _, id := range []int64{a, stale} {
 		if _, err := hs.client.PutItem(ctx, &ddb.PutItemInput{TableName: hs.table(), Item: map[string]types.AttributeValue{
-			"pk": sv(headPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "next": nv(timeN(now)), "attempts": nv(0)}}); err != nil {
+			"pk": sv(headPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "next": nv(timeN(now))}}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -1062,9 +1062,9 @@ func batchPK(id int64) string {
 
 func batchSK(id int64) string { return fmt.Sprintf("%019d", id) }
 
-// headPK is the partition of a pending batch's head: a small item (id,
-// next attempt, attempts, product) that exists while the batch is
-// pending, so looking for due batches reads only those, not every batch
+// headPK is the partition of a pending batch's head: a small item (id
+// and next attempt; the rest is read from the batch when it is due) that
+// exists while the batch is pending, so looking for due batches reads only those, not every batch
 // item of the hour (about 2.5 KB each, most of them done).
 func headPK(id int64) string {
 	return fmt.Sprintf("d#%d#%d", (id>>21)*3600, id%hourShards)
@@ -1096,8 +1096,7 @@ func (s *HourStore) putBatch(ctx context.Context, recs []mpsaas.MeterRecord, now
 		// The head first: a head without its batch (a crash in between)
 		// is dropped by DueBatches; a batch without its head would never
 		// be sent.
-		head := map[string]types.AttributeValue{"pk": sv(headPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "next": nv(timeN(now)), "attempts": nv(0)}
-		putS(head, "pc", product)
+		head := map[string]types.AttributeValue{"pk": sv(headPK(id)), "sk": sv(batchSK(id)), "id": nv(id), "next": nv(timeN(now))}
 		if _, err := s.client.PutItem(ctx, &ddb.PutItemInput{TableName: s.table(), Item: head}); err != nil {
 			return 0, fmt.Errorf("create batch: %w", err)
 		}
@@ -1309,16 +1308,17 @@ func (s *HourStore) pendingBatches(ctx context.Context, now time.Time) ([]map[st
 	for b := c.bucket; b <= last; b += 3600 {
 		n := 0
 		err := parallel(ctx, hourShards, s.workers(), func(k int) error {
-			in := &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true), KeyConditionExpression: aws.String("pk = :p"),
-				ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("d#%d#%d", b, k))}}
-			if b < c.heads {
-				in = &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true),
-					KeyConditionExpression: aws.String("pk = :p"), FilterExpression: aws.String("#st = :pending"),
-					// Only what scheduling needs: the record keys of thousands of
-					// batches would make memory grow with the number of buyers.
-					ProjectionExpression:      aws.String("id, #st, #next, attempts, pc"),
-					ExpressionAttributeNames:  map[string]string{"#st": "st", "#next": "next"},
-					ExpressionAttributeValues: map[string]types.AttributeValue{":p": sv(fmt.Sprintf("b#%d#%d", b, k)), ":pending": sv("pending")}}
+			in := &ddb.QueryInput{TableName: s.table(), ConsistentRead: aws.Bool(true), KeyConditionExpression: aws.String("pk = :p")}
+			if b >= c.heads {
+				in.ExpressionAttributeValues = map[string]types.AttributeValue{":p": sv(fmt.Sprintf("d#%d#%d", b, k))}
+			} else {
+				in.FilterExpression = aws.String("#st = :pending")
+				// Only what scheduling needs, as a head holds: the record keys
+				// of thousands of batches would make memory grow with the
+				// number of buyers.
+				in.ProjectionExpression = aws.String("id, #next")
+				in.ExpressionAttributeNames = map[string]string{"#st": "st", "#next": "next"}
+				in.ExpressionAttributeValues = map[string]types.AttributeValue{":p": sv(fmt.Sprintf("b#%d#%d", b, k)), ":pending": sv("pending")}
 			}
 			return s.pages(ctx, in,
 				func(it map[string]types.AttributeValue) error {
@@ -1376,16 +1376,16 @@ func (s *HourStore) DueBatches(ctx context.Context, now time.Time, limit int) ([
 	}
 	out := make([]mpsaas.MeterBatch, len(due))
 	err = parallel(ctx, len(due), s.workers(), func(i int) error {
-		it := due[i]
-		b := mpsaas.MeterBatch{ID: getN(it, "id"), ProductCode: getS(it, "pc"), Attempts: int(getN(it, "attempts")), NextAttempt: fromN(getN(it, "next"))}
-		full, err := s.findBatch(ctx, b.ID)
+		id := getN(due[i], "id")
+		full, err := s.findBatch(ctx, id)
 		if err != nil {
 			return err
 		}
 		if full == nil || getS(full, "st") != "pending" {
 			// A stale head: the batch ended (or was never written).
-			return s.dropHead(ctx, b.ID)
+			return s.dropHead(ctx, id)
 		}
+		b := mpsaas.MeterBatch{ID: id, ProductCode: getS(full, "pc"), Attempts: int(getN(full, "attempts")), NextAttempt: fromN(getN(full, "next"))}
 		b.Records, _, err = s.batchRecords(ctx, full)
 		out[i] = b
 		return err
@@ -1447,9 +1447,9 @@ func (s *HourStore) FinishBatches(ctx context.Context, results []mpsaas.BatchOut
 			}
 			// Its head's schedule too (a batch from before heads has none).
 			_, err = s.client.UpdateItem(ctx, &ddb.UpdateItemInput{TableName: s.table(), Key: headKey(res.BatchID),
-				UpdateExpression: aws.String("SET attempts = attempts + :one, #next = :n"), ConditionExpression: aws.String("attribute_exists(pk)"),
+				UpdateExpression: aws.String("SET #next = :n"), ConditionExpression: aws.String("attribute_exists(pk)"),
 				ExpressionAttributeNames:  map[string]string{"#next": "next"},
-				ExpressionAttributeValues: map[string]types.AttributeValue{":one": nv(1), ":n": nv(timeN(res.Retry))}})
+				ExpressionAttributeValues: map[string]types.AttributeValue{":n": nv(timeN(res.Retry))}})
 			if err != nil && !isConditionFailed(err) {
 				return fmt.Errorf("retry batch %d: %w", res.BatchID, err)
 			}
