@@ -1991,12 +1991,7 @@ func (s *HourStore) ProductUsage(ctx context.Context, from, to time.Time) ([]mps
 		if !ok || !m.done {
 			continue
 		}
-		codes := make([]string, 0, len(m.products))
-		for code := range m.products {
-			codes = append(codes, code)
-		}
-		sort.Strings(codes)
-		for _, code := range codes {
+		for _, code := range slices.Sorted(maps.Keys(m.products)) {
 			p := m.products[code]
 			out = append(out, mpsaas.ProductHour{ProductCode: code, Hour: time.Unix(h, 0).UTC(), Usage: p[0], Billed: p[1]})
 		}

@@ -3,6 +3,8 @@ package emulator
 import (
 	"encoding/base64"
 	"fmt"
+	"maps"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -107,12 +109,7 @@ func (s *Server) getEntitlements(c call, body []byte) (any, *apiError) {
 			!matches(in.Filter["LICENSE_ARN"], sub.LicenseArn) {
 			continue
 		}
-		dims := make([]string, 0, len(sub.Entitlements))
-		for d := range sub.Entitlements {
-			dims = append(dims, d)
-		}
-		sort.Strings(dims)
-		for _, d := range dims {
+		for _, d := range slices.Sorted(maps.Keys(sub.Entitlements)) {
 			if !matches(in.Filter["DIMENSION"], d) {
 				continue
 			}

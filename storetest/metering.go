@@ -541,9 +541,9 @@ func testHeartbeats(t *testing.T, st MeterStore) {
 // UsageHistory tests a buyer's usage by hour and dimension (the console's
 // chart): sealed hours from their records, the open hour from pending
 // usage, late usage where it moved to, only the buyer's and only the hours
-// asked for. A store whose meter records go
-// straight into batches (DynamoDB's hour model) shows "batched" where
-// SQLite's shows "sealed". The store's clock must read 12:30 of h10's day.
+// asked for. A store whose meter records go straight into batches
+// (DynamoDB's hour model) shows "batched" where SQLite's shows "sealed".
+// The store's clock must read 12:30 of h10's day.
 func UsageHistory(t *testing.T, st MeterStore) {
 	ctx := context.Background()
 	now := h10.Add(2*time.Hour + 30*time.Minute) // 12:30

@@ -13,7 +13,6 @@ import (
 	"os"
 	"os/exec"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/mpsaas/mpsaas"
@@ -66,13 +65,9 @@ type benchEmulator struct {
 	cmd    *exec.Cmd
 	stdin  io.Closer
 	client *http.Client
-	mu     sync.Mutex
-	// frozen: the emulator's clock stands still at at (until resume);
-	// then offset is its clock minus the wall clock (it runs at real
-	// speed).
-	frozen bool
-	at     time.Time
-	offset time.Duration
+	// clock follows the emulator's: it stands still until resume, then
+	// runs at real speed.
+	clock *emulator.Clock
 }
 
 func startBenchEmulator(ctx context.Context, dims []string, conc int) (*benchEmulator, error) {
@@ -109,19 +104,13 @@ func startBenchEmulator(ctx context.Context, dims []string, conc int) (*benchEmu
 		e.Close()
 		return nil, err
 	}
-	e.frozen, e.at = true, clock.Now
+	e.clock = emulator.NewClock()
+	e.clock.Set(clock.Now)
 	return e, nil
 }
 
 // Now is the emulator's time.
-func (e *benchEmulator) Now() time.Time {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.frozen {
-		return e.at
-	}
-	return time.Now().Add(e.offset).UTC()
-}
+func (e *benchEmulator) Now() time.Time { return e.clock.Now() }
 
 // resume starts the emulator's clock, which stood still while usage was
 // ingested: from now on it runs at real speed.
@@ -132,9 +121,8 @@ func (e *benchEmulator) resume(ctx context.Context) error {
 	if err := e.call(ctx, http.MethodPost, "/emulator/api/clock", emulator.ClockChange{Resume: true}, &clock); err != nil {
 		return fmt.Errorf("resume the emulator's clock: %w", err)
 	}
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	e.frozen, e.offset = false, time.Until(clock.Now)
+	e.clock.Set(clock.Now)
+	e.clock.Resume()
 	return nil
 }
 
