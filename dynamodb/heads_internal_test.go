@@ -14,8 +14,8 @@ import (
 )
 
 // TestBatchHeads: looking for due batches reads the heads of pending
-// batches, not every batch item of the hour. A batch's head goes when the
-// batch ends; a head whose batch ended or was never written (a crash
+// batches, not every batch item of the hour. A retry moves the head's next
+// attempt; a batch's head goes when the batch ends; a head whose batch ended or was never written (a crash
 // between the two writes) is dropped by the next look. A table metered by a
 // version without heads keeps its pending batches found: buckets before
 // the first one trusted to have heads (two hours on) are read whole.
@@ -77,6 +77,18 @@ func TestBatchHeads(t *testing.T) {
 	}
 	if got := heads(); !slices.Equal(got, []int64{b}) {
 		t.Errorf("heads after batch %d ended: %v, want only %d", a, got, b)
+	}
+	// A retry: the head carries the batch's next attempt, so the batch is
+	// not due before it (its attempts are counted on the batch).
+	if err := hs.FinishBatches(ctx, []mpsaas.BatchOutcome{{BatchID: b, Retry: now.Add(5 * time.Minute), LastError: "throttled"}}); err != nil {
+		t.Fatal(err)
+	}
+	if got := due(); len(got) != 0 {
+		t.Errorf("due before the retry: %v, want none", got)
+	}
+	now = now.Add(5 * time.Minute)
+	if bs, err := hs.DueBatches(ctx, now, 100); err != nil || len(bs) != 1 || bs[0].ID != b || bs[0].Attempts != 1 {
+		t.Errorf("due at the retry: %+v, %v; want batch %d on attempt 1", bs, err, b)
 	}
 	// Stale heads: one whose batch ended (a crash before the head was
 	// deleted), one whose batch was never written.
